@@ -1,0 +1,112 @@
+"""The `cache` command: inspect, check and unlock caches (local paths or fsspec URLs).
+
+Written with argparse rather than typer on purpose: the contract package
+depends on numpy, zarr, numcodecs and fsspec only, so that anyone can read and
+check a cache without the trainer's or the builder's dependencies.
+
+    cache info caches/shapenet.zarr [--json]
+    cache validate s3://bucket/shapenet.zarr
+    cache unlock caches/shapenet.zarr
+    cache example caches/example.zarr --kind scenes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from cache_schema.errors import CacheError
+
+
+def _storage_options(pairs: list[str]) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--storage-option expects KEY=VALUE, got {pair!r}")
+        try:
+            opts[key] = json.loads(value)
+        except json.JSONDecodeError:
+            opts[key] = value
+    return opts
+
+
+def _info(args: argparse.Namespace) -> int:
+    from cache_schema.info import format_summary, summarize
+
+    s = summarize(args.path, _storage_options(args.storage_option))
+    print(json.dumps(s, indent=2, default=str) if args.json else format_summary(s))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from cache_schema.validate import validate
+
+    problems = validate(args.path, _storage_options(args.storage_option))
+    if args.json:
+        print(json.dumps({"valid": not problems, "problems": [p.__dict__ for p in problems]}, indent=2))
+    elif problems:
+        print(f"{args.path}: {len(problems)} problem(s)")
+        for p in problems:
+            print(f"  - {p}")
+    else:
+        print(f"{args.path}: valid")
+    return 1 if problems else 0
+
+
+def _unlock(args: argparse.Namespace) -> int:
+    from cache_schema.lock import break_lock, describe
+    from cache_schema.storage import locate
+
+    held = break_lock(locate(args.path, _storage_options(args.storage_option)))
+    print(f"removed the writer lock of {describe(held)}" if held else f"{args.path} was not locked")
+    return 0
+
+
+def _example(args: argparse.Namespace) -> int:
+    from cache_schema.example import write_example
+
+    fp = write_example(args.path, args.kind, overwrite=args.overwrite)
+    print(f"wrote a synthetic {args.kind} cache to {args.path} ({fp})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cache", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("path", help="cache location: a local path or an fsspec URL (file://, memory://, s3://...)")
+    common.add_argument("--storage-option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                        help="fsspec storage option, e.g. -o anon=true (repeatable; values parsed as JSON when possible)")
+    p = sub.add_parser("info", parents=[common], help="print kind, sizes, teachers, splits, provenance and bytes")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.set_defaults(func=_info)
+    p = sub.add_parser("validate", parents=[common],
+                       help="check layout, dtypes, shapes, offsets, finite teachers, row status, every chunk; "
+                            "exit 1 with a list of problems if any")
+    p.add_argument("--json", action="store_true", help="print {valid, problems} as JSON")
+    p.set_defaults(func=_validate)
+    p = sub.add_parser("unlock", parents=[common], help="remove a writer lock left by a dead build")
+    p.set_defaults(func=_unlock)
+    p = sub.add_parser("example", parents=[common], help="write a small synthetic cache (to learn the layout)")
+    p.add_argument("--kind", choices=("objects", "scenes"), default="objects")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store at PATH")
+    p.set_defaults(func=_example)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CacheError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
