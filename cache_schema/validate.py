@@ -54,11 +54,12 @@ def validate(url: str, storage_options: dict[str, Any] | None = None) -> list[Pr
     problems += shape_problems
     decoded, scan_problems, fingerprint = _scan(loc, group, raw)
     problems += scan_problems
+    unreadable = any("do not decode" in p.what for p in scan_problems)
     problems += _check_status(arrays, layout, decoded)
     problems += _check_ragged(arrays, layout, decoded)
     problems += _check_splits(group, raw, layout)
     recorded = raw.get("build", {}).get("fingerprint")
-    if recorded and not scan_problems and fingerprint != recorded:
+    if recorded and not unreadable and fingerprint != recorded:
         problems.append(Problem("store", f"content fingerprint {fingerprint} differs from the recorded {recorded}"))
     return problems
 
@@ -146,9 +147,8 @@ def _check_status(arrays: dict, layout: Layout, kept: dict[str, np.ndarray]) -> 
     out = []
     pending = np.flatnonzero(status == PENDING)
     if pending.size:
-        ids = kept.get(layout.ids_path)
-        first = [str(ids[r]) if ids is not None else str(r) for r in pending[:5]]
-        out.append(Problem(layout.status_path, f"{pending.size} rows are unfinished (pending), e.g. {first}"))
+        first = pending[:5].tolist()
+        out.append(Problem(layout.status_path, f"{pending.size} rows are unfinished (pending), e.g. rows {first}"))
     unknown = ~np.isin(status, list(STATUS_NAMES))
     if unknown.any():
         out.append(Problem(layout.status_path, f"{int(unknown.sum())} rows have an unknown status code"))

@@ -1,0 +1,45 @@
+"""Shared fixtures: small example caches written through the real writer."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from cache_schema.example import example_objects, example_scenes, finish, write_blocks
+from cache_schema.writer import CacheWriter
+
+
+def build(url, kind: str = "objects", **chunking):
+    """Write a complete example cache of ``kind`` at ``url``; returns (fingerprint, data)."""
+    attrs, layout, data = example_objects() if kind == "objects" else example_scenes()
+    with CacheWriter.create(url, attrs, layout, **chunking) as w:
+        write_blocks(w, data)
+        return finish(w, data), data
+
+
+@pytest.fixture
+def memory_url():
+    """A fresh memory:// location (fsspec's memory filesystem is process-global)."""
+    return f"memory://test-{uuid.uuid4().hex}/cache.zarr"
+
+
+@pytest.fixture(params=["local", "memory"])
+def any_url(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "cache.zarr")
+    return f"memory://test-{uuid.uuid4().hex}/cache.zarr"
+
+
+@pytest.fixture
+def objects_cache(tmp_path):
+    url = str(tmp_path / "objects.zarr")
+    fingerprint, data = build(url, "objects", max_block_rows=8)
+    return url, data
+
+
+@pytest.fixture
+def scenes_cache(tmp_path):
+    url = str(tmp_path / "scenes.zarr")
+    fingerprint, data = build(url, "scenes", max_block_rows=4)
+    return url, data
