@@ -1,0 +1,39 @@
+"""Imports run one way: preprocess -> cache_schema <- train."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _imported_top_levels(package: str) -> set[str]:
+    names = set()
+    for path in (ROOT / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def test_cache_schema_imports_only_its_declared_dependencies():
+    allowed = {"numpy", "zarr", "numcodecs", "fsspec", "cache_schema"}
+    stdlib = set(sys.stdlib_module_names)
+    assert _imported_top_levels("cache_schema") - stdlib - allowed == set()
+
+
+def test_train_never_imports_preprocess_or_builder_libraries():
+    forbidden = {"preprocess", "pyrender", "trimesh", "open_clip", "transformers", "OpenGL"}
+    assert _imported_top_levels("train") & forbidden == set()
+
+
+def test_importing_the_contract_loads_no_heavy_modules():
+    code = ("import sys, cache_schema, cache_schema.cli, cache_schema.validate, cache_schema.info; "
+            "print(sorted(m for m in ('torch', 'train', 'preprocess', 'typer', 'pyrender') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
