@@ -12,6 +12,9 @@ STAMP := $(VENV)/.setup-done
 # (torch 2.13.0's only torchvision, 0.28.0, fails to import: "operator torchvision::nms does not exist").
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 APT_PACKAGES := libosmesa6
+PIP := set -o pipefail; $(PY) -m pip install -q
+# pip warns about every package missing from this machine's extra local indexes; keep real messages.
+QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 CACHES := caches
 
 .PHONY: setup test test-slow demo bench-chunks clean
@@ -26,9 +29,9 @@ $(STAMP): pyproject.toml Makefile
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@if [ -n "$(TORCH)" ]; then echo "installing $(TORCH)"; $(PY) -m pip install -q $(TORCH); fi
+	@if [ -n "$(TORCH)" ]; then echo "installing $(TORCH)"; $(PIP) $(TORCH) $(QUIET); fi
 	@echo "installing teacher-cache[all,test] (editable)"
-	@$(PY) -m pip install -q -e ".[all,test]"
+	@$(PIP) -e ".[all,test]" $(QUIET)
 	@touch $(STAMP)
 
 test: setup
