@@ -77,6 +77,10 @@ def _example(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cache", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    from cache_schema.metadata import SCHEMA_VERSION, tool_version
+
+    parser.add_argument("--version", action="version",
+                        version=f"teacher-cache {tool_version()} (cache schema {SCHEMA_VERSION})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("path", help="cache location: a local path or an fsspec URL (file://, memory://, s3://...)")

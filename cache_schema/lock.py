@@ -42,15 +42,33 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def read_lock(loc: Location) -> dict[str, Any] | None:
-    """The current lock record, or None when the store is unlocked."""
-    try:
-        with loc.fs.open(loc.path(LOCK_NAME), "rb") as f:
-            return json.loads(f.read().decode())
-    except FileNotFoundError:
-        return None
-    except (ValueError, UnicodeDecodeError):
-        return {"token": None, "host": "?", "pid": -1, "heartbeat": 0.0, "corrupt": True}
+def read_lock(loc: Location, retries: int = 3) -> dict[str, Any] | None:
+    """The current lock record, or None when the store is unlocked.
+
+    An unreadable record is read again a few times (a heartbeat may be rewriting
+    it on a filesystem without atomic replace) before it is reported as corrupt.
+    """
+    for attempt in range(retries):
+        try:
+            with loc.fs.open(loc.path(LOCK_NAME), "rb") as f:
+                return json.loads(f.read().decode())
+        except FileNotFoundError:
+            return None
+        except (ValueError, UnicodeDecodeError):
+            time.sleep(0.2 * (attempt + 1))
+    return {"token": None, "host": "?", "pid": -1, "heartbeat": 0.0, "corrupt": True}
+
+
+def _rewrite(loc: Location, data: bytes) -> None:
+    """Replace the lock file's contents atomically where the filesystem allows it."""
+    path = loc.path(LOCK_NAME)
+    if loc.is_local:
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    else:
+        loc.fs.pipe_file(path, data)  # object stores replace whole objects atomically
 
 
 def stale_reason(record: dict[str, Any], stale_after_s: float = DEFAULT_STALE_AFTER_S) -> str | None:
@@ -132,7 +150,7 @@ class WriterLock:
             if held is None or held.get("token") != self.token:
                 return  # lock was broken by hand; do not re-create it
             self._record["heartbeat"] = time.time()
-            self.loc.fs.pipe_file(self.loc.path(LOCK_NAME), json.dumps(self._record).encode())
+            _rewrite(self.loc, json.dumps(self._record).encode())
 
     def verify(self) -> None:
         verify_token(self.loc, self.token)

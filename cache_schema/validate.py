@@ -103,8 +103,7 @@ def _scan(loc: Location, group: zarr.Group, raw: dict[str, Any]) -> tuple[dict[s
         arr = group[path]
         out += _check_chunk_files(loc, path, arr)
         hash_header(h, path, arr)
-        keep = path.endswith(("status", "status_reason", "offsets")) or path.startswith("pairs/") \
-            or path in ("ids", "frames/ids")
+        keep = path.endswith(("status", "status_reason", "offsets")) or path in ("pairs/point", "pairs/camera")
         parts, nonfinite = [], 0
         for r0, r1 in row_ranges(arr):
             try:

@@ -138,6 +138,8 @@ class BlockWriter:
                 raise LayoutMismatchError(
                     f"block {block}: {spec.path} has shape {v.shape}, expected {(n, *spec.inner_shape)}")
             values[spec.path] = v
+        if ragged and not self.layout.ragged_families():
+            raise LayoutMismatchError(f"block {block}: an {self.layout.kind} cache has no ragged arrays")
         verify_token(self.loc, self.token)
         with _write_all_chunks():
             if self.layout.ragged_families():

@@ -1,4 +1,4 @@
-"""`preprocess`: the cache builder's command line (one command group per dataset kind)."""
+"""`preprocess`: the cache builder's command line. One command group per dataset kind."""
 
 from __future__ import annotations
 
@@ -6,18 +6,13 @@ from collections.abc import Sequence
 
 import typer
 
-from cache_schema.metadata import tool_version
-
 app = typer.Typer(help="Build teacher-feature caches from meshes or LiDAR scenes.", no_args_is_help=True,
                   add_completion=False)
 
 
-@app.callback(invoke_without_command=True)
-def root(version: bool = typer.Option(False, "--version", help="Print the tool version and exit.")) -> None:
-    """Build teacher-feature caches from meshes or LiDAR scenes.(see README)."""
-    if version:
-        typer.echo(f"teacher-cache {tool_version()}")
-        raise typer.Exit()
+@app.callback()
+def root() -> None:
+    """Build teacher-feature caches from meshes or LiDAR scenes (see README)."""
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -18,16 +18,13 @@ def build(url, kind: str = "objects", **chunking):
         return finish(w, data), data
 
 
-@pytest.fixture
-def memory_url():
-    """A fresh memory:// location (fsspec's memory filesystem is process-global)."""
-    return f"memory://test-{uuid.uuid4().hex}/cache.zarr"
-
-
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture(params=["local", "file", "memory"])
 def any_url(request, tmp_path):
+    """The same cache through a local path, a file:// URL and fsspec's memory://."""
     if request.param == "local":
         return str(tmp_path / "cache.zarr")
+    if request.param == "file":
+        return f"file://{tmp_path}/cache.zarr"
     return f"memory://test-{uuid.uuid4().hex}/cache.zarr"
 
 

@@ -50,3 +50,13 @@ def test_console_script_example_then_validate(tmp_path):
 def test_bad_storage_option_is_explained(capsys):
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         cache_main(["info", "x.zarr", "-o", "anon"])
+
+
+@pytest.mark.parametrize("module,words", [("train.cli", "Train point-cloud students"),
+                                          ("preprocess.cli", "Build teacher-feature caches")])
+def test_typer_entry_points_explain_themselves(module, words):
+    from typer.testing import CliRunner
+
+    app = __import__(module, fromlist=["app"]).app
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0 and words in result.output

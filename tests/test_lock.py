@@ -86,3 +86,29 @@ def test_cache_unlock_removes_a_lock(tmp_path, capsys):
     assert cache_main(["unlock", url]) == 0
     assert "pid 4242" in capsys.readouterr().out
     assert read_lock(locate(url)) is None
+
+
+RACER = """
+import sys, time
+from cache_schema import CacheLockedError, CacheWriter
+from cache_schema.example import example_objects
+attrs, layout, _ = example_objects()
+time.sleep(float(sys.argv[2]) - time.time())  # start together
+try:
+    w = CacheWriter.create(sys.argv[1], attrs, layout)
+except CacheLockedError:
+    print("refused")
+else:
+    time.sleep(1.0)
+    w.close()
+    print("won")
+"""
+
+
+def test_two_writers_starting_together_one_wins(tmp_path):
+    url = str(tmp_path / "c.zarr")
+    start = str(time.time() + 1.5)
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, url, start], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outcomes = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    assert outcomes == ["refused", "won"]

@@ -1,4 +1,4 @@
-"""`train`: the student trainer's command line (stage commands are added per stage)."""
+"""`train`: the student trainer's command line. Stage commands are added per stage."""
 
 from __future__ import annotations
 
@@ -6,18 +6,13 @@ from collections.abc import Sequence
 
 import typer
 
-from cache_schema.metadata import tool_version
-
 app = typer.Typer(help="Train point-cloud students from a teacher cache.", no_args_is_help=True,
                   add_completion=False)
 
 
-@app.callback(invoke_without_command=True)
-def root(version: bool = typer.Option(False, "--version", help="Print the tool version and exit.")) -> None:
+@app.callback()
+def root() -> None:
     """Train point-cloud students from a teacher cache (see README)."""
-    if version:
-        typer.echo(f"teacher-cache {tool_version()}")
-        raise typer.Exit()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
