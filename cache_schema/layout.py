@@ -141,6 +141,7 @@ def objects_layout(
         base = f"teachers/{name}"
         per_role = {
             "image": ArraySpec(f"{base}/image", t.dtype, (num_views, t.dim), ("row", "view", "dim"), "row"),
+            "patch_mean": ArraySpec(f"{base}/patch_mean", t.dtype, (num_views, t.dim), ("row", "view", "dim"), "row"),
             "depth": ArraySpec(f"{base}/depth", t.dtype, (num_views, t.dim), ("row", "view", "dim"), "row"),
             "text": ArraySpec(f"{base}/text", t.dtype, (num_captions, t.dim), ("row", "caption", "dim"), "row"),
             "class_text": ArraySpec(f"{base}/class_text", t.dtype, (t.dim,), ("class", "dim"), "fixed", num_classes),

@@ -17,7 +17,7 @@ SCHEMA_NAME = "teacher-cache"
 SCHEMA_VERSION = "1.0"  # MAJOR.MINOR: readers refuse another MAJOR, accept any MINOR.
 KINDS = ("objects", "scenes")
 Kind = Literal["objects", "scenes"]
-TEACHER_ROLES = ("image", "depth", "text", "class_text", "pair_features", "tokens", "global")
+TEACHER_ROLES = ("image", "patch_mean", "depth", "text", "class_text", "pair_features", "tokens", "global")
 
 
 def tool_version() -> str:

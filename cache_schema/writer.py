@@ -23,6 +23,7 @@ is written again by the next run.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -222,7 +223,7 @@ class CacheWriter(BlockWriter):
             raise LayoutMismatchError(f"attrs say kind={attrs.kind!r} but the layout is {layout.kind!r}")
         loc = locate(url, storage_options)
         plan = plan_chunks(layout, target_chunk_bytes, max_block_rows)
-        wanted = {**attrs.to_dict(), "layout": layout.to_dict(), "chunking": plan.to_dict()}
+        wanted = json.loads(json.dumps({**attrs.to_dict(), "layout": layout.to_dict(), "chunking": plan.to_dict()}))
         lock = WriterLock(loc, heartbeat_s, stale_after_s).acquire()
         try:
             if loc.exists() and overwrite:
@@ -237,11 +238,17 @@ class CacheWriter(BlockWriter):
                 for spec in layout.arrays:
                     if spec.axis == "row":
                         create_array(group, spec, (layout.num_rows, *spec.inner_shape), plan.chunks[spec.path])
-            group.attrs["build"] = {"state": "building", "started": _now(), "fingerprint": None}
+            if group.attrs.get("build", {}).get("state") != "finalized":
+                group.attrs["build"] = {"state": "building", "started": _now(), "fingerprint": None}
             return cls(loc, group, lock)
         except BaseException:
             lock.release()
             raise
+
+    @property
+    def is_finalized(self) -> bool:
+        """True when the store was already finished with these settings: there is nothing to do."""
+        return self.group.attrs.get("build", {}).get("state") == "finalized"
 
     def write_fixed(self, path: str, value: Any) -> None:
         """Write one whole ``fixed`` array of the layout (cameras, class prompts, PCA)."""
@@ -267,6 +274,8 @@ class CacheWriter(BlockWriter):
 
     def finalize(self) -> str:
         """Check every row is finished, consolidate ragged data, record the content fingerprint."""
+        if self.is_finalized:
+            return self.group.attrs["build"]["fingerprint"]
         status = self.group[self.layout.status_path][:]
         pending = np.flatnonzero(status == PENDING)
         if pending.size:
@@ -345,8 +354,17 @@ def _clear(loc: Location) -> None:
 
 def _check_resumable(url: str, existing: dict[str, Any], wanted: dict[str, Any]) -> None:
     ignore = {"tool", "build", "splits"}
-    diffs = [k for k in sorted(set(existing) | set(wanted)) if k not in ignore and existing.get(k) != wanted.get(k)]
+    diffs = [d for k in sorted(set(existing) | set(wanted)) if k not in ignore
+             for d in _differences(existing.get(k), wanted.get(k), k)]
     if diffs:
+        shown = ", ".join(diffs[:6]) + (f" and {len(diffs) - 6} more" if len(diffs) > 6 else "")
         raise LayoutMismatchError(
-            f"{url} already holds a cache built with different settings ({', '.join(diffs)} differ); "
+            f"{url} already holds a cache built with different settings ({shown} differ); "
             "resume with the same settings, pass overwrite to start again, or write to another path")
+
+
+def _differences(a: Any, b: Any, path: str) -> list[str]:
+    """Dotted paths where two JSON values differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{path}.{k}")]
+    return [] if a == b else [path]

@@ -88,7 +88,7 @@ def test_killed_build_resumes_and_keeps_finished_blocks(tmp_path):
 def test_resume_with_different_settings_is_refused(objects_cache):
     url, _ = objects_cache
     attrs, layout, _ = example_objects(num_points=32)
-    with pytest.raises(LayoutMismatchError, match="different settings.*config.*layout"):
+    with pytest.raises(LayoutMismatchError, match="different settings.*config.num_points.*layout"):
         CacheWriter.create(url, attrs, layout, max_block_rows=8)
     with CacheWriter.create(url, attrs, layout, max_block_rows=8, overwrite=True) as w:
         assert w.pending_blocks() == [0, 1, 2]

@@ -1,0 +1,268 @@
+"""Object cache builder: meshes -> points, renders, captions, teacher embeddings -> `objects` cache.
+
+The coordinator (:func:`build_objects`) lists the dataset, loads the teachers
+once for their records and the class-prompt embeddings, creates or resumes the
+store and hands every unfinished block of rows to :func:`build_block`, in this
+process or on Dask workers. A worker keeps its renderer and teachers between
+blocks, turns each shape into points and views (a broken shape becomes a failed
+row with its reason), then captions and embeds the whole block in batches and
+writes it. Every random choice is seeded from the shape id, so the same inputs
+give the same cache whichever worker, order or run builds a block.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from cache_schema import DONE, FAILED, CacheAttrs, CacheWriter, objects_layout
+from cache_schema.writer import BlockWriter
+from preprocess.captions import make_captioner
+from preprocess.cluster import run_tasks
+from preprocess.meshes import BadInput, load_mesh, normalize_unit_sphere
+from preprocess.points import sample_points, seed_for
+from preprocess.render import Renderer, ViewConfig
+from preprocess.sources import Catalog, MeshItem, list_source
+from preprocess.teachers import ClipTeacher, Dinov2Teacher, Teacher, load_teacher
+
+STAGES = ("load", "sample", "render", "caption", "embed", "write")
+
+
+@dataclass(frozen=True)
+class ObjectBuildConfig:
+    """Everything that decides the content of an objects cache (stored in its `config`)."""
+
+    dataset: str
+    root: str | None = None
+    num_points: int = 8192
+    point_dtype: str = "float16"
+    views: ViewConfig = ViewConfig()
+    teachers: tuple[str, ...] = ("clip-vit-b16", "dinov2-vitb14")
+    captioner: str = "template"
+    num_captions: int = 5
+    captions_file: str | None = None
+    store_rgb: bool = True
+    store_depth: bool = True
+    seed: int = 0
+    max_per_class: int | None = None
+    demo_per_class: int = 40
+
+    def content(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["views"] = {**dataclasses.asdict(self.views), "intrinsics": self.views.intrinsics().tolist(),
+                      "camera_convention": "camera-to-world, OpenGL axes (x right, y up, looks along -z)",
+                      "depth": "camera z distance in normalised units, 0 = background"}
+        d["points"] = "area-weighted surface samples, bounding-box centred, unit sphere"
+        return d
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a build; none of it changes the content."""
+
+    workers: int = 0
+    scheduler: str | None = None
+    gl_platform: str = "auto"
+    overwrite: bool = False
+    block_rows: int = 64
+    batch_size: int = 64
+    progress: bool = True
+    torch_threads: int | None = None
+
+
+@dataclass
+class BlockReport:
+    block: int
+    done: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # id -> reason
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+
+@dataclass
+class BuildSummary:
+    url: str
+    rows: int
+    done: int
+    failed: Counter
+    seconds: float
+    stored_bytes: int
+    fingerprint: str
+    already_complete: bool = False
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        if self.already_complete:
+            return f"{self.url} is already complete ({self.rows} rows, {self.fingerprint}); nothing to do."
+        lines = [f"built {self.url}: {self.done} done, {sum(self.failed.values())} failed of {self.rows} shapes "
+                 f"in {self.seconds:.1f} s; {self.stored_bytes / 2**20:.1f} MiB on disk",
+                 f"fingerprint {self.fingerprint}"]
+        for reason, n in self.failed.most_common(10):
+            lines.append(f"  failed x{n}: {reason}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- worker side
+
+
+@lru_cache(maxsize=8)
+def _teacher(name: str, batch_size: int) -> Teacher:
+    return load_teacher(name, batch_size=batch_size)
+
+
+@lru_cache(maxsize=2)
+def _worker_tools(cfg: ObjectBuildConfig, run: RunOptions):
+    if run.torch_threads:
+        import torch
+
+        torch.set_num_threads(run.torch_threads)
+    renderer = Renderer(cfg.views, run.gl_platform)
+    captioner = make_captioner(cfg.captioner, cfg.num_captions, cfg.captions_file, cfg.seed)
+    return renderer, captioner, {n: _teacher(n, run.batch_size) for n in cfg.teachers}
+
+
+def _shape_views(item: MeshItem, cfg: ObjectBuildConfig, renderer: Renderer, report: BlockReport):
+    """Points, normals, RGB and depth of one shape, and a note; raises BadInput."""
+    t = time.perf_counter()
+    mesh, notes = load_mesh(item)
+    mesh, _, _ = normalize_unit_sphere(mesh)
+    t1 = time.perf_counter()
+    points, normals = sample_points(mesh, cfg.num_points, seed_for(item.id, cfg.seed))
+    t2 = time.perf_counter()
+    rgb, depth = renderer.render(mesh)
+    t3 = time.perf_counter()
+    report.seconds["load"] += t1 - t
+    report.seconds["sample"] += t2 - t1
+    report.seconds["render"] += t3 - t2
+    return points, normals, rgb, depth, "; ".join(notes)
+
+
+def build_block(url: str, token: str, cfg: ObjectBuildConfig, run: RunOptions, block: int,
+                items: tuple[MeshItem, ...], label_names: tuple[str, ...]) -> BlockReport:
+    """Build and write one block of rows (runs in a worker)."""
+    renderer, captioner, teachers = _worker_tools(cfg, run)
+    writer = BlockWriter.attach(url, token)
+    report = BlockReport(block)
+    n, v, r, p, k = len(items), cfg.views.num_views, cfg.views.resolution, cfg.num_points, cfg.num_captions
+    rows: dict[str, Any] = {
+        "ids": np.array([it.id for it in items]), "label": np.array([it.label for it in items]),
+        "points": np.zeros((n, p, 3), np.float32), "normals": np.zeros((n, p, 3), np.float32),
+        "captions": np.full((n, k), "", dtype=object),
+    }
+    rgb_all, depth_all = np.zeros((n, v, r, r, 3), np.uint8), np.zeros((n, v, r, r), np.float32)
+    status, reasons = np.full(n, DONE, np.uint8), [""] * n
+    for i, item in enumerate(items):
+        try:
+            rows["points"][i], rows["normals"][i], rgb_all[i], depth_all[i], reasons[i] = \
+                _shape_views(item, cfg, renderer, report)
+        except BadInput as e:
+            status[i], reasons[i] = FAILED, str(e)
+        except Exception as e:  # never let one shape stop a build
+            status[i], reasons[i] = FAILED, f"{type(e).__name__}: {e}"
+    ok = np.flatnonzero(status == DONE)
+    t = time.perf_counter()
+    for i, (caps, note) in zip(ok, captioner.caption([items[i] for i in ok], label_names, [rgb_all[i] for i in ok])):
+        rows["captions"][i] = caps
+        reasons[i] = "; ".join(x for x in (reasons[i], note) if x)
+    report.seconds["caption"] += time.perf_counter() - t
+    t = time.perf_counter()
+    rows.update(_embed(teachers, rgb_all[ok], depth_all[ok], rows["captions"][ok], ok, n, v, k))
+    report.seconds["embed"] += time.perf_counter() - t
+    if cfg.store_rgb:
+        rows["views/rgb"] = rgb_all
+    if cfg.store_depth:
+        rows["views/depth"] = depth_all
+    t = time.perf_counter()
+    writer.write_block(block, rows, status, reasons)
+    report.seconds["write"] += time.perf_counter() - t
+    report.done = int(len(ok))
+    report.failed = {items[i].id: reasons[i] for i in np.flatnonzero(status == FAILED)}
+    return report
+
+
+def _embed(teachers: dict[str, Teacher], rgb: np.ndarray, depth: np.ndarray, captions: np.ndarray,
+           ok: np.ndarray, n: int, v: int, k: int) -> dict[str, np.ndarray]:
+    """Teacher arrays of a block; rows not in ``ok`` stay zero."""
+    out: dict[str, np.ndarray] = {}
+    flat_rgb = rgb.reshape(-1, *rgb.shape[2:])
+
+    def put(path: str, values: np.ndarray, per_row: int) -> None:
+        full = np.zeros((n, per_row, values.shape[-1]), np.float32)
+        full[ok] = values.reshape(len(ok), per_row, -1)
+        out[path] = full
+
+    for name, t in teachers.items():
+        if isinstance(t, ClipTeacher):
+            put(f"teachers/{name}/image", t.encode_images(flat_rgb), v)
+            put(f"teachers/{name}/depth", t.encode_depth(depth.reshape(-1, *depth.shape[2:])), v)
+            put(f"teachers/{name}/text", t.encode_texts([str(c) for c in captions.ravel()]), k)
+        elif isinstance(t, Dinov2Teacher):
+            cls, patch = t.encode_images(flat_rgb)
+            put(f"teachers/{name}/image", cls, v)
+            put(f"teachers/{name}/patch_mean", patch, v)
+    return out
+
+
+# ---------------------------------------------------------------- coordinator
+
+
+def make_layout_and_attrs(catalog: Catalog, cfg: ObjectBuildConfig, teachers: dict[str, Teacher],
+                          captioner_info: dict[str, Any]):
+    records = {n: t.record for n, t in teachers.items()}
+    layout = objects_layout(len(catalog.items), cfg.num_points, cfg.views.num_views, cfg.num_captions, records,
+                            num_classes=len(catalog.label_names), image_hw=(cfg.views.resolution,) * 2,
+                            store_rgb=cfg.store_rgb, store_depth=cfg.store_depth, point_dtype=cfg.point_dtype,
+                            with_normals=True)
+    attrs = CacheAttrs(kind="objects", dataset={"name": catalog.name, "source_root": catalog.source_root},
+                       config={**cfg.content(), "captions": captioner_info}, teachers=records,
+                       label_names=catalog.label_names)
+    return layout, attrs
+
+
+def build_objects(url: str, cfg: ObjectBuildConfig, run: RunOptions = RunOptions()) -> BuildSummary:
+    """Build (or resume, or confirm) the objects cache at ``url``."""
+    start = time.perf_counter()
+    catalog = list_source(cfg.dataset, cfg.root, per_class=cfg.demo_per_class, seed=cfg.seed)
+    catalog = catalog.limited(cfg.max_per_class)
+    if not catalog.items:
+        raise ValueError(f"dataset {cfg.dataset!r} at {cfg.root!r} lists no shapes")
+    teachers = {n: _teacher(n, run.batch_size) for n in cfg.teachers}
+    captioner_info = make_captioner(cfg.captioner, cfg.num_captions, cfg.captions_file, cfg.seed).describe() \
+        if not cfg.captioner.startswith("blip2") else {"captioner": cfg.captioner, "num_captions": cfg.num_captions}
+    layout, attrs = make_layout_and_attrs(catalog, cfg, teachers, captioner_info)
+    with CacheWriter.create(url, attrs, layout, overwrite=run.overwrite, max_block_rows=run.block_rows) as writer:
+        if writer.is_finalized:
+            status = writer.group["status"][:]
+            return BuildSummary(url, len(status), int((status == DONE).sum()), Counter(), 0.0,
+                                int(writer.loc.fs.du(writer.loc.root)), writer.finalize(), already_complete=True)
+        pending = writer.pending_blocks()
+        tasks = [(url, writer.token, cfg, run, b, catalog.items[slice(*writer.block_range(b))], catalog.label_names)
+                 for b in pending]
+        weights = [len(t[5]) for t in tasks]
+        stage_seconds = dict.fromkeys(STAGES, 0.0)
+        for report in run_tasks(build_block, tasks, weights, workers=run.workers, scheduler=run.scheduler,
+                                desc=f"{cfg.dataset} shapes", unit="shape", progress=run.progress):
+            for s, sec in report.seconds.items():
+                stage_seconds[s] += sec
+        writer.write_fixed("views/camera", cfg.views.cameras())
+        for name, t in teachers.items():
+            if isinstance(t, ClipTeacher):
+                writer.write_fixed(f"teachers/{name}/class_text", t.encode_classes(list(catalog.label_names)))
+        for split, rows in catalog.splits().items():
+            writer.write_split(split, rows)
+        fingerprint = writer.finalize()
+        status = writer.group["status"][:]
+        reasons = writer.group["status_reason"][:]
+        failed = Counter(_reason_kind(str(x)) for x in reasons[status == FAILED])
+        return BuildSummary(url, len(status), int((status == DONE).sum()), failed, time.perf_counter() - start,
+                            int(writer.loc.fs.du(writer.loc.root)), fingerprint, stage_seconds=stage_seconds)
+
+
+def _reason_kind(reason: str) -> str:
+    """Group reasons by their kind ("missing file: /a/b.obj" -> "missing file")."""
+    return reason.split(":", 1)[0] if ":" in reason else reason

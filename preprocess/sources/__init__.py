@@ -1,0 +1,73 @@
+"""Object datasets: each source lists its shapes as :class:`MeshItem` rows.
+
+Listing is cheap and happens in the build coordinator; loading a mesh
+(:func:`preprocess.meshes.load_mesh`) happens in the workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class MeshItem:
+    """One shape to build: its id, class index and where its mesh comes from.
+
+    ``path`` is a file for on-disk datasets; ``procedural`` holds the generator
+    arguments of built-in demo shapes (then ``path`` is None).
+    """
+
+    id: str
+    label: int
+    split: str
+    path: str | None = None
+    procedural: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Everything a source lists: items in a stable order, class names, source root."""
+
+    name: str
+    source_root: str
+    label_names: tuple[str, ...]
+    items: tuple[MeshItem, ...] = field(repr=False)
+
+    def splits(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for row, item in enumerate(self.items):
+            out.setdefault(item.split, []).append(row)
+        return out
+
+    def limited(self, max_shapes: int | None) -> Catalog:
+        """The first ``max_shapes`` items per class (for quick runs), order kept."""
+        if not max_shapes:
+            return self
+        seen: dict[int, int] = {}
+        keep = []
+        for item in self.items:
+            if seen.get(item.label, 0) < max_shapes:
+                seen[item.label] = seen.get(item.label, 0) + 1
+                keep.append(item)
+        return Catalog(self.name, self.source_root, self.label_names, tuple(keep))
+
+
+def hashed_split(key: str, test_fraction: float = 0.2) -> str:
+    """A stable train/test assignment from the id alone (for datasets without an official split)."""
+    h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") / 2**64
+    return "test" if h < test_fraction else "train"
+
+
+def list_source(name: str, root: str | None, **options: Any) -> Catalog:
+    """The catalog of dataset ``name`` (shapenet, modelnet40, meshes, demo)."""
+    from preprocess.sources import demo, meshes, modelnet40, shapenet
+
+    sources = {"shapenet": shapenet.list_items, "modelnet40": modelnet40.list_items,
+               "meshes": meshes.list_items, "demo": demo.list_items}
+    if name not in sources:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(sources)}")
+    if name != "demo" and not root:
+        raise ValueError(f"dataset {name!r} needs its root folder (--root)")
+    return sources[name](root, **options)
