@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from cache_schema.fingerprint import array_paths
@@ -25,6 +26,9 @@ def summarize(url: str, storage_options: dict[str, Any] | None = None) -> dict[s
         arr = cache.group[path]
         arrays[path] = {"shape": list(arr.shape), "dtype": "str" if arr.dtype.kind in "UOT" else str(arr.dtype), "chunks": list(arr.chunks),
                         "stored_bytes": _stored_bytes(cache, path)}
+    reasons = cache.array(cache.layout.status_path + "_reason")[:]
+    failures = Counter(str(r).split(":", 1)[0] for r in reasons[status == FAILED])
+    notes = Counter(str(r).split(":", 1)[0] for r in reasons[(status == DONE) & (reasons != "")])
     summary: dict[str, Any] = {
         "url": cache.loc.url,
         "kind": cache.kind,
@@ -34,6 +38,8 @@ def summarize(url: str, storage_options: dict[str, Any] | None = None) -> dict[s
         "rows_done": int((status == DONE).sum()),
         "rows_failed": int((status == FAILED).sum()),
         "rows_pending": int((status == PENDING).sum()),
+        "failures_by_reason": dict(failures.most_common()),
+        "notes_on_done_rows": dict(notes.most_common()),
         "build": cache.build,
         "tool": cache.attrs.tool,
         "num_classes": len(cache.attrs.label_names),
@@ -71,6 +77,10 @@ def format_summary(s: dict[str, Any]) -> str:
         f"  on disk     {human_bytes(s['stored_bytes'])}  (chunks ~{human_bytes(s['chunking']['target_bytes'])}, "
         f"blocks of {s['chunking']['block_rows']} rows)",
     ]
+    for reason, n in s["failures_by_reason"].items():
+        lines.append(f"    failed x{n}: {reason}")
+    for note, n in s["notes_on_done_rows"].items():
+        lines.append(f"    note x{n}: {note}")
     if s["kind"] == "scenes":
         lines.append(f"  ragged      {s.get('num_points')} points, {s.get('num_pairs')} point-pixel pairs")
     lines.append(f"  splits      " + (", ".join(f"{n} ({c})" for n, c in s["splits"].items()) or "-"))

@@ -150,6 +150,20 @@ class BlockWriter:
             self.group[self.layout.status_path + "_reason"][start:stop] = reasons_arr
             self.group[self.layout.status_path][start:stop] = status_arr
 
+    def write_arrays(self, block: int, arrays: Mapping[str, Any]) -> None:
+        """Write some row arrays of one block (e.g. a teacher added later); status is left alone."""
+        start, stop = self.block_range(block)
+        specs = {s.path: s for s in self.layout.by_axis("row")}
+        verify_token(self.loc, self.token)
+        with _write_all_chunks():
+            for path, value in arrays.items():
+                if path not in specs or path.startswith(self.layout.status_path):
+                    raise LayoutMismatchError(f"block {block}: {path} is not a writable row array of this layout")
+                v = _as_dtype(path, value, specs[path])
+                if v.shape != (stop - start, *specs[path].inner_shape):
+                    raise LayoutMismatchError(f"block {block}: {path} has shape {v.shape}")
+                self.group[path][start:stop] = v
+
     def _check_status(self, block: int, n: int, status: Any, reasons: Any) -> tuple[np.ndarray, np.ndarray]:
         status_arr = np.asarray(status, dtype=np.uint8)
         if status_arr.shape != (n,):
@@ -244,6 +258,36 @@ class CacheWriter(BlockWriter):
         except BaseException:
             lock.release()
             raise
+
+    @classmethod
+    def open_existing(cls, url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> CacheWriter:
+        """Take the lock on an existing cache to extend it (see :meth:`add_arrays`)."""
+        loc = locate(url, storage_options)
+        lock = WriterLock(loc).acquire()
+        try:
+            if not loc.exists():
+                raise IncompleteCacheError(f"no cache at {loc.url}")
+            group = zarr.open_group(loc.zarr_store(read_only=False), mode="r+")
+            CacheAttrs.from_dict(dict(group.attrs), where=loc.url)
+            return cls(loc, group, lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    def add_arrays(self, specs: Sequence[ArraySpec], attrs_update: Mapping[str, Any]) -> None:
+        """Declare new arrays (and attributes such as a teacher record); the store is building until finalize."""
+        existing = {a.path for a in self.layout.arrays}
+        new = [s for s in specs if s.path not in existing]
+        layout = Layout(self.layout.kind, self.layout.num_rows, (*self.layout.arrays, *new))
+        chunks = dict(self.plan.chunks)
+        for spec in new:
+            if spec.axis == "row":
+                chunks[spec.path] = chunk_for(spec, self.plan.target_bytes, max_rows=self.plan.block_rows)
+                create_array(self.group, spec, (layout.num_rows, *spec.inner_shape), chunks[spec.path])
+        self.layout, self.plan = layout, ChunkPlan(self.plan.target_bytes, self.plan.block_rows, chunks)
+        self.group.attrs.update({**json.loads(json.dumps(dict(attrs_update))), "layout": layout.to_dict(),
+                                 "chunking": self.plan.to_dict(),
+                                 "build": {"state": "building", "started": _now(), "fingerprint": None}})
 
     @property
     def is_finalized(self) -> bool:
