@@ -17,7 +17,20 @@ PIP := set -o pipefail; $(PY) -m pip install -q
 QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 CACHES := caches
 
-.PHONY: setup test test-slow demo bench-chunks clean
+# `make cache DATASET=...`: the object cache builder (see `preprocess objects --help`).
+DATASET ?= demo
+OUT ?= $(CACHES)/$(DATASET).zarr
+ROOT_shapenet = $(SHAPENET_ROOT)
+ROOT_modelnet40 = $(MODELNET_ROOT)
+ROOT_meshes = $(MESH_ROOT)
+ROOT ?= $(ROOT_$(DATASET))
+TEACHERS ?= $(if $(filter demo,$(DATASET)),tiny,base)
+WORKERS ?= 2
+CACHE_ARGS ?=
+# The demo cache is lighter than the defaults (6 views of 128 px instead of 12 of 224) to stay within minutes on a CPU.
+DEMO_ARGS := --views 6 --resolution 128
+
+.PHONY: setup test test-slow demo cache bench-chunks bench-build clean
 
 setup: $(STAMP)
 
@@ -40,19 +53,23 @@ test: setup
 test-slow: setup
 	$(VENV)/bin/pytest -q -m slow
 
-# The main job on built-in data. It grows with the project: today it writes the
-# synthetic example caches through the cache contract and inspects them.
+cache: setup
+	$(VENV)/bin/preprocess objects $(DATASET) $(if $(ROOT),--root "$(ROOT)") --out "$(OUT)" \
+	  --teachers $(TEACHERS) --workers $(WORKERS) $(if $(filter demo,$(DATASET)),$(DEMO_ARGS)) $(CACHE_ARGS)
+
+# The main job on built-in data, growing with the project: build the demo object
+# cache with the tiny teachers (resumes / says complete when run again), inspect and check it.
 demo: setup
 	@mkdir -p $(CACHES)
-	$(VENV)/bin/cache example $(CACHES)/example-objects.zarr --kind objects --overwrite
-	$(VENV)/bin/cache example $(CACHES)/example-scenes.zarr --kind scenes --overwrite
-	$(VENV)/bin/cache info $(CACHES)/example-objects.zarr
-	$(VENV)/bin/cache validate $(CACHES)/example-objects.zarr
-	$(VENV)/bin/cache info $(CACHES)/example-scenes.zarr
-	$(VENV)/bin/cache validate $(CACHES)/example-scenes.zarr
+	$(MAKE) --no-print-directory cache DATASET=demo
+	$(VENV)/bin/cache info $(CACHES)/demo.zarr
+	$(VENV)/bin/cache validate $(CACHES)/demo.zarr
 
 bench-chunks: setup
 	$(PY) scripts/bench_chunks.py
+
+bench-build: setup
+	$(PY) scripts/bench_build.py
 
 clean:
 	rm -rf $(VENV) $(CACHES) .pytest_cache
