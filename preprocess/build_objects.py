@@ -54,7 +54,9 @@ class ObjectBuildConfig:
     demo_per_class: int = 40
 
     def content(self) -> dict[str, Any]:
+        """The build settings as stored in `config`; teachers are recorded in the root `teachers` instead."""
         d = dataclasses.asdict(self)
+        del d["teachers"]
         d["views"] = {**dataclasses.asdict(self.views), "intrinsics": self.views.intrinsics().tolist(),
                       "camera_convention": "camera-to-world, OpenGL axes (x right, y up, looks along -z)",
                       "depth": "camera z distance in normalised units, 0 = background"}
@@ -193,7 +195,8 @@ def _embed(teachers: dict[str, Teacher], rgb: np.ndarray, depth: np.ndarray, cap
 
     def put(path: str, values: np.ndarray, per_row: int) -> None:
         full = np.zeros((n, per_row, values.shape[-1]), np.float32)
-        full[ok] = values.reshape(len(ok), per_row, -1)
+        if len(ok):
+            full[ok] = values.reshape(len(ok), per_row, values.shape[-1])
         out[path] = full
 
     for name, t in teachers.items():

@@ -47,7 +47,7 @@ def _merge(loaded: trimesh.Scene | trimesh.Trimesh, path: str) -> trimesh.Trimes
         return loaded
     geoms = [g for g in loaded.dump() if isinstance(g, trimesh.Trimesh)] if isinstance(loaded, trimesh.Scene) else []
     if not geoms:
-        raise BadInput(f"no triangles in {os.path.basename(path)}")
+        raise BadInput(f"mesh has no faces ({os.path.basename(path)} holds no triangles)")
     if len(geoms) == 1:
         return geoms[0]
     try:

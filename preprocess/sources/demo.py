@@ -42,34 +42,41 @@ class _Parts:
         self.meshes: list[trimesh.Trimesh] = []
 
     def add(self, mesh: trimesh.Trimesh, at=(0.0, 0.0, 0.0), color: int | None = None) -> None:
+        if self.rng.random() < 0.5:
+            mesh = mesh.subdivide()  # varies the face count, which should say nothing about the class
         mesh.apply_translation(at)
         c = PALETTE[self.rng.integers(len(PALETTE))] if color is None else PALETTE[color]
         mesh.visual.face_colors = np.tile(np.append(c, 255), (len(mesh.faces), 1))
         self.meshes.append(mesh)
 
+    def sections(self) -> int:
+        """Random tessellation, so that the face count says little about the class."""
+        return int(self.rng.integers(8, 33))
+
     def box(self, size, at, color=None) -> None:
         self.add(trimesh.creation.box(extents=size), at, color)
 
     def cylinder(self, radius, height, at, axis="y", color=None) -> None:
-        m = trimesh.creation.cylinder(radius=radius, height=height, sections=24)
+        m = trimesh.creation.cylinder(radius=radius, height=height, sections=self.sections())
         self.add(_orient(m, axis), at, color)
 
     def cone(self, radius, height, at, flip=False, color=None) -> None:
-        m = trimesh.creation.cone(radius=radius, height=height, sections=24)
+        m = trimesh.creation.cone(radius=radius, height=height, sections=self.sections())
         m = _orient(m, "y")
         if flip:
             m.apply_transform(trimesh.transformations.rotation_matrix(np.pi, [1, 0, 0]))
         self.add(m, at, color)
 
     def capsule(self, radius, length, at, axis="x", color=None) -> None:
-        self.add(_orient(trimesh.creation.capsule(height=length, radius=radius, count=[16, 16]), axis), at, color)
+        n = self.sections()
+        self.add(_orient(trimesh.creation.capsule(height=length, radius=radius, count=[n, n]), axis), at, color)
 
     def sphere(self, radius, at, color=None) -> None:
-        self.add(trimesh.creation.icosphere(subdivisions=2, radius=radius), at, color)
+        self.add(trimesh.creation.icosphere(subdivisions=int(self.rng.integers(1, 3)), radius=radius), at, color)
 
     def torus(self, major, minor, at, axis="y", color=None) -> None:
         self.add(_orient(trimesh.creation.torus(major_radius=major, minor_radius=minor,
-                                                major_sections=24, minor_sections=12), axis), at, color)
+                                                major_sections=self.sections(), minor_sections=8), axis), at, color)
 
     def legs(self, n, spread_x, spread_z, height, thick, top_y=None, round_legs=None) -> None:
         round_legs = self.rng.random() < 0.5 if round_legs is None else round_legs

@@ -1,0 +1,111 @@
+"""Small datasets on disk in the real layouts (ShapeNetCore v2, ModelNet40, a mesh folder), for tests."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import trimesh
+from PIL import Image
+
+from preprocess.sources.demo import make_mesh
+
+CUBE_OBJ = """mtllib model_normalized.mtl
+v -0.5 -0.5 0.5
+v 0.5 -0.5 0.5
+v 0.5 0.5 0.5
+v -0.5 0.5 0.5
+v -0.5 -0.5 -0.5
+v 0.5 -0.5 -0.5
+v 0.5 0.5 -0.5
+v -0.5 0.5 -0.5
+vt 0 0
+vt 1 0
+vt 1 1
+vt 0 1
+usemtl skin
+f 1/1 2/2 3/3 4/4
+f 6/1 5/2 8/3 7/4
+f 5/1 1/2 4/3 8/4
+f 2/1 6/2 7/3 3/4
+f 4/1 3/2 7/3 8/4
+f 5/1 6/2 2/3 1/4
+"""
+
+
+def textured_cube(folder: str, texture: str | None = "texture.png", color=(220, 20, 20)) -> str:
+    """An OBJ cube with an .mtl whose diffuse map is a solid-colour PNG (or a missing file)."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "model_normalized.obj"), "w") as f:
+        f.write(CUBE_OBJ)
+    with open(os.path.join(folder, "model_normalized.mtl"), "w") as f:
+        f.write("newmtl skin\nKa 1 1 1\nKd 1 1 1\n" + (f"map_Kd {texture}\n" if texture else ""))
+    if texture == "texture.png":
+        Image.fromarray(np.full((8, 8, 3), color, np.uint8)).save(os.path.join(folder, texture))
+    return os.path.join(folder, "model_normalized.obj")
+
+
+def shapenet_fixture(root: str) -> dict[str, str]:
+    """Two synsets, three models each; the first chair is textured red. Returns id -> category."""
+    synsets = {"03001627": "chair", "04379243": "table"}
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "taxonomy.json"), "w") as f:
+        json.dump([{"synsetId": s, "name": f"{n},{n}s", "children": []} for s, n in synsets.items()], f)
+    ids = {}
+    for synset, name in synsets.items():
+        for i in range(3):
+            model_id = f"{name}{i:02d}abc"
+            folder = os.path.join(root, synset, model_id, "models")
+            os.makedirs(folder, exist_ok=True)
+            if name == "chair" and i == 0:
+                textured_cube(folder)
+            else:
+                make_mesh(name, i).export(os.path.join(folder, "model_normalized.obj"))
+            ids[f"{synset}/{model_id}"] = name
+    return ids
+
+
+def modelnet_fixture(root: str) -> None:
+    """Two classes with train and test OFF files (three train, one test each)."""
+    for cls in ("bottle", "lamp"):
+        for split, count in (("train", 3), ("test", 1)):
+            folder = os.path.join(root, cls, split)
+            os.makedirs(folder, exist_ok=True)
+            for i in range(count):
+                index = i + (10 if split == "test" else 0)
+                make_mesh(cls, index).export(os.path.join(folder, f"{cls}_{index + 1:04d}.off"))
+
+
+def bad_meshes_fixture(root: str) -> dict[str, str]:
+    """A mesh folder where almost everything is wrong. Returns relative id -> expected outcome."""
+    os.makedirs(root, exist_ok=True)
+    good = os.path.join(root, "good")
+    bad = os.path.join(root, "bad")
+    os.makedirs(good)
+    os.makedirs(bad)
+    make_mesh("mug", 0).export(os.path.join(good, "mug.ply"))
+    cube = trimesh.creation.box()
+    (cube.copy().apply_scale(1e12)).export(os.path.join(good, "huge.stl"))
+    scene = trimesh.Scene([make_mesh("car", 0), trimesh.creation.icosphere().apply_translation([3, 0, 0])])
+    scene.export(os.path.join(good, "scene.glb"))
+    textured_cube(os.path.join(good, "untextured"), texture="missing.png")
+    os.makedirs(os.path.join(good, "deep", "a\\b"))
+    cube.export(os.path.join(good, "deep", "a\\b", "odd name #1.obj"))
+    with open(os.path.join(bad, "garbage.ply"), "wb") as f:
+        f.write(os.urandom(3000))
+    with open(os.path.join(bad, "nofaces.obj"), "w") as f:
+        f.write("v 0 0 0\nv 1 0 0\nv 0 1 0\n")
+    with open(os.path.join(bad, "nan.obj"), "w") as f:
+        f.write("v 0 0 0\nv nan 0 0\nv 0 1 0\nf 1 2 3\n")
+    with open(os.path.join(bad, "flat.obj"), "w") as f:
+        f.write("v 0 0 0\nv 1 0 0\nv 2 0 0\nv 3 0 0\nf 1 2 3\nf 2 3 4\n")
+    with open(os.path.join(bad, "empty.off"), "w") as f:
+        f.write("")
+    return {
+        "good/mug.ply": "done", "good/huge.stl": "done", "good/scene.glb": "done",
+        "good/untextured/model_normalized.obj": "done, texture missing",
+        "good/deep/a\\b/odd name #1.obj": "done",
+        "bad/garbage.ply": "unreadable", "bad/nofaces.obj": "no faces", "bad/nan.obj": "non-finite",
+        "bad/flat.obj": "degenerate", "bad/empty.off": "unreadable",
+    }
