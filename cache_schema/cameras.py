@@ -51,3 +51,15 @@ def unproject_pixels(uv: np.ndarray, depth: np.ndarray, K: np.ndarray, T_to_cam:
 def in_image(uv: np.ndarray, depth: np.ndarray, width: int, height: int, min_depth: float = 0.0) -> np.ndarray:
     """(n,) bool: in front of the camera beyond ``min_depth`` and inside the image."""
     return (depth > min_depth) & (uv[:, 0] >= 0) & (uv[:, 0] < width) & (uv[:, 1] >= 0) & (uv[:, 1] < height)
+
+
+def depth_to_points(depth: np.ndarray, K: np.ndarray, cam_to_world_gl: np.ndarray) -> np.ndarray:
+    """Back-project a rendered depth map (H, W; 0 = background) to (n, 3) world points.
+
+    Pixel centres ``(c + 0.5, r + 0.5)`` are lifted with K in OpenCV axes, then
+    taken to the world by an OpenGL camera-to-world matrix (as in ``views/camera``).
+    """
+    rows, cols = np.nonzero(depth > 0)
+    uv = np.stack([cols + 0.5, rows + 0.5], axis=1)
+    w2c_cv = OPENGL_TO_OPENCV @ np.linalg.inv(cam_to_world_gl)
+    return unproject_pixels(uv, depth[rows, cols].astype(np.float64), K, w2c_cv)

@@ -1,0 +1,86 @@
+"""Captioners (template, file, BLIP-2 with a tiny random model) and the teacher registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from preprocess.captions import Blip2Captioner, build_tiny_blip2, make_captioner, template_captions
+from preprocess.sources import MeshItem
+from preprocess.teachers import load_teacher, resolve_names, weights_fingerprint
+
+ITEMS = [MeshItem("03001627/abc", 0, "train"), MeshItem("04379243/def", 1, "train")]
+NAMES = ("chair", "table")
+VIEWS = [np.random.default_rng(i).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8) for i in range(2)]
+
+
+def test_template_captions_are_k_distinct_and_seeded_by_id():
+    a = template_captions("x/1", "chair", 4)
+    assert len(a) == 4 == len(set(a)) and all("chair" in c for c in a)
+    assert a == template_captions("x/1", "chair", 4) and a != template_captions("x/2", "chair", 4)
+    out = make_captioner("template", 3).caption(ITEMS, NAMES, VIEWS)
+    assert [len(c) for c, _ in out] == [3, 3] and "table" in out[1][0][0]
+
+
+def test_file_captions_cycle_to_k_and_fall_back_with_a_note(tmp_path):
+    path = tmp_path / "cap3d.json"
+    path.write_text(json.dumps({"03001627/abc": ["a wooden chair", "a seat with four legs"]}))
+    out = make_captioner("file", 3, str(path)).caption(ITEMS, NAMES, VIEWS)
+    assert out[0] == (["a wooden chair", "a seat with four legs", "a wooden chair"], "")
+    assert "table" in out[1][0][0] and "not in captions file" in out[1][1]
+    with pytest.raises(FileNotFoundError):
+        make_captioner("file", 3, str(tmp_path / "nope.json"))
+
+
+def test_blip2_path_with_a_tiny_random_model_and_an_offline_tokenizer():
+    model, processor = build_tiny_blip2()
+    assert type(model).__name__ == "Blip2ForConditionalGeneration"
+    captioner = Blip2Captioner(2, "blip2-tiny", model=model, processor=processor, max_new_tokens=5, batch_size=3)
+    out = captioner.caption(ITEMS, NAMES, VIEWS)
+    assert len(out) == 2 and all(len(caps) == 2 and all(isinstance(c, str) for c in caps) for caps, _ in out)
+    vocab = set(processor.tokenizer.get_vocab())
+    assert all(w in vocab for caps, _ in out for c in caps for w in c.split())
+
+
+def test_blip2_tiny_captions_a_build(tmp_path):
+    from cache_schema import open_cache
+    from preprocess.build_objects import ObjectBuildConfig, RunOptions, build_objects
+    from preprocess.render import ViewConfig
+
+    url = str(tmp_path / "c.zarr")
+    cfg = ObjectBuildConfig("demo", num_points=128, views=ViewConfig(num_views=3, resolution=32),
+                            teachers=("clip-tiny",), captioner="blip2-tiny", num_captions=2, demo_per_class=1)
+    assert build_objects(url, cfg, RunOptions(progress=False)).done == 10
+    assert open_cache(url).captions().shape == (10, 2)
+
+
+def test_tiny_teachers_are_deterministic_and_marked_not_pretrained():
+    clip = load_teacher("clip-tiny")
+    assert clip.record.pretrained is False and clip.record.roles == ("image", "depth", "text", "class_text")
+    assert weights_fingerprint(clip.model) == weights_fingerprint(load_teacher("clip-tiny", batch_size=3).model)
+    images = np.random.default_rng(0).integers(0, 255, (5, 48, 48, 3), dtype=np.uint8)
+    a = clip.encode_images(images)
+    b = load_teacher("clip-tiny", batch_size=2).encode_images(images)  # other batching, same numbers
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5)
+    dino = load_teacher("dinov2-tiny")
+    cls, patch = dino.encode_images(images)
+    assert cls.shape == patch.shape == (5, 64) and not np.allclose(cls, patch)
+    assert resolve_names("tiny,clip-tiny") == ("clip-tiny", "dinov2-tiny")
+    with pytest.raises(ValueError, match="unknown teacher 'clip-huge'"):
+        resolve_names("clip-huge")
+
+
+@pytest.mark.parametrize("name,repo", [("clip-vit-b16", "laion/CLIP-ViT-B-16-laion2B-s34B-b88K"),
+                                       ("dinov2-vitb14", "facebook/dinov2-base")])
+def test_missing_pretrained_weights_name_what_to_download(tmp_path, name, repo):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    code = f"from preprocess.teachers import load_teacher; load_teacher({name!r}, cache_dir={str(tmp_path)!r})"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode != 0
+    assert "MissingWeightsError" in run.stderr and repo in run.stderr and "--teachers tiny" in run.stderr
