@@ -9,6 +9,7 @@ finished blocks stay written and the next run resumes after them.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -49,6 +50,7 @@ def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple], weights: Sequence[
 def _client(workers: int, scheduler: str | None):
     from dask.distributed import Client, LocalCluster
 
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # keep the progress bar readable
     if scheduler is not None:
         with Client(scheduler) as client:
             yield client

@@ -45,6 +45,7 @@ class TeacherPreset:
     model: str
     pretrained_tag: str
     hf_repo: str | None = None  # where the weights live on the Hugging Face hub
+    size: str = "base"  # architecture size when built without weights: "tiny" or "base"
 
 
 PRESETS = {p.name: p for p in (
@@ -52,10 +53,14 @@ PRESETS = {p.name: p for p in (
                   "laion/CLIP-ViT-B-16-laion2B-s34B-b88K"),
     TeacherPreset("dinov2-vitb14", "dinov2", "transformers", "facebook/dinov2-base", "facebook/dinov2-base",
                   "facebook/dinov2-base"),
-    TeacherPreset("clip-tiny", "clip", "open_clip", "clip-tiny", "none"),
-    TeacherPreset("dinov2-tiny", "dinov2", "transformers", "dinov2-tiny", "none"),
+    TeacherPreset("clip-tiny", "clip", "open_clip", "clip-tiny", "none", size="tiny"),
+    TeacherPreset("dinov2-tiny", "dinov2", "transformers", "dinov2-tiny", "none", size="tiny"),
+    # Full-size architectures with random weights: the real cost of inference, for benchmarks.
+    TeacherPreset("clip-vit-b16-random", "clip", "open_clip", "ViT-B-16", "none"),
+    TeacherPreset("dinov2-vitb14-random", "dinov2", "transformers", "dinov2-base-arch", "none"),
 )}
-ALIASES = {"tiny": ("clip-tiny", "dinov2-tiny"), "base": ("clip-vit-b16", "dinov2-vitb14")}
+ALIASES = {"tiny": ("clip-tiny", "dinov2-tiny"), "base": ("clip-vit-b16", "dinov2-vitb14"),
+           "base-random": ("clip-vit-b16-random", "dinov2-vitb14-random")}
 
 
 def resolve_names(names: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -232,8 +237,11 @@ class Dinov2Teacher(Teacher):
                                                    cache_dir=self.cache_dir)
             except Exception as e:  # OSError when the files are not cached
                 raise self._missing(self.preset.model, e) from e
-        config = Dinov2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
-                              patch_size=14, image_size=self.crop)
+        if self.preset.size == "tiny":
+            config = Dinov2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                                  patch_size=14, image_size=self.crop)
+        else:  # the dinov2-base architecture (ViT-B/14)
+            config = Dinov2Config(patch_size=14, image_size=518)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(TINY_SEED)
             return Dinov2Model(config)

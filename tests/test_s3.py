@@ -29,6 +29,9 @@ def s3_endpoint():
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield f"http://127.0.0.1:{port}"
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()  # closes the aiohttp sessions before the loop goes away
     server.stop()
 
 
