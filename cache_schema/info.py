@@ -83,7 +83,7 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(f"    note x{n}: {note}")
     if s["kind"] == "scenes":
         lines.append(f"  ragged      {s.get('num_points')} points, {s.get('num_pairs')} point-pixel pairs")
-    lines.append(f"  splits      " + (", ".join(f"{n} ({c})" for n, c in s["splits"].items()) or "-"))
+    lines.append("  splits      " + (", ".join(f"{n} ({c})" for n, c in s["splits"].items()) or "-"))
     lines.append(f"  classes     {s['num_classes']}")
     lines.append("  teachers")
     for name, t in s["teachers"].items():

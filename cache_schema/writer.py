@@ -289,6 +289,10 @@ class CacheWriter(BlockWriter):
                                  "chunking": self.plan.to_dict(),
                                  "build": {"state": "building", "started": _now(), "fingerprint": None}})
 
+    def _require_building(self) -> None:
+        if self.is_finalized:
+            raise IncompleteCacheError(f"{self.loc.url} is finalized; its content can no longer change")
+
     @property
     def is_finalized(self) -> bool:
         """True when the store was already finished with these settings: there is nothing to do."""
@@ -296,6 +300,7 @@ class CacheWriter(BlockWriter):
 
     def write_fixed(self, path: str, value: Any) -> None:
         """Write one whole ``fixed`` array of the layout (cameras, class prompts, PCA)."""
+        self._require_building()
         spec = self.layout[path]
         if spec.axis != "fixed":
             raise LayoutMismatchError(f"{path} is a {spec.axis} array; write it with write_block")
@@ -306,6 +311,7 @@ class CacheWriter(BlockWriter):
 
     def write_split(self, name: str, rows: Sequence[int] | np.ndarray) -> None:
         """Store a named split as int32 row indices (``split/<name>``)."""
+        self._require_building()
         idx = np.asarray(rows, dtype=np.int64)
         n = self.layout.num_rows
         if idx.ndim != 1 or (idx.size and (idx.min() < 0 or idx.max() >= n)):

@@ -13,14 +13,14 @@ import numpy as np
 
 from cache_schema import DONE, CacheWriter, objects_layout
 from cache_schema.writer import BlockWriter
-from preprocess.build_objects import _embed, _teacher
+from preprocess.build_objects import cached_teacher, embed_block_arrays
 from preprocess.cluster import run_tasks
 from preprocess.teachers import ClipTeacher
 
 
 def _embed_block(url: str, token: str, name: str, batch_size: int, block: int) -> int:
     writer = BlockWriter.attach(url, token)
-    teacher = _teacher(name, batch_size)
+    teacher = cached_teacher(name, batch_size)
     g = writer.group
     start, stop = writer.block_range(block)
     ok = np.flatnonzero(g["status"][start:stop] == DONE)
@@ -28,7 +28,7 @@ def _embed_block(url: str, token: str, name: str, batch_size: int, block: int) -
     depth = g["views/depth"][start:stop][ok] if "views/depth" in g else np.zeros(rgb.shape[:-1], np.float32)
     captions = g["captions"][start:stop][ok]
     n, v, k = stop - start, rgb.shape[1], captions.shape[1] if captions.ndim == 2 else 0
-    arrays = _embed({name: teacher}, rgb, depth, captions, ok, n, v, k)
+    arrays = embed_block_arrays({name: teacher}, rgb, depth, captions, ok, n, v, k)
     wanted = {s.path for s in writer.layout.arrays if s.path.startswith(f"teachers/{name}/")}
     writer.write_arrays(block, {p: a for p, a in arrays.items() if p in wanted})
     return n
@@ -37,7 +37,7 @@ def _embed_block(url: str, token: str, name: str, batch_size: int, block: int) -
 def add_teacher(url: str, name: str, workers: int = 0, scheduler: str | None = None, batch_size: int = 64,
                 progress: bool = True) -> str:
     """Embed the stored views and captions of ``url`` with teacher ``name``; returns a one-line summary."""
-    teacher = _teacher(name, batch_size)
+    teacher = cached_teacher(name, batch_size)
     with CacheWriter.open_existing(url) as writer:
         g = writer.group
         attrs = dict(g.attrs)

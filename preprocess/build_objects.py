@@ -23,7 +23,7 @@ import numpy as np
 
 from cache_schema import DONE, FAILED, CacheAttrs, CacheWriter, objects_layout
 from cache_schema.writer import BlockWriter
-from preprocess.captions import make_captioner
+from preprocess.captions import captioner_settings, make_captioner
 from preprocess.cluster import run_tasks
 from preprocess.meshes import BadInput, load_mesh, normalize_unit_sphere
 from preprocess.points import sample_points, seed_for
@@ -80,9 +80,9 @@ class RunOptions:
 
 @dataclass
 class BlockReport:
+    """What a worker sends back: seconds spent per stage (statuses are in the store)."""
+
     block: int
-    done: int = 0
-    failed: dict[str, str] = field(default_factory=dict)  # id -> reason
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
 
@@ -113,7 +113,8 @@ class BuildSummary:
 
 
 @lru_cache(maxsize=8)
-def _teacher(name: str, batch_size: int) -> Teacher:
+def cached_teacher(name: str, batch_size: int) -> Teacher:
+    """One instance per process and name: workers keep their teachers between blocks."""
     return load_teacher(name, batch_size=batch_size)
 
 
@@ -125,7 +126,7 @@ def _worker_tools(cfg: ObjectBuildConfig, run: RunOptions):
         torch.set_num_threads(run.torch_threads)
     renderer = Renderer(cfg.views, run.gl_platform)
     captioner = make_captioner(cfg.captioner, cfg.num_captions, cfg.captions_file, cfg.seed)
-    return renderer, captioner, {n: _teacher(n, run.batch_size) for n in cfg.teachers}
+    return renderer, captioner, {n: cached_teacher(n, run.batch_size) for n in cfg.teachers}
 
 
 def _shape_views(item: MeshItem, cfg: ObjectBuildConfig, renderer: Renderer, report: BlockReport):
@@ -173,7 +174,7 @@ def build_block(url: str, token: str, cfg: ObjectBuildConfig, run: RunOptions, b
         reasons[i] = "; ".join(x for x in (reasons[i], note) if x)
     report.seconds["caption"] += time.perf_counter() - t
     t = time.perf_counter()
-    rows.update(_embed(teachers, rgb_all[ok], depth_all[ok], rows["captions"][ok], ok, n, v, k))
+    rows.update(embed_block_arrays(teachers, rgb_all[ok], depth_all[ok], rows["captions"][ok], ok, n, v, k))
     report.seconds["embed"] += time.perf_counter() - t
     if cfg.store_rgb:
         rows["views/rgb"] = rgb_all
@@ -182,12 +183,10 @@ def build_block(url: str, token: str, cfg: ObjectBuildConfig, run: RunOptions, b
     t = time.perf_counter()
     writer.write_block(block, rows, status, reasons)
     report.seconds["write"] += time.perf_counter() - t
-    report.done = int(len(ok))
-    report.failed = {items[i].id: reasons[i] for i in np.flatnonzero(status == FAILED)}
     return report
 
 
-def _embed(teachers: dict[str, Teacher], rgb: np.ndarray, depth: np.ndarray, captions: np.ndarray,
+def embed_block_arrays(teachers: dict[str, Teacher], rgb: np.ndarray, depth: np.ndarray, captions: np.ndarray,
            ok: np.ndarray, n: int, v: int, k: int) -> dict[str, np.ndarray]:
     """Teacher arrays of a block; rows not in ``ok`` stay zero."""
     out: dict[str, np.ndarray] = {}
@@ -234,9 +233,8 @@ def build_objects(url: str, cfg: ObjectBuildConfig, run: RunOptions = RunOptions
     catalog = catalog.limited(cfg.max_per_class)
     if not catalog.items:
         raise ValueError(f"dataset {cfg.dataset!r} at {cfg.root!r} lists no shapes")
-    teachers = {n: _teacher(n, run.batch_size) for n in cfg.teachers}
-    captioner_info = make_captioner(cfg.captioner, cfg.num_captions, cfg.captions_file, cfg.seed).describe() \
-        if not cfg.captioner.startswith("blip2") else {"captioner": cfg.captioner, "num_captions": cfg.num_captions}
+    teachers = {n: cached_teacher(n, run.batch_size) for n in cfg.teachers}
+    captioner_info = captioner_settings(cfg.captioner, cfg.num_captions, cfg.captions_file)
     layout, attrs = make_layout_and_attrs(catalog, cfg, teachers, captioner_info)
     with CacheWriter.create(url, attrs, layout, overwrite=run.overwrite, max_block_rows=run.block_rows) as writer:
         if writer.is_finalized:

@@ -143,8 +143,16 @@ def build_tiny_blip2(seed: int = 0):
     """A small random BLIP-2 (same classes as the real one) and an offline word-level tokenizer."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, Blip2QFormerConfig,
-                              Blip2VisionConfig, BlipImageProcessor, OPTConfig, PreTrainedTokenizerFast)
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        Blip2QFormerConfig,
+        Blip2VisionConfig,
+        BlipImageProcessor,
+        OPTConfig,
+        PreTrainedTokenizerFast,
+    )
 
     words = ["<pad>", "</s>", "<unk>", "<image>"] + sorted({w.strip(".:,") for t in TEMPLATES for w in t.split()}
                                                          | {"chair", "table", "lamp", "car", "object"})
@@ -168,6 +176,15 @@ def build_tiny_blip2(seed: int = 0):
     processor = Blip2Processor(image_processor=BlipImageProcessor(size={"height": 224, "width": 224}),
                                tokenizer=tokenizer, num_query_tokens=q)
     return model, processor
+
+
+def captioner_settings(name: str, k: int, captions_file: str | None = None) -> dict:
+    """What a captioner will do, for the cache's config, without loading any model."""
+    if name == "file":
+        return FileCaptioner(k, captions_file or "").describe()
+    if name not in CAPTIONERS:
+        raise ValueError(f"unknown captioner {name!r}; choose one of {CAPTIONERS}")
+    return {"captioner": name, "num_captions": k}
 
 
 def make_captioner(name: str, k: int, captions_file: str | None = None, seed: int = 0) -> Captioner:

@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from mesh_fixtures import bad_meshes_fixture, modelnet_fixture, shapenet_fixture
 
 from cache_schema import FAILED, open_cache
 from cache_schema.cli import main as cache_main
 from cache_schema.validate import validate
-from mesh_fixtures import bad_meshes_fixture, modelnet_fixture, shapenet_fixture
 from preprocess.build_objects import ObjectBuildConfig, RunOptions, build_objects
 from preprocess.render import ViewConfig
 

@@ -11,11 +11,11 @@ import textwrap
 import numpy as np
 import pytest
 import zarr
+from conftest import build
 
-from cache_schema import BlockWriter, CacheWriter, LayoutMismatchError
+from cache_schema import BlockWriter, CacheWriter, IncompleteCacheError, LayoutMismatchError
 from cache_schema.example import example_objects, example_scenes, finish, write_blocks
 from cache_schema.fingerprint import array_paths
-from conftest import build
 
 
 def _worker(url: str, token: str, kind: str, blocks: list[int]) -> None:
@@ -99,8 +99,10 @@ def test_rerunning_a_finished_build_writes_nothing_and_keeps_the_fingerprint(obj
     before = zarr.open_group(url, mode="r").attrs["build"]["fingerprint"]
     attrs, layout, _ = example_objects()
     with CacheWriter.create(url, attrs, layout, max_block_rows=8) as w:
-        assert w.pending_blocks() == []
+        assert w.pending_blocks() == [] and w.is_finalized
         assert w.finalize() == before
+        with pytest.raises(IncompleteCacheError, match="is finalized"):
+            w.write_split("extra", [0, 1])
 
 
 def test_finalize_refuses_pending_rows(tmp_path):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
+from conftest import build
 
 from cache_schema import DONE, FAILED, ObjectCache, SceneCache, open_cache
-from conftest import build
 
 
 def test_objects_round_trip(any_url):

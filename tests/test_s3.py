@@ -7,11 +7,11 @@ import socket
 
 import numpy as np
 import pytest
+from conftest import build
 
 from cache_schema import open_cache
 from cache_schema.cli import main as cache_main
 from cache_schema.validate import validate
-from conftest import build
 
 pytest.importorskip("s3fs", reason="the `test` extra installs s3fs")
 moto_server = pytest.importorskip("moto.server", reason="the `test` extra installs moto[server]")
@@ -29,9 +29,6 @@ def s3_endpoint():
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield f"http://127.0.0.1:{port}"
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()  # closes the aiohttp sessions before the loop goes away
     server.stop()
 
 
