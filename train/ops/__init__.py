@@ -1,0 +1,5 @@
+"""Point-cloud geometry ops: pytorch3d's kernels when importable, vectorised PyTorch otherwise."""
+
+from train.ops.geometry import HAVE_PYTORCH3D, ball_query, chamfer_distance, farthest_point_sample, knn
+
+__all__ = ["HAVE_PYTORCH3D", "ball_query", "chamfer_distance", "farthest_point_sample", "knn"]
