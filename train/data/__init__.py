@@ -1,0 +1,1 @@
+"""Streaming data from caches: sharding, sampling, augmentation."""

@@ -1,0 +1,1 @@
+"""Student models: the Point-MAE encoder and per-teacher projection heads."""

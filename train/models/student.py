@@ -1,0 +1,33 @@
+"""The stage-1 student: a Point-MAE encoder with one projection head per teacher."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from train.models.point_mae import PointMAEConfig, PointMAEEncoder
+
+
+class ProjectionHead(nn.Module):
+    """Global feature -> a teacher's embedding space (ULIP-style linear projection)."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class Student(nn.Module):
+    """Encoder + heads; ``heads`` maps teacher name -> embedding dim."""
+
+    def __init__(self, config: PointMAEConfig, heads: dict[str, int]) -> None:
+        super().__init__()
+        self.encoder = PointMAEEncoder(config)
+        self.heads = nn.ModuleDict({name: ProjectionHead(self.encoder.global_dim, dim) for name, dim in heads.items()})
+
+    def forward(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per teacher, the (unnormalised) point embedding (B, D); plus ``"_global"`` (B, 2C)."""
+        _, g = self.encoder(points)
+        return {"_global": g, **{name: head(g) for name, head in self.heads.items()}}
