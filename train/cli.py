@@ -1,18 +1,117 @@
-"""`train`: the student trainer's command line. Stage commands are added per stage."""
+"""`train`: stage commands and evaluation. Commands are thin; they call library functions.
+
+    train stage1 --cache caches/demo.zarr --out runs/s1
+    train eval zeroshot --cache caches/demo.zarr --ckpt runs/s1/best.pt --json
+    train eval linear --cache caches/demo.zarr --ckpt random
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from typing import Annotated, Optional
 
 import typer
 
+from cache_schema.errors import CacheError
+
 app = typer.Typer(help="Train point-cloud students from a teacher cache.", no_args_is_help=True,
-                  add_completion=False)
+                  add_completion=False, pretty_exceptions_enable=False)
+eval_app = typer.Typer(help="Evaluate a checkpoint (or --ckpt random) on an objects cache.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+Cache = Annotated[str, typer.Option(help="Cache path or fsspec URL.")]
+Ckpt = Annotated[str, typer.Option(help="Checkpoint (.pt), or 'random' for an untrained encoder.")]
+Preset = Annotated[str, typer.Option(help="Model preset for --ckpt random (tiny or base).")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+Points = Annotated[int, typer.Option(help="Points per shape fed to the encoder.")]
 
 
 @app.callback()
 def root() -> None:
     """Train point-cloud students from a teacher cache (see README)."""
+
+
+def _fail(e: Exception) -> None:
+    typer.echo(f"error: {e}", err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def stage1(
+    cache: Cache,
+    out: Annotated[str, typer.Option(help="Run directory (checkpoints, metrics.csv, tensorboard/, config.json).")],
+    model: Annotated[str, typer.Option(help="Point-MAE preset: tiny (CPU) or base (12 x 384, the paper's).")] = "tiny",
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 300,
+    batch_size: Annotated[int, typer.Option(help="Samples per step on each process.")] = 32,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 1e-3,
+    weight_decay: float = 0.05,
+    warmup_steps: int = 20,
+    grad_clip: float = 1.0,
+    num_points: Points = 1024,
+    sampling: Annotated[str, typer.Option(help="random or fps subsampling of the cached points.")] = "random",
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 2,
+    seed: int = 0,
+    ckpt_every: Annotated[int, typer.Option(help="Save last.pt every N steps (and at the end).")] = 100,
+    log_every: int = 10,
+    weight: Annotated[Optional[list[str]], typer.Option(help="Term weight, e.g. clip-vit-b16/text=1.0 (repeat).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue OUT/last.pt exactly.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Stage-1: align a Point-MAE student with every teacher in the cache (symmetric InfoNCE)."""
+    from train.stages.stage1 import CacheMismatchError, Stage1Config, train_stage1
+
+    weights = {}
+    for w in weight or []:
+        term, _, value = w.partition("=")
+        weights[term] = float(value)
+    cfg = Stage1Config(cache=cache, out=out, model=model, steps=steps, batch_size=batch_size, lr=lr,
+                       weight_decay=weight_decay, warmup_steps=warmup_steps, grad_clip=grad_clip,
+                       num_points=num_points, sampling=sampling, workers=workers, seed=seed, ckpt_every=ckpt_every,
+                       log_every=log_every, term_weights=weights)
+    try:
+        metrics = train_stage1(cfg, resume=resume, progress=progress)
+    except (CacheError, CacheMismatchError, FileNotFoundError, ValueError) as e:
+        _fail(e)
+    typer.echo(json.dumps({"run": out, **{k: round(v, 4) for k, v in metrics.items()}}))
+
+
+def _evaluate(what: str, cache: str, ckpt: str, model: str, as_json: bool, **kwargs) -> None:
+    from train import evaluate
+
+    try:
+        c = evaluate.open_for_eval(cache)
+        student = evaluate.load_student(ckpt, c, model)
+        result = getattr(evaluate, what)(student, c, **kwargs)
+    except (CacheError, FileNotFoundError, ValueError, KeyError) as e:
+        _fail(e)
+    result = {"eval": what, "ckpt": ckpt, "cache": cache, **result}
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo("\n".join(f"{k:>12}: {v}" for k, v in result.items()))
+
+
+@eval_app.command("zeroshot")
+def eval_zeroshot(cache: Cache, ckpt: Ckpt, split: str = "test", model: Preset = "tiny",
+                  num_points: Points = 1024, json_out: Json = False) -> None:
+    """Zero-shot classification through the text-teacher head: top-1 / top-5 against class prompts."""
+    _evaluate("zeroshot", cache, ckpt, model, json_out, split=split, num_points=num_points)
+
+
+@eval_app.command("linear")
+def eval_linear(cache: Cache, ckpt: Ckpt, model: Preset = "tiny", num_points: Points = 1024,
+                c: Annotated[float, typer.Option(help="SVM regularisation C.")] = 1.0, json_out: Json = False) -> None:
+    """Linear probe: a linear SVM on frozen global features (train split), accuracy on the test split."""
+    _evaluate("linear_probe", cache, ckpt, model, json_out, num_points=num_points, c=c)
+
+
+@eval_app.command("fewshot")
+def eval_fewshot(cache: Cache, ckpt: Ckpt, model: Preset = "tiny", n_way: int = 5, m_shot: int = 10,
+                 draws: int = 10, num_points: Points = 1024, json_out: Json = False) -> None:
+    """n-way m-shot linear SVMs over several random draws: mean and std accuracy."""
+    _evaluate("fewshot", cache, ckpt, model, json_out, n_way=n_way, m_shot=m_shot, draws=draws,
+              num_points=num_points)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

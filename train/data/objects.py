@@ -55,6 +55,7 @@ class ObjectStream(IterableDataset):
         if cache.kind != "objects":
             raise ValueError(f"{url} is a {cache.kind} cache; stage-1 trains on objects caches")
         self.terms = contrastive_terms(cache)
+        self.teacher_dims = {name: t.dim for name, t in cache.teachers.items()}
         rows = np.zeros(cache.num_rows, bool)
         rows[cache.split(config.split)] = True
         rows &= cache.status == DONE

@@ -1,0 +1,111 @@
+"""Evaluation of frozen students on an objects cache: zero-shot, linear probe, few-shot.
+
+Features are the encoder's global feature of each shape's first ``num_points``
+points in a fixed random order (no augmentation). ``--ckpt random`` builds an
+untrained encoder of the same preset as the baseline.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.svm import LinearSVC
+
+from cache_schema import DONE, open_cache
+from train import checkpoint
+from train.models.point_mae import PointMAEConfig
+from train.models.student import Student
+
+
+def load_student(ckpt: str, cache, preset: str = "tiny", seed: int = 0) -> Student:
+    """A trained student from a checkpoint, or ``"random"``: an untrained one with heads for the cache."""
+    if ckpt == "random":
+        torch.manual_seed(seed)
+        heads = {n: t.dim for n, t in cache.teachers.items() if {"text", "image"} & set(t.roles)}
+        return Student(PointMAEConfig.preset(preset), heads).eval()
+    state = checkpoint.load(ckpt)  # evaluating on another cache (e.g. ModelNet40) is allowed
+    model = Student(PointMAEConfig(**state["model_config"]), state["heads"])
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+@torch.inference_mode()
+def embed(model: Student, cache, rows: np.ndarray, num_points: int = 1024, batch_size: int = 64) -> dict:
+    """Global features and head outputs (float32 numpy) of ``rows``."""
+    out: dict[str, list] = {}
+    for s in range(0, len(rows), batch_size):
+        chunk = rows[s:s + batch_size]
+        pts = cache.points(chunk)
+        idx = np.stack([np.random.default_rng(int(r)).permutation(pts.shape[1])[:num_points] for r in chunk])
+        pts = np.take_along_axis(pts, idx[..., None], axis=1)
+        for k, v in model(torch.from_numpy(pts)).items():
+            out.setdefault(k, []).append(v.float().numpy())
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _rows(cache, split: str) -> np.ndarray:
+    rows = cache.split(split)
+    return rows[cache.status[rows] == DONE]
+
+
+def text_teacher(cache) -> str:
+    names = [n for n, t in sorted(cache.teachers.items()) if "class_text" in t.roles]
+    if not names:
+        raise ValueError(f"{cache.loc.url} has no class-prompt embeddings (no teacher with role class_text)")
+    return names[0]
+
+
+def zeroshot(model: Student, cache, split: str = "test", num_points: int = 1024) -> dict:
+    name = text_teacher(cache)
+    if name not in model.heads:
+        raise ValueError(f"the student has no head for {name!r} (heads: {sorted(model.heads)}); zero-shot needs the "
+                         "text teacher it was trained with")
+    rows = _rows(cache, split)
+    z = F.normalize(torch.from_numpy(embed(model, cache, rows, num_points)[name]), dim=-1)
+    classes = F.normalize(torch.from_numpy(cache.teacher(name, "class_text")), dim=-1)
+    ranks = (z @ classes.t()).argsort(dim=1, descending=True)
+    labels = torch.from_numpy(cache.labels[rows])
+    top1 = (ranks[:, 0] == labels).float().mean().item()
+    top5 = (ranks[:, :5] == labels[:, None]).any(dim=1).float().mean().item()
+    return {"top1": top1, "top5": top5, "num_classes": len(cache.label_names), "num_samples": len(rows),
+            "chance": 1 / len(cache.label_names), "teacher": name, "split": split}
+
+
+def _features(model, cache, rows, num_points):
+    f = embed(model, cache, rows, num_points)["_global"]
+    return f / np.linalg.norm(f, axis=1, keepdims=True)
+
+
+def linear_probe(model: Student, cache, num_points: int = 1024, c: float = 1.0) -> dict:
+    train, test = _rows(cache, "train"), _rows(cache, "test")
+    svm = LinearSVC(C=c, max_iter=20000).fit(_features(model, cache, train, num_points), cache.labels[train])
+    acc = float((svm.predict(_features(model, cache, test, num_points)) == cache.labels[test]).mean())
+    return {"accuracy": acc, "num_train": len(train), "num_test": len(test)}
+
+
+def fewshot(model: Student, cache, n_way: int = 5, m_shot: int = 10, queries: int = 20, draws: int = 10,
+            num_points: int = 1024, seed: int = 0) -> dict:
+    train, test = _rows(cache, "train"), _rows(cache, "test")
+    f_train, f_test = _features(model, cache, train, num_points), _features(model, cache, test, num_points)
+    y_train, y_test = cache.labels[train], cache.labels[test]
+    classes = np.unique(y_train)
+    if n_way > len(classes):
+        raise ValueError(f"{n_way}-way needs {n_way} classes; the cache has {len(classes)}")
+    rng = np.random.default_rng(seed)
+    accs = []
+    for _ in range(draws):
+        way = rng.choice(classes, n_way, replace=False)
+        support = np.concatenate([rng.choice(np.flatnonzero(y_train == c), m_shot, replace=False) for c in way])
+        query = np.concatenate([rng.permutation(np.flatnonzero(y_test == c))[:queries] for c in way])
+        svm = LinearSVC(max_iter=20000).fit(f_train[support], y_train[support])
+        accs.append(float((svm.predict(f_test[query]) == y_test[query]).mean()))
+    return {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "n_way": n_way, "m_shot": m_shot,
+            "draws": draws, "accuracies": accs}
+
+
+def open_for_eval(url: str):
+    cache = open_cache(url)
+    if cache.kind != "objects":
+        raise ValueError(f"{url} is a {cache.kind} cache; these evaluations need an objects cache")
+    return cache
