@@ -56,6 +56,7 @@ def stage1(
     log_every: int = 10,
     weight: Annotated[Optional[list[str]], typer.Option(help="Term weight, e.g. clip-vit-b16/text=1.0 (repeat).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue OUT/last.pt exactly.")] = False,
+    stop_at: Annotated[Optional[int], typer.Option(help="Save and exit after this step (resume later).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Stage-1: align a Point-MAE student with every teacher in the cache (symmetric InfoNCE)."""
@@ -70,7 +71,7 @@ def stage1(
                        num_points=num_points, sampling=sampling, workers=workers, seed=seed, ckpt_every=ckpt_every,
                        log_every=log_every, term_weights=weights)
     try:
-        metrics = train_stage1(cfg, resume=resume, progress=progress)
+        metrics = train_stage1(cfg, resume=resume, progress=progress, stop_at=stop_at)
     except (CacheError, CacheMismatchError, FileNotFoundError, ValueError) as e:
         _fail(e)
     typer.echo(json.dumps({"run": out, **{k: round(v, 4) for k, v in metrics.items()}}))

@@ -64,5 +64,6 @@ class MultiTeacherLoss(nn.Module):
             p_all = self.gather(p, self.rank, self.world_size)
             t_all = self.gather(t, self.rank, self.world_size)
             losses[term] = weight * info_nce(p_all, t_all, self.logit_scales[term.replace("/", "__")])
+            self.global_batch = p_all.shape[0]
         losses["total"] = sum(losses.values())
         return losses

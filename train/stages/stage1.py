@@ -99,8 +99,13 @@ def build(cfg: Stage1Config, stream: ObjectStream, rank: int, world: int):
     return model, MultiTeacherLoss(weights, rank, world), {t: teacher for t, (teacher, _) in stream.terms.items()}
 
 
-def train_stage1(cfg: Stage1Config, resume: bool = False, progress: bool = True) -> dict:
-    """Train (or resume) a stage-1 run; returns the last logged metrics."""
+def train_stage1(cfg: Stage1Config, resume: bool = False, progress: bool = True,
+                 stop_at: int | None = None) -> dict:
+    """Train (or resume) a stage-1 run; returns the last logged metrics.
+
+    ``stop_at``: save ``last.pt`` and return after that step (a time-boxed or
+    preemptible job); ``--resume`` later continues as if never stopped.
+    """
     dist_info = init_distributed()
     device, rank, world = dist_info.device, dist_info.rank, dist_info.world_size
     cache = open_cache(cfg.cache)
@@ -148,11 +153,12 @@ def train_stage1(cfg: Stage1Config, resume: bool = False, progress: bool = True)
     window = {"wait": 0.0, "time": 0.0, "samples": 0, "loss": {}}
     metrics: dict = {}
     model.train()
-    while step < cfg.steps:
+    end = min(cfg.steps, stop_at or cfg.steps)
+    while step < end:
         stream.set_position(epoch, batches_done, cfg.batch_size, cfg.workers)
         loader = DataLoader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers, drop_last=True)
         batches = iter(loader)
-        while step < cfg.steps:
+        while step < end:
             t0 = time.perf_counter()
             batch = next(batches, None)
             wait = time.perf_counter() - t0
@@ -179,13 +185,14 @@ def train_stage1(cfg: Stage1Config, resume: bool = False, progress: bool = True)
                 metrics = {**{f"loss/{k}": v / n for k, v in window["loss"].items()},
                            "lr": scheduler.get_last_lr()[0], "samples_per_s": window["samples"] / window["time"],
                            "data_wait_pct": 100 * window["wait"] / window["time"], "epoch": epoch,
-                           **{f"temperature/{k}": 1 / float(p.exp()) for k, p in loss_fn.logit_scales.items()}}
+                           "global_batch": loss_fn.global_batch,
+                           **{f"temperature/{k}": 1 / float(p.detach().exp()) for k, p in loss_fn.logit_scales.items()}}
                 log.log(step, metrics)
                 bar.set_postfix(loss=f"{metrics['loss/total']:.3f}", sps=f"{metrics['samples_per_s']:.0f}",
                                 wait=f"{metrics['data_wait_pct']:.1f}%")
                 window = {"wait": 0.0, "time": 0.0, "samples": 0, "loss": {}}
             bar.update(1)
-            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            if step % cfg.ckpt_every == 0 or step == end:
                 save(last_path)
         else:
             break
@@ -193,7 +200,7 @@ def train_stage1(cfg: Stage1Config, resume: bool = False, progress: bool = True)
             epoch, batches_done = epoch + 1, 0
     bar.close()
     log.close()
-    if dist_info.is_main:
+    if dist_info.is_main and step == cfg.steps:
         shutil.copyfile(last_path, os.path.join(cfg.out, "best.pt"))  # no validation split yet: best = last
     close_distributed()
     return metrics
