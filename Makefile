@@ -57,13 +57,18 @@ cache: setup
 	$(VENV)/bin/preprocess objects $(DATASET) $(if $(ROOT),--root "$(ROOT)") --out "$(OUT)" \
 	  --teachers $(TEACHERS) --workers $(WORKERS) $(if $(filter demo,$(DATASET)),$(DEMO_ARGS)) $(CACHE_ARGS)
 
-# The main job on built-in data, growing with the project: build the demo object
-# cache with the tiny teachers (resumes / says complete when run again), inspect and check it.
+# The main job on built-in data: build the demo object cache with the tiny teachers
+# (resumes / says complete when run again), check it, train stage-1 on the CPU and
+# evaluate it next to a random-init encoder.
+RUNS := runs
 demo: setup
-	@mkdir -p $(CACHES)
+	@mkdir -p $(CACHES) $(RUNS)
 	$(MAKE) --no-print-directory cache DATASET=demo
 	$(VENV)/bin/cache info $(CACHES)/demo.zarr
 	$(VENV)/bin/cache validate $(CACHES)/demo.zarr
+	@if [ -f $(RUNS)/demo-s1/best.pt ]; then echo "stage-1 run $(RUNS)/demo-s1 exists (rm -r it to train again)"; \
+	else $(VENV)/bin/train stage1 --cache $(CACHES)/demo.zarr --out $(RUNS)/demo-s1; fi
+	$(PY) scripts/demo_results.py $(CACHES)/demo.zarr $(RUNS)/demo-s1/best.pt
 
 bench-chunks: setup
 	$(PY) scripts/bench_chunks.py
@@ -72,4 +77,4 @@ bench-build: setup
 	$(PY) scripts/bench_build.py
 
 clean:
-	rm -rf $(VENV) $(CACHES) .pytest_cache
+	rm -rf $(VENV) $(CACHES) runs .pytest_cache
