@@ -30,7 +30,7 @@ CACHE_ARGS ?=
 # The demo cache is lighter than the defaults (6 views of 128 px instead of 12 of 224) to stay within minutes on a CPU.
 DEMO_ARGS := --views 6 --resolution 128
 
-.PHONY: setup test test-slow demo cache bench-chunks bench-build clean
+.PHONY: setup test test-slow demo cache bench-chunks bench-build bench-train clean
 
 setup: $(STAMP)
 
@@ -75,6 +75,11 @@ bench-chunks: setup
 
 bench-build: setup
 	$(PY) scripts/bench_build.py
+
+bench-train: setup
+	@test -d $(CACHES)/demo.zarr || $(MAKE) --no-print-directory cache DATASET=demo
+	$(PY) scripts/bench_loader.py $(CACHES)/demo.zarr
+	$(PY) scripts/bench_stage1.py $(CACHES)/demo.zarr
 
 clean:
 	rm -rf $(VENV) $(CACHES) runs .pytest_cache

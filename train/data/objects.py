@@ -105,30 +105,33 @@ class ObjectStream(IterableDataset):
             skip = 0
 
     def _read(self, cache, blocks: list[int]) -> dict[str, Any]:
-        """Whole blocks of every array a sample needs, keyed by absolute row."""
-        out: dict[str, Any] = {}
-        for b in blocks:
-            r0, r1 = b * self.block_rows, min((b + 1) * self.block_rows, cache.num_rows)
-            arrays = {"points": cache.array("points")[r0:r1], "label": cache.array("label")[r0:r1]}
-            for name, role in {(n, r) for n, r in self.terms.values()}:
-                arrays[f"{name}/{role}"] = cache.array(f"teachers/{name}/{role}")[r0:r1]
-                if role == "image" and "depth" in cache.teachers[name].roles:
-                    arrays[f"{name}/depth"] = cache.array(f"teachers/{name}/depth")[r0:r1]
-            for r in range(r0, r1):
-                out[r] = {k: v[r - r0] for k, v in arrays.items()}
-        return out
+        """Whole blocks (so whole chunks) of every array a sample needs, in block order."""
+        ranges = [(b * self.block_rows, min((b + 1) * self.block_rows, cache.num_rows)) for b in blocks]
+        idx = np.concatenate([np.arange(r0, r1) for r0, r1 in ranges])
+        paths = {"points": "points", "label": "label"}
+        for name, role in {(n, r) for n, r in self.terms.values()}:
+            paths[f"{name}/{role}"] = f"teachers/{name}/{role}"
+            if role == "image" and "depth" in cache.teachers[name].roles:
+                paths[f"{name}/depth"] = f"teachers/{name}/depth"
+        arrays = {}
+        for key, path in paths.items():
+            array = cache.array(path)
+            arrays[key] = np.concatenate([array[r0:r1] for r0, r1 in ranges])
+        return {"position": {int(r): i for i, r in enumerate(idx)}, "arrays": arrays}
 
     def _sample(self, data: dict[str, Any], row: int) -> dict[str, Any]:
-        d = data[row]
+        i = data["position"][int(row)]
+        d = {k: v[i] for k, v in data["arrays"].items()}
         rng = np.random.default_rng([self.config.seed, self.epoch, int(row)])
-        pts = d["points"].astype(np.float32)
+        pts = d["points"]
         if self.config.sampling == "fps":
             from train.ops import farthest_point_sample
 
-            idx = farthest_point_sample(torch.from_numpy(pts)[None], self.config.num_points)[0].numpy()
+            idx = farthest_point_sample(torch.from_numpy(pts.astype(np.float32))[None], self.config.num_points)[0]
+            idx = idx.numpy()
         else:
             idx = rng.choice(len(pts), self.config.num_points, replace=len(pts) < self.config.num_points)
-        pts = pts[idx]
+        pts = pts[idx].astype(np.float32)
         if self.config.augment:
             pts = augment(pts, rng)
         sample = {"points": torch.from_numpy(pts), "label": int(d["label"]), "row": int(row)}

@@ -1,0 +1,127 @@
+"""Streaming reader vs. one file per shape (OpenShape style), same content, side by side.
+
+    .venv/bin/python scripts/bench_loader.py caches/demo.zarr [--epochs 2] [--drop-caches]
+
+The baseline writes every shape of the train split as one pickled dict in a
+``.npy`` (points and float32 teacher features, what OpenShape ships) and reads
+it with a map-style Dataset doing the same per-sample work (subsample, augment,
+pick a view and a caption). Both are read through DataLoaders with the same
+batch size and workers; samples/s and bytes on disk are printed with ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cache_schema import DONE, open_cache
+from train.data.augment import augment
+from train.data.objects import ObjectStream, StreamConfig, contrastive_terms
+
+
+class PerShapeFiles(Dataset):
+    def __init__(self, folder: str, rows: list[int], terms: dict, num_points: int = 1024) -> None:
+        self.folder, self.rows, self.terms, self.num_points = folder, rows, terms, num_points
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.rows[i]
+        d = np.load(os.path.join(self.folder, f"{row:06d}.npy"), allow_pickle=True).item()
+        rng = np.random.default_rng(row)
+        pts = augment(d["points"][rng.choice(len(d["points"]), self.num_points, replace=False)], rng)
+        sample = {"points": torch.from_numpy(pts)}
+        view = None
+        for term in self.terms:
+            values = d[term]
+            if term.endswith("/text"):
+                sample[term] = torch.from_numpy(values[rng.integers(len(values))])
+            else:
+                view = rng.integers(len(values)) if view is None else view
+                sample[term] = torch.from_numpy(values[view])
+        return sample
+
+
+def write_per_shape(cache, rows: np.ndarray, folder: str, terms: dict) -> int:
+    points = cache.array("points")
+    for r in rows:
+        d = {"points": points[int(r)].astype(np.float32)}
+        for term, (name, role) in terms.items():
+            d[term] = cache.array(f"teachers/{name}/{role}")[int(r)].astype(np.float32)
+        np.save(os.path.join(folder, f"{int(r):06d}.npy"), d, allow_pickle=True)
+    return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
+
+
+def drop_caches() -> bool:
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def rate(loader, epochs: int, cold: bool) -> float:
+    n, seconds = 0, 0.0
+    for batch in loader:  # warm-up epoch: starts workers, opens files
+        pass
+    for _ in range(epochs):
+        if cold:
+            drop_caches()
+        t = time.perf_counter()
+        for batch in loader:
+            n += len(batch["points"])
+        seconds += time.perf_counter() - t
+    return n / seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("cache")
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--drop-caches", action="store_true", help="drop the page cache before every epoch (root)")
+    args = ap.parse_args()
+
+    cache = open_cache(args.cache)
+    terms = contrastive_terms(cache)
+    rows = cache.split("train")
+    rows = rows[cache.status[rows] == DONE]
+    folder = tempfile.mkdtemp(prefix="bench-loader-")
+    try:
+        baseline_bytes = write_per_shape(cache, rows, folder, terms)
+        cache_bytes = sum(cache.loc.fs.du(cache.loc.path(p)) for p in
+                          ["points", *{f"teachers/{n}/{r}" for n, r in terms.values()}])
+        results = []
+        for workers in (0, 2):
+            stream = ObjectStream(args.cache, StreamConfig())
+            stream.set_position(0, 0, args.batch_size, workers)
+            keep = {"persistent_workers": workers > 0}  # worker start-up is not what is measured
+            s = rate(DataLoader(stream, batch_size=args.batch_size, num_workers=workers, drop_last=True, **keep),
+                     args.epochs, args.drop_caches)
+            b = rate(DataLoader(PerShapeFiles(folder, rows.tolist(), terms), batch_size=args.batch_size,
+                                num_workers=workers, shuffle=True, drop_last=True, **keep), args.epochs,
+                     args.drop_caches)
+            results.append((workers, s, b))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    print(f"{args.cache}: {len(rows)} train shapes, {args.epochs} epochs, batch {args.batch_size}, "
+          f"{'cold' if args.drop_caches else 'warm'} page cache")
+    print(f"bytes on disk (points + teacher arrays): cache {cache_bytes / 2**20:.1f} MiB, "
+          f"per-shape .npy {baseline_bytes / 2**20:.1f} MiB ({baseline_bytes / cache_bytes:.2f}x)")
+    print(f"{'workers':>7} {'stream samples/s':>17} {'per-shape samples/s':>20} {'ratio':>6}")
+    for workers, s, b in results:
+        print(f"{workers:>7} {s:>17.0f} {b:>20.0f} {s / b:>6.2f}")
+
+
+if __name__ == "__main__":
+    main()
