@@ -37,3 +37,11 @@ def test_importing_the_contract_loads_no_heavy_modules():
             "print(sorted(m for m in ('torch', 'train', 'preprocess', 'typer', 'pyrender') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_trainer_loads_no_builder_modules_at_run_time():
+    code = ("import sys, train.cli, train.stages.stage1, train.evaluate, train.data.objects; "
+            "print(sorted(m for m in ('preprocess', 'pyrender', 'trimesh', 'open_clip', 'transformers', 'OpenGL') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
