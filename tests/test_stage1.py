@@ -72,7 +72,7 @@ def test_gathered_loss_uses_the_global_batch():
         loss = MultiTeacherLoss({"a/text": 1.0}, rank=rank, world_size=2, gather=fake_gather)
         value = loss({"a": local}, {"a/text": t[rank * 4:(rank + 1) * 4]}, {"a/text": "a"})["total"]
         assert loss.global_batch == 8
-        assert abs(float(value.detach()) - float(full)) < 1e-5
+        assert abs(float(value.detach()) - float(full.detach())) < 1e-5
         value.backward()
         assert local.grad.abs().sum() > 0
 
