@@ -28,10 +28,18 @@ from train.models.student import Student
 from train.ops import farthest_point_sample
 
 
+def _epochs(stream: ObjectStream, batch: int):
+    """Batches over as many epochs as asked for, as the trainer reads them."""
+    epoch = 0
+    while True:
+        stream.set_position(epoch, 0, batch, 2)
+        yield from DataLoader(stream, batch_size=batch, num_workers=2, drop_last=True)
+        epoch += 1
+
+
 def run(url: str, steps: int, batch: int, model_name: str, online: bool) -> dict:
     cache = open_cache(url)
     stream = ObjectStream(url, StreamConfig())
-    stream.set_position(0, 0, batch, 2)
     heads = {t: stream.teacher_dims[t] for t, _ in stream.terms.values()}
     model = Student(PointMAEConfig.preset(model_name), heads)
     loss_fn = MultiTeacherLoss({t: 1.0 for t in stream.terms})
@@ -40,7 +48,7 @@ def run(url: str, steps: int, batch: int, model_name: str, online: bool) -> dict
     teachers = ({"clip": load_teacher("clip-vit-b16-random", batch_size=batch),
                  "dino": load_teacher("dinov2-vitb14-random", batch_size=batch)} if online else {})
     rgb, captions = cache.array("views/rgb"), cache.array("captions")
-    loader = iter(DataLoader(stream, batch_size=batch, num_workers=2, drop_last=True))
+    loader = _epochs(stream, batch)
     wait = total = grouping = 0.0
     done = 0
     for i in range(steps + 1):  # the first step warms up and is not counted
