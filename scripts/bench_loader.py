@@ -27,6 +27,8 @@ from train.data.objects import ObjectStream, StreamConfig, contrastive_terms
 
 
 class PerShapeFiles(Dataset):
+    """One pickled dict per shape, from a local folder or any fsspec URL."""
+
     def __init__(self, folder: str, rows: list[int], terms: dict, num_points: int = 1024) -> None:
         self.folder, self.rows, self.terms, self.num_points = folder, rows, terms, num_points
 
@@ -34,8 +36,13 @@ class PerShapeFiles(Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict:
+        import io
+
+        import fsspec
+
         row = self.rows[i]
-        d = np.load(os.path.join(self.folder, f"{row:06d}.npy"), allow_pickle=True).item()
+        with fsspec.open(f"{self.folder}/{row:06d}.npy", "rb") as f:
+            d = np.load(io.BytesIO(f.read()), allow_pickle=True).item()
         rng = np.random.default_rng(row)
         pts = augment(d["points"][rng.choice(len(d["points"]), self.num_points, replace=False)], rng)
         sample = {"points": torch.from_numpy(pts)}
@@ -90,7 +97,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--drop-caches", action="store_true", help="drop the page cache before every epoch (root)")
+    ap.add_argument("--s3", action="store_true",
+                    help="serve both copies from an S3-compatible server on loopback (moto) and read through s3://")
     args = ap.parse_args()
+    if args.s3:
+        return main_s3(args)
 
     cache = open_cache(args.cache)
     terms = contrastive_terms(cache)
@@ -118,6 +129,55 @@ def main() -> None:
           f"{'cold' if args.drop_caches else 'warm'} page cache")
     print(f"bytes on disk (points + teacher arrays): cache {cache_bytes / 2**20:.1f} MiB, "
           f"per-shape .npy {baseline_bytes / 2**20:.1f} MiB ({baseline_bytes / cache_bytes:.2f}x)")
+    print(f"{'workers':>7} {'stream samples/s':>17} {'per-shape samples/s':>20} {'ratio':>6}")
+    for workers, s, b in results:
+        print(f"{workers:>7} {s:>17.0f} {b:>20.0f} {s / b:>6.2f}")
+
+
+def main_s3(args) -> None:
+    """Both layouts on an S3-compatible server (moto on loopback), as a shared team bucket would hold them."""
+    import socket
+
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"})
+    try:
+        fs = s3fs.S3FileSystem()
+        fs.mkdir("bench")
+        cache = open_cache(args.cache)
+        terms = contrastive_terms(cache)
+        rows = cache.split("train")
+        rows = rows[cache.status[rows] == DONE]
+        folder = tempfile.mkdtemp(prefix="bench-loader-")
+        write_per_shape(cache, rows, folder, terms)
+        fs.put(folder, "s3://bench/per-shape", recursive=True)
+        fs.put(cache.loc.root, "s3://bench/cache.zarr", recursive=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        results = []
+        for workers in (0, 2):
+            keep = {"persistent_workers": workers > 0}
+            stream = ObjectStream("s3://bench/cache.zarr", StreamConfig())
+            stream.set_position(0, 0, args.batch_size, workers)
+            s = rate(DataLoader(stream, batch_size=args.batch_size, num_workers=workers, drop_last=True, **keep),
+                     args.epochs, False)
+            b = rate(DataLoader(PerShapeFiles("s3://bench/per-shape", rows.tolist(), terms),
+                                batch_size=args.batch_size, num_workers=workers, shuffle=True, drop_last=True, **keep),
+                     args.epochs, False)
+            results.append((workers, s, b))
+    finally:
+        server.stop()
+    print(f"s3:// on a loopback S3 server (moto): {len(rows)} train shapes, {args.epochs} epochs, "
+          f"batch {args.batch_size}")
     print(f"{'workers':>7} {'stream samples/s':>17} {'per-shape samples/s':>20} {'ratio':>6}")
     for workers, s, b in results:
         print(f"{workers:>7} {s:>17.0f} {b:>20.0f} {s / b:>6.2f}")
