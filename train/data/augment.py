@@ -1,18 +1,26 @@
-"""Point-cloud augmentation used in pre-training (Point-MAE / ULIP recipes)."""
+"""Point-cloud augmentation used in pre-training (Point-MAE / ULIP recipes), vectorised over clouds."""
 
 from __future__ import annotations
 
 import numpy as np
 
 
-def augment(points: np.ndarray, rng: np.random.Generator, scale=(2 / 3, 3 / 2), translate=0.2,
-            rotate_up: bool = True, jitter_sigma=0.01, jitter_clip=0.05) -> np.ndarray:
-    """Random rotation about +y, anisotropic scale, translation and clipped jitter of (N, 3) points."""
-    p = points
+def augment_batch(points: np.ndarray, rng: np.random.Generator, scale=(2 / 3, 3 / 2), translate=0.2,
+                  rotate_up: bool = True, jitter_sigma=0.01, jitter_clip=0.05) -> np.ndarray:
+    """Per cloud of (R, N, 3): random rotation about +y, anisotropic scale, translation, clipped jitter."""
+    r = points.shape[0]
+    p = points.astype(np.float32, copy=False)
     if rotate_up:
-        a = rng.uniform(0, 2 * np.pi)
+        a = rng.uniform(0, 2 * np.pi, r)
         c, s = np.cos(a), np.sin(a)
-        p = p @ np.array([[c, 0, -s], [0, 1, 0], [s, 0, c]], dtype=np.float32)
-    p = p * rng.uniform(*scale, size=(1, 3)).astype(np.float32) + rng.uniform(-translate, translate, (1, 3))
+        rot = np.zeros((r, 3, 3), np.float32)
+        rot[:, 0, 0], rot[:, 0, 2], rot[:, 1, 1], rot[:, 2, 0], rot[:, 2, 2] = c, -s, 1, s, c
+        p = np.einsum("rnj,rjk->rnk", p, rot)
+    p = p * rng.uniform(*scale, size=(r, 1, 3)).astype(np.float32) + rng.uniform(-translate, translate, (r, 1, 3))
     noise = np.clip(rng.normal(0, jitter_sigma, p.shape), -jitter_clip, jitter_clip)
     return (p + noise).astype(np.float32)
+
+
+def augment(points: np.ndarray, rng: np.random.Generator, **kwargs) -> np.ndarray:
+    """One (N, 3) cloud."""
+    return augment_batch(points[None], rng, **kwargs)[0]

@@ -1,11 +1,17 @@
 """Streaming `objects` caches for training: whole blocks in, shuffled samples out.
 
-Each sample: ``points`` (N, 3) subsampled from the cached P points (random or
-FPS) and augmented; ``label``; ``row``; and one target per contrastive term:
+Each sample: ``points`` (N, 3) subsampled from the cached P points and
+augmented; ``label``; ``row``; and one target per contrastive term:
 ``<teacher>/text`` (a random caption's embedding), ``<teacher>/image`` (a
 random view's embedding, or its depth map's for teachers that have depth).
-All per-sample randomness is seeded by (seed, epoch, row), so a resumed
-stream yields exactly what the uninterrupted one would have.
+
+Samples are prepared a group of blocks at a time with vectorised numpy; the
+randomness of a group is seeded by (seed, epoch, rank, slot, group), so a
+resumed stream yields exactly what the uninterrupted one would have. Random
+subsampling takes a random window of N consecutive stored points: the builder
+stores i.i.d. area-weighted surface samples, so any window is itself an
+unbiased uniform sample (and costs nothing). ``sampling="fps"`` runs FPS per
+cloud instead (slow on a CPU).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from cache_schema import DONE, open_cache
-from train.data.augment import augment
+from train.data.augment import augment_batch
 from train.data.sharding import batches_per_slot, shard_blocks
 
 
@@ -99,9 +105,10 @@ class ObjectStream(IterableDataset):
                 skip -= len(rows)
                 continue
             data = self._read(cache, blocks[g:g + group])
-            order = np.random.default_rng([self.config.seed, self.epoch, worker, self.rank, g]).permutation(len(rows))
-            for i in order[skip:]:
-                yield self._sample(data, rows[i])
+            rng = np.random.default_rng([self.config.seed, self.epoch, self.rank, worker, g])
+            batch = self._prepare(data, rows[rng.permutation(len(rows))], rng)
+            for i in range(skip, len(rows)):
+                yield {k: (torch.from_numpy(v[i]) if v.ndim > 1 else int(v[i])) for k, v in batch.items()}
             skip = 0
 
     def _read(self, cache, blocks: list[int]) -> dict[str, Any]:
@@ -119,30 +126,34 @@ class ObjectStream(IterableDataset):
             arrays[key] = np.concatenate([array[r0:r1] for r0, r1 in ranges])
         return {"position": {int(r): i for i, r in enumerate(idx)}, "arrays": arrays}
 
-    def _sample(self, data: dict[str, Any], row: int) -> dict[str, Any]:
-        i = data["position"][int(row)]
-        d = {k: v[i] for k, v in data["arrays"].items()}
-        rng = np.random.default_rng([self.config.seed, self.epoch, int(row)])
-        pts = d["points"]
+    def _prepare(self, data: dict[str, Any], rows: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Every sample of a group at once, in yield order."""
+        a = data["arrays"]
+        pos = np.array([data["position"][int(r)] for r in rows])
+        n, p = self.config.num_points, a["points"].shape[1]
         if self.config.sampling == "fps":
             from train.ops import farthest_point_sample
 
-            idx = farthest_point_sample(torch.from_numpy(pts.astype(np.float32))[None], self.config.num_points)[0]
-            idx = idx.numpy()
+            clouds = torch.from_numpy(a["points"][pos].astype(np.float32))
+            idx = farthest_point_sample(clouds, n).numpy()
+        elif p >= n:
+            idx = rng.integers(0, p - n + 1, len(rows))[:, None] + np.arange(n)
         else:
-            idx = rng.choice(len(pts), self.config.num_points, replace=len(pts) < self.config.num_points)
-        pts = pts[idx].astype(np.float32)
+            idx = rng.integers(0, p, (len(rows), n))
+        points = a["points"][pos[:, None], idx].astype(np.float32)          # (R, N, 3)
         if self.config.augment:
-            pts = augment(pts, rng)
-        sample = {"points": torch.from_numpy(pts), "label": int(d["label"]), "row": int(row)}
+            points = augment_batch(points, rng)
+        out = {"points": points, "label": a["label"][pos].astype(np.int64), "row": rows.astype(np.int64)}
         view = None
         for term, (name, role) in self.terms.items():
-            values = d[f"{name}/{role}"]
+            values = a[f"{name}/{role}"]                                      # (B, V or K, D)
             if role == "text":
-                sample[term] = torch.from_numpy(values[rng.integers(len(values))].astype(np.float32))
+                out[term] = values[pos, rng.integers(0, values.shape[1], len(rows))].astype(np.float32)
                 continue
-            view = rng.integers(values.shape[0]) if view is None else view  # one view for all vision teachers
-            if f"{name}/depth" in d and rng.random() < 0.5:
-                values = d[f"{name}/depth"]
-            sample[term] = torch.from_numpy(values[view].astype(np.float32))
-        return sample
+            view = rng.integers(0, values.shape[1], len(rows)) if view is None else view  # one view for all
+            chosen = values[pos, view]
+            if f"{name}/depth" in a:
+                use_depth = rng.random(len(rows)) < 0.5
+                chosen = np.where(use_depth[:, None], a[f"{name}/depth"][pos, view], chosen)
+            out[term] = chosen.astype(np.float32)
+        return out
