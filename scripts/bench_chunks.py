@@ -21,22 +21,13 @@ import time
 
 import numpy as np
 import zarr
+from bench_common import drop_caches
 
 from cache_schema.chunking import chunk_for
 from cache_schema.layout import ArraySpec
 from cache_schema.writer import create_array
 
 TARGETS = [64 * 2**10, 256 * 2**10, 2**20, 4 * 2**20, 16 * 2**20]
-
-
-def _drop_caches() -> bool:
-    try:
-        os.sync()
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-        return True
-    except OSError:
-        return False
 
 
 def _best_of(fn, repeats: int = 3) -> float:
@@ -73,7 +64,7 @@ def main() -> None:
             files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(root, f"t{target}")) for f in fs
                      if not f.endswith(".json")]
             stored = sum(os.path.getsize(f) for f in files)
-            dropped = args.drop_caches and _drop_caches()
+            dropped = args.drop_caches and drop_caches()
             cold = cold and dropped
 
             def scan(arr=arr):

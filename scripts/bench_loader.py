@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 import torch
+from bench_common import drop_caches
 from torch.utils.data import DataLoader, Dataset
 
 from cache_schema import DONE, open_cache
@@ -65,16 +66,6 @@ def write_per_shape(cache, rows: np.ndarray, folder: str, terms: dict) -> int:
             d[term] = cache.array(f"teachers/{name}/{role}")[int(r)].astype(np.float32)
         np.save(os.path.join(folder, f"{int(r):06d}.npy"), d, allow_pickle=True)
     return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
-
-
-def drop_caches() -> bool:
-    try:
-        os.sync()
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-        return True
-    except OSError:
-        return False
 
 
 def rate(loader, epochs: int, cold: bool) -> float:

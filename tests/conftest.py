@@ -40,3 +40,16 @@ def scenes_cache(tmp_path):
     url = str(tmp_path / "scenes.zarr")
     fingerprint, data = build(url, "scenes", max_block_rows=4)
     return url, data
+
+
+@pytest.fixture(scope="session")
+def small_demo_cache(tmp_path_factory):
+    """A built demo objects cache (50 shapes, tiny teachers, 13 blocks of 4 rows) shared by trainer tests."""
+    from preprocess.build_objects import ObjectBuildConfig, RunOptions, build_objects
+    from preprocess.render import ViewConfig
+
+    url = str(tmp_path_factory.mktemp("demo") / "demo.zarr")
+    cfg = ObjectBuildConfig("demo", num_points=256, views=ViewConfig(num_views=2, resolution=32),
+                            teachers=("clip-tiny", "dinov2-tiny"), num_captions=2, demo_per_class=5)
+    build_objects(url, cfg, RunOptions(progress=False, block_rows=4))
+    return url

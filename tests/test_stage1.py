@@ -16,16 +16,9 @@ import torch
 from train.losses import MultiTeacherLoss, info_nce
 
 
-@pytest.fixture(scope="module")
-def small_cache(tmp_path_factory):
-    from preprocess.build_objects import ObjectBuildConfig, RunOptions, build_objects
-    from preprocess.render import ViewConfig
-
-    url = str(tmp_path_factory.mktemp("s1") / "demo.zarr")
-    cfg = ObjectBuildConfig("demo", num_points=256, views=ViewConfig(num_views=2, resolution=32),
-                            teachers=("clip-tiny", "dinov2-tiny"), num_captions=2, demo_per_class=5)
-    build_objects(url, cfg, RunOptions(progress=False, block_rows=8))
-    return url
+@pytest.fixture
+def small_cache(small_demo_cache):
+    return small_demo_cache
 
 
 def test_info_nce_equals_the_formula_by_hand():

@@ -11,16 +11,9 @@ from train.data.objects import ObjectStream, StreamConfig
 from train.data.sharding import batches_per_slot, shard_blocks
 
 
-@pytest.fixture(scope="module")
-def demo_cache(tmp_path_factory):
-    from preprocess.build_objects import ObjectBuildConfig, RunOptions, build_objects
-    from preprocess.render import ViewConfig
-
-    url = str(tmp_path_factory.mktemp("stream") / "demo.zarr")
-    cfg = ObjectBuildConfig("demo", num_points=256, views=ViewConfig(num_views=3, resolution=32),
-                            teachers=("clip-tiny", "dinov2-tiny"), num_captions=2, demo_per_class=6)
-    build_objects(url, cfg, RunOptions(progress=False, block_rows=4))
-    return url
+@pytest.fixture
+def demo_cache(small_demo_cache):
+    return small_demo_cache
 
 
 def _rows(url, rank, world, workers, epoch=0, batch=4, start=0):
