@@ -147,3 +147,11 @@ def test_zeroshot_and_linear_on_a_constructed_case(small_cache, tmp_path):
     assert 0.0 <= probe["accuracy"] <= 1.0 and probe["num_test"] == len(rows)
     few = evaluate.fewshot(model, open_cache(url), n_way=5, m_shot=2, queries=2, draws=3, num_points=128)
     assert len(few["accuracies"]) == 3 and abs(few["mean"] - np.mean(few["accuracies"])) < 1e-9
+
+
+def test_a_batch_larger_than_the_split_is_explained(small_cache, tmp_path):
+    from train.stages.stage1 import Stage1Config, train_stage1
+
+    with pytest.raises(ValueError, match="gives no full batch of 1000"):
+        train_stage1(Stage1Config(cache=small_cache, out=str(tmp_path / "r"), steps=2, batch_size=1000, workers=0,
+                                  num_points=128), progress=False)

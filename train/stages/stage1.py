@@ -150,7 +150,7 @@ def train_stage1(cfg: Stage1Config, resume: bool = False, progress: bool = True,
                 "heads": {n: h.proj.out_features for n, h in model.heads.items()}, "cache": identity})
 
     bar = tqdm(total=cfg.steps, initial=step, desc="stage1", unit="step", disable=not (progress and dist_info.is_main))
-    window = {"wait": 0.0, "time": 0.0, "samples": 0, "loss": {}}
+    window = {"wait": 0.0, "time": 0.0, "samples": 0, "steps": 0, "loss": {}}
     metrics: dict = {}
     model.train()
     end = min(cfg.steps, stop_at or cfg.steps)
@@ -158,6 +158,7 @@ def train_stage1(cfg: Stage1Config, resume: bool = False, progress: bool = True,
         stream.set_position(epoch, batches_done, cfg.batch_size, cfg.workers)
         loader = DataLoader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers, drop_last=True)
         batches = iter(loader)
+        batches_this_epoch = 0
         while step < end:
             t0 = time.perf_counter()
             batch = next(batches, None)
@@ -174,15 +175,15 @@ def train_stage1(cfg: Stage1Config, resume: bool = False, progress: bool = True,
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
             scheduler.step()
-            step, batches_done = step + 1, batches_done + 1
+            step, batches_done, batches_this_epoch = step + 1, batches_done + 1, batches_this_epoch + 1
+            window["steps"] += 1
             window["wait"] += wait
             window["time"] += time.perf_counter() - t0
             window["samples"] += len(points) * world
             for k, v in losses.items():
                 window["loss"][k] = window["loss"].get(k, 0.0) + float(v.detach())
             if step % cfg.log_every == 0 or step == cfg.steps:
-                n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
-                metrics = {**{f"loss/{k}": v / n for k, v in window["loss"].items()},
+                metrics = {**{f"loss/{k}": v / window["steps"] for k, v in window["loss"].items()},
                            "lr": scheduler.get_last_lr()[0], "samples_per_s": window["samples"] / window["time"],
                            "data_wait_pct": 100 * window["wait"] / window["time"], "epoch": epoch,
                            "global_batch": loss_fn.global_batch,
@@ -190,14 +191,16 @@ def train_stage1(cfg: Stage1Config, resume: bool = False, progress: bool = True,
                 log.log(step, metrics)
                 bar.set_postfix(loss=f"{metrics['loss/total']:.3f}", sps=f"{metrics['samples_per_s']:.0f}",
                                 wait=f"{metrics['data_wait_pct']:.1f}%")
-                window = {"wait": 0.0, "time": 0.0, "samples": 0, "loss": {}}
+                window = {"wait": 0.0, "time": 0.0, "samples": 0, "steps": 0, "loss": {}}
             bar.update(1)
             if step % cfg.ckpt_every == 0 or step == end:
                 save(last_path)
         else:
             break
-        if batch is None:
-            epoch, batches_done = epoch + 1, 0
+        if batches_this_epoch == 0 and batches_done == 0:
+            raise ValueError(f"{cfg.cache}: the {stream.config.split!r} split gives no full batch of "
+                             f"{cfg.batch_size} per DataLoader worker; lower --batch-size or --workers")
+        epoch, batches_done = epoch + 1, 0
     bar.close()
     log.close()
     if dist_info.is_main and step == cfg.steps:
