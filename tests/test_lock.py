@@ -93,7 +93,7 @@ import sys, time
 from cache_schema import CacheLockedError, CacheWriter
 from cache_schema.example import example_objects
 attrs, layout, _ = example_objects()
-time.sleep(float(sys.argv[2]) - time.time())  # start together
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # start together
 try:
     w = CacheWriter.create(sys.argv[1], attrs, layout)
 except CacheLockedError:

@@ -107,9 +107,14 @@ def test_resume_on_another_cache_is_refused(small_cache, tmp_path):
 
 
 def test_torchrun_two_processes_on_cpu(small_cache, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     run = str(tmp_path / "ddp")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", "train",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", "train",
            "stage1", "--cache", small_cache, "--out", run, "--steps", "3", "--batch-size", "4", "--num-points", "128",
            "--workers", "0", "--log-every", "1", "--no-progress"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
