@@ -18,6 +18,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -149,7 +150,8 @@ def train_stage1(cfg: Stage1Config, resume: bool = False, progress: bool = True,
                 "rng": checkpoint.rng_state(), "config": cfg.to_dict(), "model_config": model.encoder.config.to_dict(),
                 "heads": {n: h.proj.out_features for n, h in model.heads.items()}, "cache": identity})
 
-    bar = tqdm(total=cfg.steps, initial=step, desc="stage1", unit="step", disable=not (progress and dist_info.is_main))
+    bar = tqdm(total=cfg.steps, initial=step, desc="stage1", unit="step", disable=not (progress and dist_info.is_main),
+               mininterval=0.1 if sys.stderr.isatty() else 30.0)  # a line per 30 s in log files
     window = {"wait": 0.0, "time": 0.0, "samples": 0, "steps": 0, "loss": {}}
     metrics: dict = {}
     model.train()
