@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from cache_schema.layout import ArraySpec, Layout
 
 DEFAULT_TARGET_BYTES = 4 * 2**20
@@ -31,13 +33,19 @@ def pow2_floor(x: float) -> int:
 
 
 def chunk_for(spec: ArraySpec, target_bytes: int, max_rows: int | None = None) -> tuple[int, ...]:
-    """Chunk shape of about ``target_bytes``; a single entry larger than that is split on its next axis."""
+    """Chunk shape of about ``target_bytes``; a single entry larger than that is split on its next axis.
+
+    ``spec.inner_chunk`` caps the inner axes first (e.g. 1024 points per chunk).
+    """
+    inner = list(spec.inner_shape)
     row_bytes = max(spec.row_bytes(), 1)
+    if spec.inner_chunk:
+        inner = [min(a, c) for a, c in zip(inner, spec.inner_chunk)]
+        row_bytes = max(row_bytes * int(np.prod(inner)) // max(int(np.prod(spec.inner_shape)), 1), 1)
     rows = pow2_floor(target_bytes / row_bytes)
     if max_rows is not None:
         rows = min(rows, max_rows)
-    inner = list(spec.inner_shape)
-    if row_bytes > target_bytes and inner:
+    if row_bytes > target_bytes and inner and not spec.inner_chunk:
         per_sub = row_bytes / max(inner[0], 1)
         inner[0] = max(1, min(inner[0], int(target_bytes // per_sub)))
     return (rows, *inner)

@@ -24,6 +24,7 @@ from typing import Any
 from cache_schema.metadata import Kind, TeacherRecord
 
 STR = "str"  # variable-length UTF-8 strings (never pickled objects)
+POINT_CHUNK = 1024  # points per chunk along the point axis: a loader reading N <= 1024 points decodes one chunk
 RAGGED_OFFSETS = {"points": "frames/offsets", "pairs": "pairs/offsets"}
 
 PENDING, DONE, FAILED = 0, 1, 2
@@ -40,6 +41,7 @@ class ArraySpec:
     dims: tuple[str, ...]
     axis: str  # "row" | "points" | "pairs" | "offsets" | "fixed"
     length: int | None = None  # leading length of "fixed" arrays (None: set when written)
+    inner_chunk: tuple[int, ...] | None = None  # largest chunk along the inner axes (None: whole axes)
 
     def row_bytes(self) -> int:
         """Uncompressed bytes of one entry along the first axis (strings count 64 B)."""
@@ -51,11 +53,14 @@ class ArraySpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "dtype": self.dtype, "inner_shape": list(self.inner_shape),
-                "dims": list(self.dims), "axis": self.axis, "length": self.length}
+                "dims": list(self.dims), "axis": self.axis, "length": self.length,
+                "inner_chunk": list(self.inner_chunk) if self.inner_chunk else None}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ArraySpec:
-        return cls(d["path"], d["dtype"], tuple(d["inner_shape"]), tuple(d["dims"]), d["axis"], d.get("length"))
+        chunk = d.get("inner_chunk")
+        return cls(d["path"], d["dtype"], tuple(d["inner_shape"]), tuple(d["dims"]), d["axis"], d.get("length"),
+                   tuple(chunk) if chunk else None)
 
 
 @dataclass(frozen=True)
@@ -120,17 +125,19 @@ def objects_layout(
         raise ValueError(f"point_dtype must be float16 or float32, got {point_dtype!r}")
     if (store_rgb or store_depth) and image_hw is None:
         raise ValueError("image_hw is required when rgb or depth renders are stored")
+    point_chunk = (min(num_points, POINT_CHUNK), 3)
     a = [
         ArraySpec("ids", STR, (), ("row",), "row"),
         ArraySpec("label", "int16", (), ("row",), "row"),
         ArraySpec("status", "uint8", (), ("row",), "row"),
         ArraySpec("status_reason", STR, (), ("row",), "row"),
-        ArraySpec("points", point_dtype, (num_points, 3), ("row", "point", "xyz"), "row"),
+        ArraySpec("points", point_dtype, (num_points, 3), ("row", "point", "xyz"), "row", inner_chunk=point_chunk),
         ArraySpec("captions", STR, (num_captions,), ("row", "caption"), "row"),
         ArraySpec("views/camera", "float32", (4, 4), ("view", "i", "j"), "fixed", num_views),
     ]
     if with_normals:
-        a.append(ArraySpec("normals", point_dtype, (num_points, 3), ("row", "point", "xyz"), "row"))
+        a.append(ArraySpec("normals", point_dtype, (num_points, 3), ("row", "point", "xyz"), "row",
+                           inner_chunk=point_chunk))
     if store_rgb:
         h, w = image_hw  # type: ignore[misc]
         a.append(ArraySpec("views/rgb", "uint8", (num_views, h, w, 3), ("row", "view", "y", "x", "rgb"), "row"))

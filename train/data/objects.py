@@ -8,10 +8,11 @@ random view's embedding, or its depth map's for teachers that have depth).
 Samples are prepared a group of blocks at a time with vectorised numpy; the
 randomness of a group is seeded by (seed, epoch, rank, slot, group), so a
 resumed stream yields exactly what the uninterrupted one would have. Random
-subsampling takes a random window of N consecutive stored points: the builder
-stores i.i.d. area-weighted surface samples, so any window is itself an
-unbiased uniform sample (and costs nothing). ``sampling="fps"`` runs FPS per
-cloud instead (slow on a CPU).
+subsampling reads one aligned window of N stored points per block (one chunk
+column of the cache's 1024-point chunks): the builder stores i.i.d.
+area-weighted surface samples, so any window is itself an unbiased uniform
+sample, and only 1/8 of an 8192-point cloud is read. ``sampling="fps"`` reads
+whole clouds and runs FPS per cloud instead (slow on a CPU).
 """
 
 from __future__ import annotations
@@ -104,15 +105,19 @@ class ObjectStream(IterableDataset):
             if skip >= len(rows):
                 skip -= len(rows)
                 continue
-            data = self._read(cache, blocks[g:g + group])
             rng = np.random.default_rng([self.config.seed, self.epoch, self.rank, worker, g])
+            data = self._read(cache, blocks[g:g + group], rng)
             batch = self._prepare(data, rows[rng.permutation(len(rows))], rng)
             for i in range(skip, len(rows)):
                 yield {k: (torch.from_numpy(v[i]) if v.ndim > 1 else int(v[i])) for k, v in batch.items()}
             skip = 0
 
-    def _read(self, cache, blocks: list[int]) -> dict[str, Any]:
-        """Whole blocks (so whole chunks) of every array a sample needs, in block order."""
+    def _read(self, cache, blocks: list[int], rng: np.random.Generator) -> dict[str, Any]:
+        """Whole blocks of every array a sample needs, in block order.
+
+        For random sampling only one window of N stored points per block is read
+        (aligned to N, so with the cache's 1024-point chunks one chunk column).
+        """
         ranges = [(b * self.block_rows, min((b + 1) * self.block_rows, cache.num_rows)) for b in blocks]
         idx = np.concatenate([np.arange(r0, r1) for r0, r1 in ranges])
         paths = {"points": "points", "label": "label"}
@@ -123,7 +128,12 @@ class ObjectStream(IterableDataset):
         arrays = {}
         for key, path in paths.items():
             array = cache.array(path)
-            arrays[key] = np.concatenate([array[r0:r1] for r0, r1 in ranges])
+            if key == "points" and self.config.sampling != "fps" and array.shape[1] >= self.config.num_points:
+                n = self.config.num_points
+                starts = n * rng.integers(0, array.shape[1] // n, len(ranges))
+                arrays[key] = np.concatenate([array[r0:r1, o:o + n] for (r0, r1), o in zip(ranges, starts)])
+            else:
+                arrays[key] = np.concatenate([array[r0:r1] for r0, r1 in ranges])
         return {"position": {int(r): i for i, r in enumerate(idx)}, "arrays": arrays}
 
     def _prepare(self, data: dict[str, Any], rows: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -136,8 +146,8 @@ class ObjectStream(IterableDataset):
 
             clouds = torch.from_numpy(a["points"][pos].astype(np.float32))
             idx = farthest_point_sample(clouds, n).numpy()
-        elif p >= n:
-            idx = rng.integers(0, p - n + 1, len(rows))[:, None] + np.arange(n)
+        elif p >= n:  # _read kept one window of n points per block
+            idx = np.broadcast_to(np.arange(n), (len(rows), n))
         else:
             idx = rng.integers(0, p, (len(rows), n))
         points = a["points"][pos[:, None], idx].astype(np.float32)          # (R, N, 3)
