@@ -40,8 +40,7 @@ def _epochs(stream: ObjectStream, batch: int):
 def run(url: str, steps: int, batch: int, model_name: str, online: bool) -> dict:
     cache = open_cache(url)
     stream = ObjectStream(url, StreamConfig())
-    heads = {t: stream.teacher_dims[t] for t, _ in stream.terms.values()}
-    model = Student(PointMAEConfig.preset(model_name), heads)
+    model = Student(PointMAEConfig.preset(model_name), stream.head_dims)
     loss_fn = MultiTeacherLoss({t: 1.0 for t in stream.terms})
     head_of = {term: t for term, (t, _) in stream.terms.items()}
     opt = torch.optim.AdamW(list(model.parameters()) + list(loss_fn.parameters()), lr=1e-4)

@@ -14,6 +14,7 @@ from sklearn.svm import LinearSVC
 
 from cache_schema import DONE, open_cache
 from train import checkpoint
+from train.data.objects import head_dims
 from train.models.point_mae import PointMAEConfig
 from train.models.student import Student
 
@@ -22,8 +23,7 @@ def load_student(ckpt: str, cache, preset: str = "tiny", seed: int = 0) -> Stude
     """A trained student from a checkpoint, or ``"random"``: an untrained one with heads for the cache."""
     if ckpt == "random":
         torch.manual_seed(seed)
-        heads = {n: t.dim for n, t in cache.teachers.items() if {"text", "image"} & set(t.roles)}
-        return Student(PointMAEConfig.preset(preset), heads).eval()
+        return Student(PointMAEConfig.preset(preset), head_dims(cache)).eval()
     state = checkpoint.load(ckpt)  # evaluating on another cache (e.g. ModelNet40) is allowed
     model = Student(PointMAEConfig(**state["model_config"]), state["heads"])
     model.load_state_dict(state["model"])

@@ -50,6 +50,11 @@ def contrastive_terms(cache) -> dict[str, tuple[str, str]]:
     return terms
 
 
+def head_dims(cache) -> dict[str, int]:
+    """teacher -> embedding dim, for every teacher a contrastive term aligns to (one student head each)."""
+    return {teacher: cache.teachers[teacher].dim for teacher, _ in contrastive_terms(cache).values()}
+
+
 class ObjectStream(IterableDataset):
     """An epoch of one split of an objects cache, sharded over DDP ranks and DataLoader workers."""
 
@@ -62,7 +67,7 @@ class ObjectStream(IterableDataset):
         if cache.kind != "objects":
             raise ValueError(f"{url} is a {cache.kind} cache; stage-1 trains on objects caches")
         self.terms = contrastive_terms(cache)
-        self.teacher_dims = {name: t.dim for name, t in cache.teachers.items()}
+        self.head_dims = head_dims(cache)
         rows = np.zeros(cache.num_rows, bool)
         rows[cache.split(config.split)] = True
         rows &= cache.status == DONE
@@ -140,17 +145,17 @@ class ObjectStream(IterableDataset):
         """Every sample of a group at once, in yield order."""
         a = data["arrays"]
         pos = np.array([data["position"][int(r)] for r in rows])
-        n, p = self.config.num_points, a["points"].shape[1]
+        n = self.config.num_points
+        points = a["points"][pos].astype(np.float32)                        # (R, n or P, 3)
         if self.config.sampling == "fps":
             from train.ops import farthest_point_sample
 
-            clouds = torch.from_numpy(a["points"][pos].astype(np.float32))
-            idx = farthest_point_sample(clouds, n).numpy()
-        elif p >= n:  # _read kept one window of n points per block
-            idx = np.broadcast_to(np.arange(n), (len(rows), n))
-        else:
-            idx = rng.integers(0, p, (len(rows), n))
-        points = a["points"][pos[:, None], idx].astype(np.float32)          # (R, N, 3)
+            idx = farthest_point_sample(torch.from_numpy(points), n).numpy()
+            points = np.take_along_axis(points, idx[..., None], axis=1)
+        elif points.shape[1] < n:  # fewer stored points than asked: sample with replacement
+            idx = rng.integers(0, points.shape[1], (len(rows), n))
+            points = np.take_along_axis(points, idx[..., None], axis=1)
+        # otherwise _read already kept one window of n points per block     # (R, N, 3)
         if self.config.augment:
             points = augment_batch(points, rng)
         out = {"points": points, "label": a["label"][pos].astype(np.int64), "row": rows.astype(np.int64)}

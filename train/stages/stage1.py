@@ -92,10 +92,7 @@ def lr_at(step: int, cfg: Stage1Config) -> float:
 
 
 def build(cfg: Stage1Config, stream: ObjectStream, rank: int, world: int):
-    heads = {}
-    for term, (teacher, _) in stream.terms.items():
-        heads[teacher] = stream.teacher_dims[teacher]
-    model = Student(PointMAEConfig.preset(cfg.model), heads)
+    model = Student(PointMAEConfig.preset(cfg.model), stream.head_dims)
     weights = {t: cfg.term_weights.get(t, 1.0) for t in stream.terms}
     return model, MultiTeacherLoss(weights, rank, world), {t: teacher for t, (teacher, _) in stream.terms.items()}
 
