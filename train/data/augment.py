@@ -15,10 +15,10 @@ def augment_batch(points: np.ndarray, rng: np.random.Generator, scale=(2 / 3, 3 
         c, s = np.cos(a), np.sin(a)
         rot = np.zeros((r, 3, 3), np.float32)
         rot[:, 0, 0], rot[:, 0, 2], rot[:, 1, 1], rot[:, 2, 0], rot[:, 2, 2] = c, -s, 1, s, c
-        p = np.einsum("rnj,rjk->rnk", p, rot)
+        p = p @ rot                                                    # (R, N, 3) @ (R, 3, 3)
     p = p * rng.uniform(*scale, size=(r, 1, 3)).astype(np.float32) + rng.uniform(-translate, translate, (r, 1, 3))
-    noise = np.clip(rng.normal(0, jitter_sigma, p.shape), -jitter_clip, jitter_clip)
-    return (p + noise).astype(np.float32)
+    noise = rng.standard_normal(p.shape, dtype=np.float32) * np.float32(jitter_sigma)
+    return p.astype(np.float32, copy=False) + np.clip(noise, -jitter_clip, jitter_clip, out=noise)
 
 
 def augment(points: np.ndarray, rng: np.random.Generator, **kwargs) -> np.ndarray:
