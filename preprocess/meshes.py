@@ -7,6 +7,7 @@ message as the row's failure reason and goes on with the next shape.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 
 import numpy as np
@@ -57,25 +58,27 @@ def _merge(loaded: trimesh.Scene | trimesh.Trimesh, path: str) -> trimesh.Trimes
 
 
 def _has_missing_texture(path: str) -> bool:
-    """An .obj whose .mtl names an image file that is not there."""
+    """An .obj whose .mtl names a diffuse map that is not there (a regex scan: OBJ files can be large)."""
     if not path.lower().endswith(".obj"):
         return False
     folder = os.path.dirname(path)
-    for mtl in (ln.split(None, 1)[1].strip() for ln in _lines(path) if ln.startswith("mtllib ")):
+    for mtl in _directives(path, rb"mtllib"):
         mtl_path = os.path.join(folder, mtl)
-        for ln in _lines(mtl_path):
-            if ln.lower().startswith("map_kd "):
-                if not os.path.exists(os.path.join(os.path.dirname(mtl_path), ln.split()[-1])):
-                    return True
+        for image in _directives(mtl_path, rb"map_Kd"):
+            if not os.path.exists(os.path.join(os.path.dirname(mtl_path), image.split()[-1])):
+                return True
     return False
 
 
-def _lines(path: str) -> list[str]:
+def _directives(path: str, keyword: bytes) -> list[str]:
+    """Arguments of every ``keyword ...`` line of a text file (missing file: none)."""
     try:
-        with open(path, errors="replace") as f:
-            return [ln.strip() for ln in f]
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError:
         return []
+    pattern = rb"^[ \t]*" + keyword + rb"[ \t]+(.+?)[ \t]*\r?$"
+    return [m.decode(errors="replace") for m in re.findall(pattern, data, flags=re.M | re.I)]
 
 
 def check_mesh(mesh: trimesh.Trimesh) -> None:
