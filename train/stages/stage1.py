@@ -189,7 +189,7 @@ def train_stage1(cfg: Stage1Config, resume: bool = False, progress: bool = True,
                            **{f"temperature/{k}": 1 / float(p.detach().exp()) for k, p in loss_fn.logit_scales.items()}}
                 log.log(step, metrics)
                 bar.set_postfix(loss=f"{metrics['loss/total']:.3f}", sps=f"{metrics['samples_per_s']:.0f}",
-                                wait=f"{metrics['data_wait_pct']:.1f}%")
+                                wait=f"{metrics['data_wait_pct']:.1f}%", refresh=False)
                 window = {"wait": 0.0, "time": 0.0, "samples": 0, "steps": 0, "loss": {}}
             bar.update(1)
             if step % cfg.ckpt_every == 0 or step == end:
