@@ -47,8 +47,9 @@ def example_objects(num_rows: int = 24, num_points: int = 64, num_views: int = 4
         "ids": np.array([f"shape_{i:04d}" for i in range(num_rows)]),
         "label": labels,
         "points": pts / np.linalg.norm(pts, axis=-1).max(axis=1)[:, None, None],
-        "captions": np.array([[f"a 3D model of a {EXAMPLE_CLASSES[c]}", f"a {EXAMPLE_CLASSES[c]} ({i})"]
-                              for i, c in enumerate(labels)])[:, :num_captions],
+        "captions": np.array([[f"a 3D model of a {EXAMPLE_CLASSES[c]}"] + [f"a {EXAMPLE_CLASSES[c]} ({i}, {k})"
+                                                                         for k in range(1, num_captions)]
+                              for i, c in enumerate(labels)]),
         "views/depth": rng.uniform(0.5, 3, (num_rows, num_views, 8, 8)),
         "teachers/clip-tiny/image": rng.normal(size=(num_rows, num_views, dim)),
         "teachers/clip-tiny/text": rng.normal(size=(num_rows, num_captions, dim)),

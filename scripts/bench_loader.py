@@ -1,6 +1,7 @@
 """Streaming reader vs. one file per shape (OpenShape style), same content, side by side.
 
     .venv/bin/python scripts/bench_loader.py caches/demo.zarr [--epochs 2] [--drop-caches]
+    .venv/bin/python scripts/bench_loader.py --synthetic 4096   # a ShapeNet-sized shard, 256-row blocks
 
 The baseline writes every shape of the train split as one pickled dict in a
 ``.npy`` (points and float32 teacher features, what OpenShape ships) and reads
@@ -84,15 +85,42 @@ def rate(loader, epochs: int, cold: bool) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("cache")
+    ap.add_argument("cache", nargs="?", help="an objects cache (or use --synthetic)")
+    ap.add_argument("--synthetic", type=int, metavar="ROWS",
+                    help="instead, write a random objects cache of ROWS shapes with full-size content "
+                         "(8192 points, 12 views, 5 captions, 512-d teachers) and the default chunk plan")
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--drop-caches", action="store_true", help="drop the page cache before every epoch (root)")
     ap.add_argument("--s3", action="store_true",
                     help="serve both copies from an S3-compatible server on loopback (moto) and read through s3://")
     args = ap.parse_args()
-    if args.s3:
-        return main_s3(args)
+    if args.synthetic:
+        args.cache = write_synthetic(args.synthetic)
+    elif not args.cache:
+        ap.error("give a cache or --synthetic ROWS")
+    try:
+        main_s3(args) if args.s3 else main_local(args)
+    finally:
+        if args.synthetic:
+            shutil.rmtree(args.cache, ignore_errors=True)
+
+
+def write_synthetic(rows: int) -> str:
+    """A random objects cache of ``rows`` shapes at full size, written with the default chunk plan."""
+    from cache_schema.example import example_objects, finish, write_blocks
+    from cache_schema.writer import CacheWriter
+
+    url = os.path.join(tempfile.mkdtemp(prefix="bench-loader-cache-"), "synthetic.zarr")
+    attrs, layout, data = example_objects(num_rows=rows, num_points=8192, num_views=12, num_captions=5, dim=512,
+                                          failed_rows=())
+    with CacheWriter.create(url, attrs, layout) as w:
+        write_blocks(w, data)
+        finish(w, data)
+    return url
+
+
+def main_local(args) -> None:
 
     cache = open_cache(args.cache)
     terms = contrastive_terms(cache)
@@ -118,8 +146,9 @@ def main() -> None:
         shutil.rmtree(folder, ignore_errors=True)
     print(f"{args.cache}: {len(rows)} train shapes, {args.epochs} epochs, batch {args.batch_size}, "
           f"{'cold' if args.drop_caches else 'warm'} page cache")
-    print(f"bytes on disk (points + teacher arrays): cache {cache_bytes / 2**20:.1f} MiB, "
-          f"per-shape .npy {baseline_bytes / 2**20:.1f} MiB ({baseline_bytes / cache_bytes:.2f}x)")
+    cache_kib, baseline_kib = cache_bytes / cache.num_rows / 1024, baseline_bytes / len(rows) / 1024
+    print(f"bytes on disk per shape (points + teacher arrays): cache {cache_kib:.1f} KiB, "
+          f"per-shape .npy {baseline_kib:.1f} KiB ({baseline_kib / cache_kib:.2f}x)")
     print(f"{'workers':>7} {'stream samples/s':>17} {'per-shape samples/s':>20} {'ratio':>6}")
     for workers, s, b in results:
         print(f"{workers:>7} {s:>17.0f} {b:>20.0f} {s / b:>6.2f}")
