@@ -199,6 +199,10 @@ def scenes_layout(
             raise ValueError(f"teacher {name!r}: a scenes cache holds only pair_features, got {t.roles}")
         base = f"teachers/{name}"
         a.append(ArraySpec(f"{base}/pair_features", t.dtype, (t.dim,), ("pair", "dim"), "pairs"))
+        if t.extra.get("patch_grid"):
+            gh, gw = t.extra["patch_grid"]
+            a.append(ArraySpec(f"{base}/patch_grid", t.dtype, (c, gh, gw, t.dim),
+                               ("frame", "camera", "y", "x", "dim"), "row"))
         pca_in = t.extra.get("pca_input_dim")
         if pca_in:
             a.append(ArraySpec(f"{base}/pca_components", "float32", (int(pca_in),), ("dim", "input_dim"), "fixed", t.dim))

@@ -14,22 +14,22 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
 from cache_schema import DONE, FAILED, CacheAttrs, CacheWriter, objects_layout
+from preprocess.build_common import (BlockReport, BuildSummary, RunOptions, cached_teacher, run_blocks,
+                                     set_torch_threads, summarize)
 from cache_schema.writer import BlockWriter
 from preprocess.captions import captioner_settings, make_captioner
-from preprocess.cluster import run_tasks
 from preprocess.meshes import BadInput, load_mesh, normalize_unit_sphere
 from preprocess.points import sample_points, seed_for
 from preprocess.render import Renderer, ViewConfig
 from preprocess.sources import Catalog, MeshItem, list_source
-from preprocess.teachers import ClipTeacher, Dinov2Teacher, Teacher, load_teacher
+from preprocess.teachers import ClipTeacher, Dinov2Teacher, Teacher
 
 STAGES = ("load", "sample", "render", "caption", "embed", "write")
 
@@ -64,66 +64,12 @@ class ObjectBuildConfig:
         return d
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    """How to run a build; none of it changes the content."""
-
-    workers: int = 0
-    scheduler: str | None = None
-    gl_platform: str = "auto"
-    overwrite: bool = False
-    block_rows: int = 64
-    batch_size: int = 64
-    progress: bool = True
-    torch_threads: int | None = None
-
-
-@dataclass
-class BlockReport:
-    """What a worker sends back: seconds spent per stage (statuses are in the store)."""
-
-    block: int
-    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
-
-
-@dataclass
-class BuildSummary:
-    url: str
-    rows: int
-    done: int
-    failed: Counter
-    seconds: float
-    stored_bytes: int
-    fingerprint: str
-    already_complete: bool = False
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        if self.already_complete:
-            return f"{self.url} is already complete ({self.rows} rows, {self.fingerprint}); nothing to do."
-        lines = [f"built {self.url}: {self.done} done, {sum(self.failed.values())} failed of {self.rows} shapes "
-                 f"in {self.seconds:.1f} s; {self.stored_bytes / 2**20:.1f} MiB on disk",
-                 f"fingerprint {self.fingerprint}"]
-        for reason, n in self.failed.most_common(10):
-            lines.append(f"  failed x{n}: {reason}")
-        return "\n".join(lines)
-
-
 # ---------------------------------------------------------------- worker side
-
-
-@lru_cache(maxsize=8)
-def cached_teacher(name: str, batch_size: int) -> Teacher:
-    """One instance per process and name: workers keep their teachers between blocks."""
-    return load_teacher(name, batch_size=batch_size)
 
 
 @lru_cache(maxsize=2)
 def _worker_tools(cfg: ObjectBuildConfig, run: RunOptions):
-    if run.torch_threads:
-        import torch
-
-        torch.set_num_threads(run.torch_threads)
+    set_torch_threads(run)
     renderer = Renderer(cfg.views, run.gl_platform)
     captioner = make_captioner(cfg.captioner, cfg.num_captions, cfg.captions_file, cfg.seed)
     return renderer, captioner, {n: cached_teacher(n, run.batch_size) for n in cfg.teachers}
@@ -150,7 +96,7 @@ def build_block(url: str, token: str, cfg: ObjectBuildConfig, run: RunOptions, b
     """Build and write one block of rows (runs in a worker)."""
     renderer, captioner, teachers = _worker_tools(cfg, run)
     writer = BlockWriter.attach(url, token)
-    report = BlockReport(block)
+    report = BlockReport(block, dict.fromkeys(STAGES, 0.0))
     n, v, r, p, k = len(items), cfg.views.num_views, cfg.views.resolution, cfg.num_points, cfg.num_captions
     rows: dict[str, Any] = {
         "ids": np.array([it.id for it in items]), "label": np.array([it.label for it in items]),
@@ -238,32 +184,16 @@ def build_objects(url: str, cfg: ObjectBuildConfig, run: RunOptions = RunOptions
     layout, attrs = make_layout_and_attrs(catalog, cfg, teachers, captioner_info)
     with CacheWriter.create(url, attrs, layout, overwrite=run.overwrite, max_block_rows=run.block_rows) as writer:
         if writer.is_finalized:
-            status = writer.group["status"][:]
-            return BuildSummary(url, len(status), int((status == DONE).sum()), Counter(), 0.0,
-                                int(writer.loc.fs.du(writer.loc.root)), writer.finalize(), already_complete=True)
+            return summarize(writer, url, writer.finalize(), start, "shape", already_complete=True)
         pending = writer.pending_blocks()
         tasks = [(url, writer.token, cfg, run, b, catalog.items[slice(*writer.block_range(b))], catalog.label_names)
                  for b in pending]
-        weights = [len(t[5]) for t in tasks]
-        stage_seconds = dict.fromkeys(STAGES, 0.0)
-        for report in run_tasks(build_block, tasks, weights, workers=run.workers, scheduler=run.scheduler,
-                                desc=f"{cfg.dataset} shapes", unit="shape", progress=run.progress):
-            for s, sec in report.seconds.items():
-                stage_seconds[s] += sec
+        stage_seconds = run_blocks(build_block, tasks, [len(t[5]) for t in tasks], run, STAGES,
+                                   desc=f"{cfg.dataset} shapes", unit="shape")
         writer.write_fixed("views/camera", cfg.views.cameras())
         for name, t in teachers.items():
             if isinstance(t, ClipTeacher):
                 writer.write_fixed(f"teachers/{name}/class_text", t.encode_classes(list(catalog.label_names)))
         for split, rows in catalog.splits().items():
             writer.write_split(split, rows)
-        fingerprint = writer.finalize()
-        status = writer.group["status"][:]
-        reasons = writer.group["status_reason"][:]
-        failed = Counter(_reason_kind(str(x)) for x in reasons[status == FAILED])
-        return BuildSummary(url, len(status), int((status == DONE).sum()), failed, time.perf_counter() - start,
-                            int(writer.loc.fs.du(writer.loc.root)), fingerprint, stage_seconds=stage_seconds)
-
-
-def _reason_kind(reason: str) -> str:
-    """Group reasons by their kind ("missing file: /a/b.obj" -> "missing file")."""
-    return reason.split(":", 1)[0] if ":" in reason else reason
+        return summarize(writer, url, writer.finalize(), start, "shape", stage_seconds)

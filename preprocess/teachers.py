@@ -271,6 +271,29 @@ class Dinov2Teacher(Teacher):
             return np.zeros((0, self.dim), np.float32), np.zeros((0, self.dim), np.float32)
         return torch.cat(cls).numpy(), torch.cat(patch).numpy()
 
+    @property
+    def patch_size(self) -> int:
+        return int(self.model.config.patch_size)
+
+    @torch.inference_mode()
+    def encode_patch_grids(self, images: list[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
+        """Dense features: images of any sizes, each resized to ``size`` = (width, height), both multiples of
+        the patch size (no crop) -> (B, D, height / patch, width / patch) float32 patch tokens on the CPU."""
+        w, h = size
+        p = self.patch_size
+        if w % p or h % p:
+            raise ValueError(f"feature input size {w}x{h} must be a multiple of the patch size {p}")
+        mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+        out = []
+        for sl in self._batches(len(images)):
+            x = torch.cat([F.interpolate(_to_float(im[None], self.device), size=(h, w), mode="bicubic",
+                                         align_corners=False, antialias=True) for im in images[sl]])
+            with self._autocast():
+                tokens = self.model(pixel_values=(x - mean) / std).last_hidden_state[:, 1:].float()
+            out.append(tokens.reshape(len(x), h // p, w // p, -1).permute(0, 3, 1, 2).cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.dim, h // p, w // p)
+
 
 FAMILIES = {"clip": ClipTeacher, "dinov2": Dinov2Teacher}
 
