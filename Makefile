@@ -17,14 +17,23 @@ PIP := set -o pipefail; $(PY) -m pip install -q
 QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 CACHES := caches
 
-# `make cache DATASET=...`: the object cache builder (see `preprocess objects --help`).
+# `make cache DATASET=...`: the object cache builder (`preprocess objects --help`) for shapenet, modelnet40,
+# meshes and demo; the scene cache builder (`preprocess scenes --help`) for nuscenes, semantickitti, demo-scenes.
 DATASET ?= demo
 OUT ?= $(CACHES)/$(DATASET).zarr
+SCENE_DATASETS := nuscenes semantickitti demo-scenes
 ROOT_shapenet = $(SHAPENET_ROOT)
 ROOT_modelnet40 = $(MODELNET_ROOT)
 ROOT_meshes = $(MESH_ROOT)
+ROOT_nuscenes = $(NUSCENES_ROOT)
+ROOT_semantickitti = $(KITTI_ROOT)
 ROOT ?= $(ROOT_$(DATASET))
-TEACHERS ?= $(if $(filter demo,$(DATASET)),tiny,base)
+VERSION ?= v1.0-mini
+TEACHERS_demo = tiny
+TEACHERS_demo-scenes = dinov2-tiny
+TEACHERS_nuscenes = dinov2-vitb14
+TEACHERS_semantickitti = dinov2-vitb14
+TEACHERS ?= $(or $(TEACHERS_$(DATASET)),base)
 WORKERS ?= 2
 CACHE_ARGS ?=
 # The demo cache is lighter than the defaults (6 views of 128 px instead of 12 of 224) to stay within minutes on a CPU.
@@ -54,8 +63,13 @@ test-slow: setup
 	$(VENV)/bin/pytest -q -m slow
 
 cache: setup
+ifneq ($(filter $(DATASET),$(SCENE_DATASETS)),)
+	$(VENV)/bin/preprocess scenes $(DATASET) $(if $(ROOT),--root "$(ROOT)") --out "$(OUT)" \
+	  --teachers $(TEACHERS) --workers $(WORKERS) $(if $(filter nuscenes,$(DATASET)),--version $(VERSION)) $(CACHE_ARGS)
+else
 	$(VENV)/bin/preprocess objects $(DATASET) $(if $(ROOT),--root "$(ROOT)") --out "$(OUT)" \
 	  --teachers $(TEACHERS) --workers $(WORKERS) $(if $(filter demo,$(DATASET)),$(DEMO_ARGS)) $(CACHE_ARGS)
+endif
 
 # The main job on built-in data: build the demo object cache with the tiny teachers
 # (resumes / says complete when run again), check it, train stage-1 on the CPU and

@@ -4,6 +4,9 @@
     preprocess objects shapenet --root /data/ShapeNetCore.v2 --workers 8
     preprocess objects modelnet40 --root /data/ModelNet40 --scheduler tcp://head:8786
     preprocess add-teacher caches/shapenet.zarr --teacher dinov2-vitb14
+    preprocess scenes demo-scenes --teachers dinov2-tiny           # built-in demo streets, CPU
+    preprocess scenes nuscenes --root /data/nuscenes --version v1.0-trainval --pca-dim 64 --workers 8
+    preprocess scenes semantickitti --root /data/SemanticKITTI --scheduler tcp://head:8786
 """
 
 from __future__ import annotations
@@ -81,6 +84,77 @@ def objects(
         run = RunOptions(workers=workers, scheduler=scheduler, gl_platform=gl_platform, overwrite=overwrite,
                          block_rows=block_rows, batch_size=batch_size, progress=progress)
         summary = build_objects(out or f"caches/{dataset}.zarr", cfg, run)
+    except (CacheError, MissingWeightsError, FileNotFoundError, ValueError) as e:
+        _fail(e)
+    typer.echo(str(summary))
+
+
+def _size(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        w, h = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"expected WIDTHxHEIGHT, e.g. 448x252, got {text!r}") from None
+    return w, h
+
+
+@app.command()
+def scenes(
+    dataset: Annotated[str, typer.Argument(help="nuscenes, semantickitti or demo-scenes (built in, no download).")],
+    root: Annotated[Optional[str], typer.Option(help="Dataset folder (not needed for demo-scenes).")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Cache path or fsspec URL (default: caches/DATASET.zarr).")] = None,
+    version: Annotated[str, typer.Option(help="nuScenes version folder, e.g. v1.0-mini or v1.0-trainval.")]
+    = "v1.0-mini",
+    sweeps: Annotated[bool, typer.Option("--sweeps/--keyframes",
+                                         help="nuScenes: every LiDAR sweep (nearest camera images), "
+                                              "not only the annotated keyframes.")] = False,
+    frames: Annotated[int, typer.Option(help="demo-scenes: how many frames to generate.")] = 40,
+    teachers: Annotated[str, typer.Option(help="Comma-separated DINOv2 teachers: dinov2-vitb14 (pretrained), "
+                                               "dinov2-vitb14-random, dinov2-tiny (random, CPU-sized).")]
+    = "dinov2-vitb14",
+    feature_size: Annotated[Optional[str], typer.Option(
+        help="Teacher input WIDTHxHEIGHT, multiples of 14 (default: 448x252 nuScenes, 812x252 SemanticKITTI, "
+             "322x196 demo).")] = None,
+    pca_dim: Annotated[Optional[int], typer.Option(help="Reduce pair features to this many dims with a PCA fitted "
+                                                        "on the first frames (default: full teacher dims).")] = None,
+    pca_fit_frames: Annotated[int, typer.Option(help="Frames whose patch features fit the PCA.")] = 8,
+    patch_grids: Annotated[bool, typer.Option("--patch-grids/--no-patch-grids",
+                                              help="Also store every camera's whole patch grid.")] = False,
+    images: Annotated[bool, typer.Option("--images/--no-images",
+                                         help="Store the camera images (uint8, padded to the largest).")] = False,
+    min_depth: Annotated[float, typer.Option(help="Pair only points farther than this from the camera (m).")] = 1.0,
+    occlusion: Annotated[bool, typer.Option("--occlusion/--no-occlusion",
+                                            help="Drop pairs hidden behind nearer points (depth-buffer test).")]
+    = True,
+    seed: Annotated[int, typer.Option(help="Seed of the demo scenes and the PCA.")] = 0,
+    max_frames: Annotated[Optional[int], typer.Option(help="Keep the first N frames (quick runs).")] = None,
+    workers: Workers = 0,
+    scheduler: Scheduler = None,
+    gl_platform: Annotated[str, typer.Option(help="auto, osmesa (CPU) or egl (GPU); demo-scenes render.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace a store built with other settings.")] = False,
+    block_rows: Annotated[int, typer.Option(help="Frames per work unit (rounded down to a power of two).")] = 16,
+    batch_size: BatchSize = 32,
+    progress: Progress = True,
+) -> None:
+    """Build a scenes cache: LiDAR points, cameras, point-pixel pairs and DINOv2 features at every pair.
+
+    Re-running with the same arguments resumes an interrupted build, or says it is complete.
+    """
+    from preprocess.build_common import RunOptions
+    from preprocess.build_scenes import SceneBuildConfig, build_scenes
+    from preprocess.pairs import PairConfig
+    from preprocess.teachers import MissingWeightsError, resolve_names
+
+    try:
+        cfg = SceneBuildConfig(
+            dataset=dataset, root=root, version=version, sweeps=sweeps, frames=frames,
+            teachers=resolve_names(teachers), feature_size=_size(feature_size), pca_dim=pca_dim,
+            pca_fit_frames=pca_fit_frames, store_patch_grids=patch_grids, store_images=images,
+            pairs=PairConfig(min_depth=min_depth, occlusion=occlusion), seed=seed, max_frames=max_frames)
+        run = RunOptions(workers=workers, scheduler=scheduler, gl_platform=gl_platform, overwrite=overwrite,
+                         block_rows=block_rows, batch_size=batch_size, progress=progress)
+        summary = build_scenes(out or f"caches/{dataset}.zarr", cfg, run)
     except (CacheError, MissingWeightsError, FileNotFoundError, ValueError) as e:
         _fail(e)
     typer.echo(str(summary))

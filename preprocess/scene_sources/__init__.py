@@ -119,6 +119,6 @@ def read_image(path: str) -> np.ndarray:
         raise BadInput(f"missing camera image: {path}")
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))  # a writable copy
     except (UnidentifiedImageError, OSError) as e:
         raise BadInput(f"unreadable camera image: {path} ({e})") from e

@@ -207,15 +207,16 @@ def render_cameras(primitives: list[Primitive], cfg: DemoSceneConfig) -> tuple[n
     ground = trimesh.creation.box(extents=(400, 400, 0.02))
     ground.apply_translation((0, 0, -0.01))
     items = [(ground, 0, tuple(COLOURS[0]))]
+    sink = 0.05  # meshes reach below the ground: no face coplanar with it, so no depth ties between processes
     for p in primitives:
         if p.kind == "box":
-            m = trimesh.creation.box(extents=p.size)
-            m.apply_translation((0, 0, p.size[2] / 2))
+            m = trimesh.creation.box(extents=(*p.size[:2], p.size[2] + sink))
+            m.apply_translation((0, 0, (p.size[2] + sink) / 2))
             m.apply_transform(trimesh.transformations.rotation_matrix(p.yaw, (0, 0, 1)))
         else:
-            m = trimesh.creation.cylinder(radius=p.size[0], height=p.size[1], sections=96)
-            m.apply_translation((0, 0, p.size[1] / 2))
-        m.apply_translation((*p.centre, p.z0))
+            m = trimesh.creation.cylinder(radius=p.size[0], height=p.size[1] + sink, sections=96)
+            m.apply_translation((0, 0, (p.size[1] + sink) / 2))
+        m.apply_translation((*p.centre, p.z0 - sink))
         items.append((m, p.label, p.colour))
     for label in range(len(LABEL_NAMES)):  # one mesh per class: a draw call costs more than its triangles
         parts = []
@@ -224,7 +225,15 @@ def render_cameras(primitives: list[Primitive], cfg: DemoSceneConfig) -> tuple[n
                 mesh.visual.face_colors = np.array([*colour, 255], np.uint8)
                 parts.append(mesh)
         if parts:
-            node = scene.add(pyrender.Mesh.from_trimesh(trimesh.util.concatenate(parts), smooth=False))
+            # pyrender draws solid nodes ordered by their distance to the camera, ties in set order (which
+            # varies between processes); distinct node positions make the order, and so the pixels on
+            # depth ties, the same in every process
+            offset = np.array([0.0, 0.0, 0.01 * label])
+            mesh = trimesh.util.concatenate(parts)
+            mesh.apply_translation(-offset)
+            pose = np.eye(4)
+            pose[:3, 3] = offset
+            node = scene.add(pyrender.Mesh.from_trimesh(mesh, smooth=False), pose=pose)
             seg_map[node] = (label + 1, 0, 0)
     K = cfg.K()
     camera = pyrender.IntrinsicsCamera(K[0, 0], K[1, 1], K[0, 2], K[1, 2], znear=0.05, zfar=500.0)

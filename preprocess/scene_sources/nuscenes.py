@@ -82,7 +82,8 @@ def list_frames(root: str, version: str = "v1.0-mini", sweeps: bool = False, **_
     for sd in tables["sample_data"].values():
         cs = tables["calibrated_sensor"].get(sd["calibrated_sensor_token"])
         sensor = tables["sensor"].get(cs["sensor_token"]) if cs else None
-        channel_of[sd["token"]] = sensor["channel"] if sensor else None
+        # without its calibration the channel still shows in the path: samples/<CHANNEL>/...
+        channel_of[sd["token"]] = sensor["channel"] if sensor else sd["filename"].split("/")[1]
     scene_of_sample = {s["token"]: s["scene_token"] for s in tables["sample"].values()}
     # camera sample_data per (scene, channel), sorted by time, for nearest-in-time lookups
     cams: dict[tuple[str, str], list[dict]] = defaultdict(list)

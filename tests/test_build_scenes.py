@@ -1,0 +1,157 @@
+"""The scene cache builder end to end: nuScenes and SemanticKITTI fixtures with every kind of bad input,
+features consistent with the teacher, and a killed demo build that resumes to the uninterrupted cache."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+from scene_fixtures import KITTI_P2, KITTI_TR, write_nuscenes, write_semantickitti
+
+from cache_schema import DONE, FAILED, PENDING, open_cache
+from cache_schema.cameras import project_points
+from cache_schema.validate import validate
+from preprocess.build_common import RunOptions
+from preprocess.build_scenes import SceneBuildConfig, build_scenes
+from preprocess.dense_features import sample_at_pixels
+from preprocess.scene_sources import list_scene_source, load_frame
+from preprocess.teachers import load_teacher
+
+TINY = dict(teachers=("dinov2-tiny",), feature_size=(70, 42))
+RUN = RunOptions(progress=False, block_rows=4)
+
+
+def reasons(cache) -> list[str]:
+    return [str(r) for r in cache.array("frames/status_reason")[:]]
+
+
+def test_nuscenes_build_records_every_bad_frame_and_goes_on(tmp_path):
+    root = str(tmp_path / "nuscenes")
+    broken = {1: "missing_image", 2: "truncated", 3: "label_mismatch", 4: "missing_calib",
+              5: "no_points_in_camera"}
+    write_nuscenes(root, broken, frames=7)
+    url = str(tmp_path / "nu.zarr")
+    summary = build_scenes(url, SceneBuildConfig("nuscenes", root, **TINY), RUN)
+    assert summary.done == 2 and sum(summary.failed.values()) == 5
+    cache = open_cache(url)
+    status, why = cache.status, reasons(cache)
+    assert status.tolist() == [DONE, FAILED, FAILED, FAILED, FAILED, FAILED, DONE]
+    assert why[1].startswith("missing camera image:") and "CAM_FRONT/frame1.jpg" in why[1]
+    assert why[2].startswith("truncated point file:") and "frame2.pcd.bin" in why[2]
+    assert why[3].startswith("label count mismatch:")
+    assert why[4].startswith("missing calibration entry:") and "CAM_BACK" in why[4]
+    assert why[5].startswith("no points in any camera:")
+    assert validate(url) == []
+    assert cache.split("train").tolist() == [0, 1, 2, 3, 4] and cache.split("val").tolist() == [5, 6]
+
+    # what is stored for a good frame is what the sources and the teacher give
+    frame = load_frame(list_scene_source("nuscenes", root).items[0])
+    np.testing.assert_allclose(cache.array("points")[cache.offsets("points")[0]:cache.offsets("points")[1]],
+                               frame.points)
+    np.testing.assert_array_equal(cache.ragged("labels", 0), frame.labels)
+    np.testing.assert_allclose(cache.array("cameras/T_lidar_to_cam")[0], [c.T_lidar_to_cam for c in frame.cameras],
+                               atol=1e-5)
+    point, camera, uv = (cache.ragged(p, 0) for p in ("pairs/point", "pairs/camera", "pairs/uv"))
+    assert len(point) > 100 and set(camera.tolist()) == set(range(6))
+    for c in range(6):  # every pair is the projection of its point into its camera
+        sel = camera == c
+        ref, _ = project_points(frame.points[point[sel], :3].astype(np.float64), frame.cameras[c].K,
+                                frame.cameras[c].T_lidar_to_cam)
+        np.testing.assert_allclose(uv[sel], ref, atol=1e-3)
+    teacher = load_teacher("dinov2-tiny")
+    grid = teacher.encode_patch_grids([frame.cameras[2].image], (70, 42))[0]
+    sel = camera == 2
+    expected = sample_at_pixels(grid, uv[sel], (160, 90))
+    stored = cache.ragged("teachers/dinov2-tiny/pair_features", 0)[sel].astype(np.float32)
+    np.testing.assert_allclose(stored, expected, rtol=2e-3, atol=2e-3)  # float16 storage
+
+
+def test_semantickitti_build_with_bad_frames_and_projection(tmp_path):
+    root = str(tmp_path / "kitti")
+    write_semantickitti(root, {("00", 1): "label_mismatch", ("00", 2): "missing_image", ("08", 0): "missing_calib"})
+    url = str(tmp_path / "kitti.zarr")
+    summary = build_scenes(url, SceneBuildConfig("semantickitti", root, **TINY), RUN)
+    assert summary.done == 1
+    cache = open_cache(url)
+    why = reasons(cache)
+    assert why[1].startswith("label count mismatch:") and why[2].startswith("missing camera image:")
+    assert why[3].startswith("missing calibration entry:")
+    pts = cache.ragged("points", 0)[:, :3].astype(np.float64)
+    point, uv = cache.ragged("pairs/point", 0), cache.ragged("pairs/uv", 0)
+    homog = (KITTI_P2 @ np.vstack([KITTI_TR, [0, 0, 0, 1]]) @ np.column_stack([pts[point], np.ones(len(point))]).T).T
+    np.testing.assert_allclose(uv, homog[:, :2] / homog[:, 2:], atol=1e-3)
+    assert len(point) > 20 and cache.array("cameras/image_size")[0, 0].tolist() == [160, 90]
+    assert validate(url) == []
+
+
+def test_scene_build_refuses_a_clip_teacher_and_a_bad_root(tmp_path):
+    with pytest.raises(ValueError, match="dense DINOv2"):
+        build_scenes(str(tmp_path / "x.zarr"), SceneBuildConfig("demo-scenes", frames=2, teachers=("clip-tiny",)), RUN)
+    with pytest.raises(FileNotFoundError, match="sequences"):
+        build_scenes(str(tmp_path / "y.zarr"), SceneBuildConfig("semantickitti", str(tmp_path), **TINY), RUN)
+
+
+ARGS = ["scenes", "demo-scenes", "--frames", "8", "--teachers", "dinov2-tiny", "--feature-size", "70x42",
+        "--pca-dim", "8", "--pca-fit-frames", "2", "--patch-grids", "--images", "--block-rows", "2", "--no-progress"]
+PREPROCESS = [sys.executable, "-c", "from preprocess.cli import main; main()"]
+
+
+def _status(url: str):
+    try:
+        return zarr.open_group(url, mode="r")["frames/status"][:]
+    except Exception:  # not created yet
+        return None
+
+
+def test_killed_demo_scene_build_resumes_to_the_same_cache_as_a_dask_build(tmp_path):
+    killed = str(tmp_path / "killed.zarr")
+    proc = subprocess.Popen([*PREPROCESS, *ARGS, "--out", killed], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        status = _status(killed)
+        if status is not None and (status != PENDING).sum() >= 2:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    status = _status(killed)
+    assert status is not None and (status == PENDING).any(), "the build finished before it could be killed"
+    rerun = subprocess.run([*PREPROCESS, *ARGS, "--out", killed], capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "8 done, 0 failed of 8 frames" in rerun.stdout
+
+    clean = str(tmp_path / "clean.zarr")
+    run = subprocess.run([*PREPROCESS, *ARGS, "--workers", "2", "--out", clean], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "PCA dinov2-tiny: 64 -> 8 dims" in run.stdout
+    a, b = open_cache(killed), open_cache(clean)
+    assert a.fingerprint == b.fingerprint
+    assert validate(clean) == []
+    assert b.array("teachers/dinov2-tiny/patch_grid").shape == (8, 3, 3, 5, 8)
+    assert b.array("cameras/rgb").shape == (8, 3, 192, 320, 3) and b.array("cameras/rgb")[0].max() > 0
+    assert b.array("teachers/dinov2-tiny/pair_features").shape[1] == 8
+    comps = b.array("teachers/dinov2-tiny/pca_components")[:]
+    np.testing.assert_allclose(comps @ comps.T, np.eye(8), atol=1e-4)
+    # the stored grid, sampled at the pairs, gives the stored pair features
+    cam, uv = b.ragged("pairs/camera", 3), b.ragged("pairs/uv", 3)
+    grid = b.array("teachers/dinov2-tiny/patch_grid")[3].astype(np.float32)  # (C, h, w, D)
+    import torch
+
+    sampled = np.concatenate([sample_at_pixels(torch.from_numpy(grid[c]).permute(2, 0, 1), uv[cam == c], (320, 192))
+                              for c in range(3)])
+    order = np.concatenate([np.flatnonzero(cam == c) for c in range(3)])
+    np.testing.assert_allclose(b.ragged("teachers/dinov2-tiny/pair_features", 3)[order].astype(np.float32), sampled,
+                               atol=2e-2, rtol=2e-2)
+
+    again = subprocess.run([*PREPROCESS, *ARGS, "--out", clean], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "already complete" in again.stdout
+    bad = subprocess.run([*PREPROCESS, "scenes", "demo-scenes", "--teachers", "clip-tiny", "--out",
+                          str(tmp_path / "bad.zarr")], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "dense DINOv2" in bad.stderr
