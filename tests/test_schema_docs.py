@@ -24,7 +24,8 @@ def _documented(kind: str) -> dict[str, str]:
 def _all_layout_arrays():
     obj_roles = tuple(r for r in TEACHER_ROLES if r != "pair_features")
     t = {"<name>": TeacherRecord("<name>", "lib", "m", "-", "x", 8, obj_roles, extra={"num_tokens": 4})}
-    s = {"<name>": TeacherRecord("<name>", "lib", "m", "-", "x", 8, ("pair_features",), extra={"pca_input_dim": 16})}
+    s = {"<name>": TeacherRecord("<name>", "lib", "m", "-", "x", 8, ("pair_features",),
+                                  extra={"pca_input_dim": 16, "patch_grid": [2, 3]})}
     obj = objects_layout(4, 16, 2, 2, t, num_classes=3, image_hw=(8, 8), store_rgb=True, store_depth=True,
                          with_normals=True)
     scn = scenes_layout(3, 2, s, with_labels=True, image_hw=(8, 8), store_images=True)
