@@ -39,7 +39,7 @@ CACHE_ARGS ?=
 # The demo cache is lighter than the defaults (6 views of 128 px instead of 12 of 224) to stay within minutes on a CPU.
 DEMO_ARGS := --views 6 --resolution 128
 
-.PHONY: setup test test-slow demo cache bench-chunks bench-build bench-train clean
+.PHONY: setup test test-slow demo cache bench-chunks bench-build bench-scenes bench-train clean
 
 setup: $(STAMP)
 
@@ -89,6 +89,9 @@ bench-chunks: setup
 
 bench-build: setup
 	$(PY) scripts/bench_build.py
+
+bench-scenes: setup
+	$(PY) scripts/bench_scenes.py
 
 bench-train: setup
 	@test -d $(CACHES)/demo.zarr || $(MAKE) --no-print-directory cache DATASET=demo
