@@ -25,11 +25,24 @@ Workers = Annotated[int, typer.Option(help="Dask worker processes on this machin
 Scheduler = Annotated[Optional[str], typer.Option(help="Address of an existing Dask scheduler, e.g. tcp://head:8786.")]
 BatchSize = Annotated[int, typer.Option(help="Teacher inference batch size.")]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
+GlPlatform = Annotated[str, typer.Option(help="auto, osmesa (CPU) or egl (GPU), for rendering.")]
+Overwrite = Annotated[bool, typer.Option(help="Replace a store built with other settings.")]
 
 
 def _fail(e: Exception) -> None:
     typer.echo(f"error: {e}", err=True)
     raise typer.Exit(2)
+
+
+def _build(build, url: str, cfg, run) -> None:
+    """Run a builder and print its summary; input and cache problems end with a message, not a traceback."""
+    from preprocess.teachers import MissingWeightsError
+
+    try:
+        summary = build(url, cfg, run)
+    except (CacheError, MissingWeightsError, FileNotFoundError, ValueError) as e:
+        _fail(e)
+    typer.echo(str(summary))
 
 
 @app.callback()
@@ -60,8 +73,8 @@ def objects(
     demo_per_class: Annotated[int, typer.Option(help="Shapes per demo category.")] = 40,
     workers: Workers = 0,
     scheduler: Scheduler = None,
-    gl_platform: Annotated[str, typer.Option(help="auto, osmesa (CPU) or egl (GPU).")] = "auto",
-    overwrite: Annotated[bool, typer.Option(help="Replace a store built with other settings.")] = False,
+    gl_platform: GlPlatform = "auto",
+    overwrite: Overwrite = False,
     block_rows: Annotated[int, typer.Option(help="Shapes per work unit (rounded down to a power of two).")] = 64,
     batch_size: BatchSize = 64,
     progress: Progress = True,
@@ -72,7 +85,7 @@ def objects(
     """
     from preprocess.build_objects import ObjectBuildConfig, RunOptions, build_objects
     from preprocess.render import ViewConfig
-    from preprocess.teachers import MissingWeightsError, resolve_names
+    from preprocess.teachers import resolve_names
 
     try:
         cfg = ObjectBuildConfig(
@@ -81,12 +94,11 @@ def objects(
             teachers=resolve_names(teachers), captioner=captioner, num_captions=num_captions,
             captions_file=captions_file, store_rgb=rgb, store_depth=depth, seed=seed,
             max_per_class=max_per_class, demo_per_class=demo_per_class)
-        run = RunOptions(workers=workers, scheduler=scheduler, gl_platform=gl_platform, overwrite=overwrite,
-                         block_rows=block_rows, batch_size=batch_size, progress=progress)
-        summary = build_objects(out or f"caches/{dataset}.zarr", cfg, run)
-    except (CacheError, MissingWeightsError, FileNotFoundError, ValueError) as e:
+    except ValueError as e:
         _fail(e)
-    typer.echo(str(summary))
+    _build(build_objects, out or f"caches/{dataset}.zarr", cfg, RunOptions(
+        workers=workers, scheduler=scheduler, gl_platform=gl_platform, overwrite=overwrite, block_rows=block_rows,
+        batch_size=batch_size, progress=progress))
 
 
 def _size(text: str | None) -> tuple[int, int] | None:
@@ -131,8 +143,8 @@ def scenes(
     max_frames: Annotated[Optional[int], typer.Option(help="Keep the first N frames (quick runs).")] = None,
     workers: Workers = 0,
     scheduler: Scheduler = None,
-    gl_platform: Annotated[str, typer.Option(help="auto, osmesa (CPU) or egl (GPU); demo-scenes render.")] = "auto",
-    overwrite: Annotated[bool, typer.Option(help="Replace a store built with other settings.")] = False,
+    gl_platform: GlPlatform = "auto",
+    overwrite: Overwrite = False,
     block_rows: Annotated[int, typer.Option(help="Frames per work unit (rounded down to a power of two).")] = 16,
     batch_size: BatchSize = 32,
     progress: Progress = True,
@@ -144,7 +156,7 @@ def scenes(
     from preprocess.build_common import RunOptions
     from preprocess.build_scenes import SceneBuildConfig, build_scenes
     from preprocess.pairs import PairConfig
-    from preprocess.teachers import MissingWeightsError, resolve_names
+    from preprocess.teachers import resolve_names
 
     try:
         cfg = SceneBuildConfig(
@@ -152,12 +164,11 @@ def scenes(
             teachers=resolve_names(teachers), feature_size=_size(feature_size), pca_dim=pca_dim,
             pca_fit_frames=pca_fit_frames, store_patch_grids=patch_grids, store_images=images,
             pairs=PairConfig(min_depth=min_depth, occlusion=occlusion), seed=seed, max_frames=max_frames)
-        run = RunOptions(workers=workers, scheduler=scheduler, gl_platform=gl_platform, overwrite=overwrite,
-                         block_rows=block_rows, batch_size=batch_size, progress=progress)
-        summary = build_scenes(out or f"caches/{dataset}.zarr", cfg, run)
-    except (CacheError, MissingWeightsError, FileNotFoundError, ValueError) as e:
+    except ValueError as e:
         _fail(e)
-    typer.echo(str(summary))
+    _build(build_scenes, out or f"caches/{dataset}.zarr", cfg, RunOptions(
+        workers=workers, scheduler=scheduler, gl_platform=gl_platform, overwrite=overwrite, block_rows=block_rows,
+        batch_size=batch_size, progress=progress))
 
 
 @app.command("add-teacher")

@@ -2,43 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
-import signal
 import subprocess
-import sys
-import time
 
-import numpy as np
-import zarr
+from kill_build import PREPROCESS, kill_midway
 
 from cache_schema import PENDING, open_cache
 
 ARGS = ["objects", "demo", "--teachers", "tiny", "--points", "256", "--views", "3", "--resolution", "48",
         "--num-captions", "2", "--max-per-class", "4", "--block-rows", "4", "--no-progress"]
-PREPROCESS = [sys.executable, "-c", "from preprocess.cli import main; main()"]
-
-
-def _status(url: str) -> np.ndarray | None:
-    try:
-        return zarr.open_group(url, mode="r")["status"][:]
-    except Exception:  # not created yet
-        return None
 
 
 def test_sigkill_then_rerun_equals_an_uninterrupted_build(tmp_path):
     killed = str(tmp_path / "killed.zarr")
-    proc = subprocess.Popen([*PREPROCESS, *ARGS, "--out", killed], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        status = _status(killed)
-        if status is not None and (status != PENDING).sum() >= 8:
-            break
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    status = _status(killed)
-    assert status is not None and (status == PENDING).any(), "the build finished before it could be killed"
+    status = kill_midway(ARGS, killed, "status", finished=8)
     finished_before = int((status != PENDING).sum())
 
     rerun = subprocess.run([*PREPROCESS, *ARGS, "--out", killed], capture_output=True, text=True, timeout=600)

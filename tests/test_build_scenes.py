@@ -3,18 +3,14 @@ features consistent with the teacher, and a killed demo build that resumes to th
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
-import zarr
+from kill_build import PREPROCESS, kill_midway
 from scene_fixtures import KITTI_P2, KITTI_TR, write_nuscenes, write_semantickitti
 
-from cache_schema import DONE, FAILED, PENDING, open_cache
+from cache_schema import DONE, FAILED, open_cache
 from cache_schema.cameras import project_points
 from cache_schema.validate import validate
 from preprocess.build_common import RunOptions
@@ -99,29 +95,11 @@ def test_scene_build_refuses_a_clip_teacher_and_a_bad_root(tmp_path):
 
 ARGS = ["scenes", "demo-scenes", "--frames", "8", "--teachers", "dinov2-tiny", "--feature-size", "70x42",
         "--pca-dim", "8", "--pca-fit-frames", "2", "--patch-grids", "--images", "--block-rows", "2", "--no-progress"]
-PREPROCESS = [sys.executable, "-c", "from preprocess.cli import main; main()"]
-
-
-def _status(url: str):
-    try:
-        return zarr.open_group(url, mode="r")["frames/status"][:]
-    except Exception:  # not created yet
-        return None
 
 
 def test_killed_demo_scene_build_resumes_to_the_same_cache_as_a_dask_build(tmp_path):
     killed = str(tmp_path / "killed.zarr")
-    proc = subprocess.Popen([*PREPROCESS, *ARGS, "--out", killed], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        status = _status(killed)
-        if status is not None and (status != PENDING).sum() >= 2:
-            break
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    status = _status(killed)
-    assert status is not None and (status == PENDING).any(), "the build finished before it could be killed"
+    kill_midway(ARGS, killed, "frames/status", finished=2)
     rerun = subprocess.run([*PREPROCESS, *ARGS, "--out", killed], capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     assert "8 done, 0 failed of 8 frames" in rerun.stdout

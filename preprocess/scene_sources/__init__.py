@@ -62,10 +62,9 @@ class SceneCatalog:
     notes: tuple[str, ...] = ()
 
     def splits(self) -> dict[str, list[int]]:
-        out: dict[str, list[int]] = {}
-        for row, item in enumerate(self.items):
-            out.setdefault(item.split, []).append(row)
-        return out
+        from preprocess.sources import rows_by_split
+
+        return rows_by_split(self.items)
 
     def limited(self, max_frames: int | None) -> SceneCatalog:
         """The first ``max_frames`` frames (for quick runs)."""

@@ -36,10 +36,7 @@ class Catalog:
     items: tuple[MeshItem, ...] = field(repr=False)
 
     def splits(self) -> dict[str, list[int]]:
-        out: dict[str, list[int]] = {}
-        for row, item in enumerate(self.items):
-            out.setdefault(item.split, []).append(row)
-        return out
+        return rows_by_split(self.items)
 
     def limited(self, max_shapes: int | None) -> Catalog:
         """The first ``max_shapes`` items per class (for quick runs), order kept."""
@@ -52,6 +49,14 @@ class Catalog:
                 seen[item.label] = seen.get(item.label, 0) + 1
                 keep.append(item)
         return Catalog(self.name, self.source_root, self.label_names, tuple(keep))
+
+
+def rows_by_split(items) -> dict[str, list[int]]:
+    """split name -> row indices, for any items with a ``split`` (shapes or frames)."""
+    out: dict[str, list[int]] = {}
+    for row, item in enumerate(items):
+        out.setdefault(item.split, []).append(row)
+    return out
 
 
 def hashed_split(key: str, test_fraction: float = 0.2) -> str:
