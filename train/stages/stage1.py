@@ -4,205 +4,73 @@
     torchrun --nproc_per_node=2 -m train stage1 --cache ... --out runs/s1     # DDP on one node
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv-endpoint=head:29500 -m train stage1 ...
 
-The loop reads straight down: set the position in the stream, fetch a batch
-(timed: data wait), forward, loss, backward, clip, step, schedule, log, and
-checkpoint when due. Only rank 0 logs and saves. ``--resume`` continues from
-``last.pt`` exactly (model, optimiser, scheduler, RNG, stream position).
+Per step: the student embeds the batch's points, one head per teacher, and the
+loss is the symmetric InfoNCE of every term (equations 1-3) with a learnable
+temperature each; the loop (``train/loop.py``) does everything else.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import json
-import math
-import os
-import shutil
-import sys
-import time
 from dataclasses import dataclass, field
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
-from cache_schema import open_cache
-from train import checkpoint
-from train.data.objects import ObjectStream, StreamConfig
-from train.distributed import close_distributed, init_distributed
+from train.data.objects import StreamConfig
+from train.loop import CacheMismatchError, LoopConfig, Task, cache_identity, check_same_cache, lr_at, run
 from train.losses import MultiTeacherLoss
 from train.models.point_mae import PointMAEConfig
 from train.models.student import Student
-from train.run_log import RunLog
+
+__all__ = ["CacheMismatchError", "Stage1Config", "Stage1Task", "cache_identity", "check_same_cache", "lr_at",
+           "train_stage1"]
 
 
 @dataclass
-class Stage1Config:
-    cache: str
-    out: str
-    model: str = "tiny"
-    steps: int = 300
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_steps: int = 20
-    grad_clip: float = 1.0
-    num_points: int = 1024
-    sampling: str = "random"
-    workers: int = 2
-    seed: int = 0
-    ckpt_every: int = 100
-    log_every: int = 10
+class Stage1Config(LoopConfig):
     term_weights: dict[str, float] = field(default_factory=dict)
-    amp: bool = True
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
-class CacheMismatchError(RuntimeError):
-    """A run is resumed or evaluated on a cache other than the one it was trained on."""
+class Stage1Task(Task):
+    stage = "stage1"
 
+    def __init__(self, cfg: Stage1Config) -> None:
+        self.cfg = cfg
 
-def cache_identity(cache) -> dict:
-    return {"url": cache.loc.url, "schema_version": cache.attrs.schema_version, "fingerprint": cache.fingerprint,
-            "teachers": {n: t.to_dict() for n, t in sorted(cache.teachers.items())}}
+    def stream_config(self) -> StreamConfig:
+        return StreamConfig(num_points=self.cfg.num_points, sampling=self.cfg.sampling, seed=self.cfg.seed)
 
+    def build(self, stream, device, rank, world):
+        self.model = Student(PointMAEConfig.preset(self.cfg.model), stream.head_dims).to(device)
+        weights = {t: self.cfg.term_weights.get(t, 1.0) for t in stream.terms}
+        self.loss_fn = MultiTeacherLoss(weights, rank, world).to(device)
+        self.head_of = {t: teacher for t, (teacher, _) in stream.terms.items()}
+        return self.model, list(self.model.parameters()) + list(self.loss_fn.parameters())
 
-def check_same_cache(saved: dict, current: dict, run_dir: str) -> None:
-    for key in ("schema_version", "fingerprint", "teachers"):
-        if saved.get(key) != current.get(key):
-            raise CacheMismatchError(
-                f"run {run_dir} was trained on {saved.get('url')} ({key}: {_short(saved.get(key))}), but "
-                f"{current['url']} has {key} {_short(current.get(key))}. Resume with the same cache, or start a "
-                "new run directory.")
+    def losses(self, ddp, batch, device, amp) -> dict[str, torch.Tensor]:
+        points = batch["points"].to(device, non_blocking=True)
+        targets = {t: batch[t].to(device, non_blocking=True) for t in self.head_of}
+        with amp:
+            outputs = ddp(points)
+        return self.loss_fn(outputs, targets, self.head_of)
 
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "loss": self.loss_fn.state_dict(),
+                "model_config": self.model.encoder.config.to_dict(),
+                "heads": {n: h.proj.out_features for n, h in self.model.heads.items()}}
 
-def _short(v) -> str:
-    return str(sorted(v)) if isinstance(v, dict) else str(v)
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.loss_fn.load_state_dict(state["loss"])
 
+    def log_metrics(self) -> dict[str, float]:
+        return {"global_batch": self.loss_fn.global_batch,
+                **{f"temperature/{k}": 1 / float(p.detach().exp()) for k, p in self.loss_fn.logit_scales.items()}}
 
-def lr_at(step: int, cfg: Stage1Config) -> float:
-    """Linear warm-up, then cosine decay to zero (as a factor of ``cfg.lr``)."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def build(cfg: Stage1Config, stream: ObjectStream, rank: int, world: int):
-    model = Student(PointMAEConfig.preset(cfg.model), stream.head_dims)
-    weights = {t: cfg.term_weights.get(t, 1.0) for t in stream.terms}
-    return model, MultiTeacherLoss(weights, rank, world), {t: teacher for t, (teacher, _) in stream.terms.items()}
+    def describe(self) -> dict:
+        return {"model": self.model.encoder.config.to_dict()}
 
 
 def train_stage1(cfg: Stage1Config, resume: bool = False, progress: bool = True,
                  stop_at: int | None = None) -> dict:
-    """Train (or resume) a stage-1 run; returns the last logged metrics.
-
-    ``stop_at``: save ``last.pt`` and return after that step (a time-boxed or
-    preemptible job); ``--resume`` later continues as if never stopped.
-    """
-    dist_info = init_distributed()
-    device, rank, world = dist_info.device, dist_info.rank, dist_info.world_size
-    cache = open_cache(cfg.cache)
-    identity = cache_identity(cache)
-    last_path = os.path.join(cfg.out, "last.pt")
-    state = None
-    if resume:
-        state = checkpoint.load(last_path)
-        check_same_cache(state["cache"], identity, cfg.out)
-    os.makedirs(cfg.out, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    stream = ObjectStream(cfg.cache, StreamConfig(num_points=cfg.num_points, sampling=cfg.sampling, seed=cfg.seed),
-                          rank=rank, world_size=world)
-    model, loss_fn, head_of = build(cfg, stream, rank, world)
-    model, loss_fn = model.to(device), loss_fn.to(device)
-    params = list(model.parameters()) + list(loss_fn.parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg))
-    step, epoch, batches_done = 0, 0, 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        loss_fn.load_state_dict(state["loss"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, epoch, batches_done = state["step"], state["data"]["epoch"], state["data"]["batches_done"]
-        checkpoint.set_rng_state(state["rng"])
-    ddp = DistributedDataParallel(model) if world > 1 else model
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and device.type == "cuda" else None
-    log = RunLog(cfg.out, enabled=dist_info.is_main)
-    if dist_info.is_main:
-        with open(os.path.join(cfg.out, "config.json"), "w") as f:
-            json.dump({"stage": "stage1", "config": cfg.to_dict(), "model": model.encoder.config.to_dict(),
-                       "cache": identity, "world_size": world}, f, indent=2)
-
-    def save(path: str) -> None:
-        if dist_info.is_main:
-            checkpoint.save(path, {
-                "stage": "stage1", "model": model.state_dict(), "loss": loss_fn.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                "data": {"epoch": epoch, "batches_done": batches_done, "seed": cfg.seed},
-                "rng": checkpoint.rng_state(), "config": cfg.to_dict(), "model_config": model.encoder.config.to_dict(),
-                "heads": {n: h.proj.out_features for n, h in model.heads.items()}, "cache": identity})
-
-    bar = tqdm(total=cfg.steps, initial=step, desc="stage1", unit="step", disable=not (progress and dist_info.is_main),
-               mininterval=0.1 if sys.stderr.isatty() else 30.0)  # a line per 30 s in log files
-    window = {"wait": 0.0, "time": 0.0, "samples": 0, "steps": 0, "loss": {}}
-    metrics: dict = {}
-    model.train()
-    end = min(cfg.steps, stop_at or cfg.steps)
-    while step < end:
-        stream.set_position(epoch, batches_done, cfg.batch_size, cfg.workers)
-        loader = DataLoader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers, drop_last=True)
-        batches = iter(loader)
-        batches_this_epoch = 0
-        while step < end:
-            t0 = time.perf_counter()
-            batch = next(batches, None)
-            wait = time.perf_counter() - t0
-            if batch is None:
-                break
-            points = batch["points"].to(device, non_blocking=True)
-            targets = {t: batch[t].to(device, non_blocking=True) for t in head_of}
-            with amp if amp is not None else contextlib.nullcontext():
-                outputs = ddp(points)
-            losses = loss_fn(outputs, targets, head_of)
-            optimizer.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            step, batches_done, batches_this_epoch = step + 1, batches_done + 1, batches_this_epoch + 1
-            window["steps"] += 1
-            window["wait"] += wait
-            window["time"] += time.perf_counter() - t0
-            window["samples"] += len(points) * world
-            for k, v in losses.items():
-                window["loss"][k] = window["loss"].get(k, 0.0) + float(v.detach())
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                metrics = {**{f"loss/{k}": v / window["steps"] for k, v in window["loss"].items()},
-                           "lr": scheduler.get_last_lr()[0], "samples_per_s": window["samples"] / window["time"],
-                           "data_wait_pct": 100 * window["wait"] / window["time"], "epoch": epoch,
-                           "global_batch": loss_fn.global_batch,
-                           **{f"temperature/{k}": 1 / float(p.detach().exp()) for k, p in loss_fn.logit_scales.items()}}
-                log.log(step, metrics)
-                bar.set_postfix(loss=f"{metrics['loss/total']:.3f}", sps=f"{metrics['samples_per_s']:.0f}",
-                                wait=f"{metrics['data_wait_pct']:.1f}%", refresh=False)
-                window = {"wait": 0.0, "time": 0.0, "samples": 0, "steps": 0, "loss": {}}
-            bar.update(1)
-            if step % cfg.ckpt_every == 0 or step == end:
-                save(last_path)
-        else:
-            break
-        if batches_this_epoch == 0 and batches_done == 0:
-            raise ValueError(f"{cfg.cache}: the {stream.config.split!r} split gives no full batch of "
-                             f"{cfg.batch_size} per DataLoader worker; lower --batch-size or --workers")
-        epoch, batches_done = epoch + 1, 0
-    bar.close()
-    log.close()
-    if dist_info.is_main and step == cfg.steps:
-        shutil.copyfile(last_path, os.path.join(cfg.out, "best.pt"))  # no validation split yet: best = last
-    close_distributed()
-    return metrics
+    """Train (or resume) a stage-1 run; returns the last logged metrics."""
+    return run(cfg, Stage1Task(cfg), resume, progress, stop_at)
