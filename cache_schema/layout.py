@@ -152,7 +152,8 @@ def objects_layout(
             "depth": ArraySpec(f"{base}/depth", t.dtype, (num_views, t.dim), ("row", "view", "dim"), "row"),
             "text": ArraySpec(f"{base}/text", t.dtype, (num_captions, t.dim), ("row", "caption", "dim"), "row"),
             "class_text": ArraySpec(f"{base}/class_text", t.dtype, (t.dim,), ("class", "dim"), "fixed", num_classes),
-            "global": ArraySpec(f"{base}/global", t.dtype, (t.dim,), ("row", "dim"), "row"),
+            "global": ArraySpec(f"{base}/global", t.dtype, (int(t.extra.get("global_dim", t.dim)),), ("row", "dim"),
+                                "row"),
             "tokens": ArraySpec(f"{base}/tokens", t.dtype, (int(t.extra.get("num_tokens", 0)), t.dim),
                                 ("row", "token", "dim"), "row"),
         }

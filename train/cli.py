@@ -1,6 +1,8 @@
 """`train`: stage commands and evaluation. Commands are thin; they call library functions.
 
     train stage1 --cache caches/demo.zarr --out runs/s1
+    train stage2 --cache caches/demo.zarr --teacher runs/s1/best.pt --out runs/s2
+    train export-teacher --ckpt runs/s1/best.pt --cache caches/demo.zarr
     train eval zeroshot --cache caches/demo.zarr --ckpt runs/s1/best.pt --json
     train eval linear --cache caches/demo.zarr --ckpt random
 """
@@ -60,7 +62,7 @@ def stage1(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Stage-1: align a Point-MAE student with every teacher in the cache (symmetric InfoNCE)."""
-    from train.stages.stage1 import CacheMismatchError, Stage1Config, train_stage1
+    from train.stages.stage1 import Stage1Config, train_stage1
 
     weights = {}
     for w in weight or []:
@@ -70,8 +72,74 @@ def stage1(
                        weight_decay=weight_decay, warmup_steps=warmup_steps, grad_clip=grad_clip,
                        num_points=num_points, sampling=sampling, workers=workers, seed=seed, ckpt_every=ckpt_every,
                        log_every=log_every, term_weights=weights)
+    _train(lambda: train_stage1(cfg, resume=resume, progress=progress, stop_at=stop_at), out)
+
+
+@app.command()
+def stage2(
+    cache: Cache,
+    teacher: Annotated[str, typer.Option(help="Stage-1 checkpoint: the frozen teacher and the initialisation.")],
+    out: Annotated[str, typer.Option(help="Run directory (checkpoints, metrics.csv, tensorboard/, config.json).")],
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 300,
+    batch_size: Annotated[int, typer.Option(help="Samples per step on each process.")] = 32,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 5e-4,
+    weight_decay: float = 0.05,
+    warmup_steps: int = 20,
+    grad_clip: float = 1.0,
+    num_points: Points = 1024,
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 2,
+    seed: int = 0,
+    mask_ratio: Annotated[float, typer.Option(help="Share of patches hidden from the encoder.")] = 0.6,
+    shuffle: Annotated[bool, typer.Option("--shuffle/--no-shuffle", help="Token shuffling before the local decoder.")]
+    = True,
+    local: Annotated[bool, typer.Option("--local/--no-local", help="Local (per-token) distillation, eq. 4.")] = True,
+    use_global: Annotated[bool, typer.Option("--global/--no-global", help="Global distillation, eq. 5.")] = True,
+    target: Annotated[str, typer.Option(help="features (stage-1 tokens) or points (Point-MAE Chamfer "
+                                             "reconstruction, the Table 8 baseline).")] = "features",
+    init: Annotated[str, typer.Option(help="ckpt (from --teacher) or random (the Table 9 baseline).")] = "ckpt",
+    teacher_source: Annotated[str, typer.Option(help="model: run the frozen teacher every step; cache: stream the "
+                                                     "features `train export-teacher` stored.")] = "model",
+    decoder_depth: Annotated[int, typer.Option(help="Transformer blocks of each decoder.")] = 2,
+    ckpt_every: Annotated[int, typer.Option(help="Save last.pt every N steps (and at the end).")] = 100,
+    log_every: int = 10,
+    resume: Annotated[bool, typer.Option(help="Continue OUT/last.pt exactly.")] = False,
+    stop_at: Annotated[Optional[int], typer.Option(help="Save and exit after this step (resume later).")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Stage-2: masked point modelling that distils the frozen stage-1 model's token and global features."""
+    from train.stages.stage2 import Stage2Config, train_stage2
+
+    cfg = Stage2Config(cache=cache, out=out, teacher=teacher, steps=steps, batch_size=batch_size, lr=lr,
+                       weight_decay=weight_decay, warmup_steps=warmup_steps, grad_clip=grad_clip,
+                       num_points=num_points, workers=workers, seed=seed, mask_ratio=mask_ratio, shuffle=shuffle,
+                       local=local, use_global=use_global, target=target, init=init, teacher_source=teacher_source,
+                       decoder_depth=decoder_depth, ckpt_every=ckpt_every, log_every=log_every)
+    _train(lambda: train_stage2(cfg, resume=resume, progress=progress, stop_at=stop_at), out)
+
+
+@app.command("export-teacher")
+def export_teacher(
+    ckpt: Annotated[str, typer.Option(help="Stage-1 checkpoint whose features to store.")],
+    cache: Cache,
+    num_points: Points = 1024,
+    batch_size: int = 64,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Store a stage-1 model's token and global features in an objects cache (for stage2 --teacher-source cache)."""
+    from train.export_teacher import export_teacher as run_export
+
     try:
-        metrics = train_stage1(cfg, resume=resume, progress=progress, stop_at=stop_at)
+        typer.echo(run_export(ckpt, cache, num_points=num_points, batch_size=batch_size, progress=progress))
+    except (CacheError, FileNotFoundError, ValueError) as e:
+        _fail(e)
+
+
+def _train(start, out: str) -> None:
+    """Run a stage; bad input and a mismatched cache end with a message, not a traceback."""
+    from train.loop import CacheMismatchError
+
+    try:
+        metrics = start()
     except (CacheError, CacheMismatchError, FileNotFoundError, ValueError) as e:
         _fail(e)
     typer.echo(json.dumps({"run": out, **{k: round(v, 4) for k, v in metrics.items()}}))

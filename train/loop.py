@@ -173,7 +173,10 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
     end = min(cfg.steps, stop_at or cfg.steps)
     while step < end:
         stream.set_position(epoch, batches_done, cfg.batch_size, cfg.workers)
-        batches = iter(DataLoader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers, drop_last=True))
+        # the loader's own generator: creating an iterator must not draw from the global RNG, or a resumed run
+        # (a new iterator mid-epoch) would mask and drop differently from the uninterrupted one
+        batches = iter(DataLoader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers, drop_last=True,
+                                  generator=torch.Generator().manual_seed(cfg.seed + epoch)))
         batches_this_epoch = 0
         while step < end:
             t0 = time.perf_counter()

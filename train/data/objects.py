@@ -12,7 +12,8 @@ subsampling reads one aligned window of N stored points per block (one chunk
 column of the cache's 1024-point chunks): the builder stores i.i.d.
 area-weighted surface samples, so any window is itself an unbiased uniform
 sample, and only 1/8 of an 8192-point cloud is read. ``sampling="fps"`` reads
-whole clouds and runs FPS per cloud instead (slow on a CPU).
+whole clouds and runs FPS per cloud instead (slow on a CPU); ``sampling="first"``
+always reads the first window, the input `train export-teacher` embedded.
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ from train.data.sharding import batches_per_slot, shard_blocks
 class StreamConfig:
     split: str = "train"
     num_points: int = 1024
-    sampling: str = "random"  # or "fps"
+    sampling: str = "random"  # "fps", or "first": the first N stored points (what export-teacher embeds)
     augment: bool = True
     seed: int = 0
     shuffle_blocks: int = 4  # blocks mixed together before samples are drawn
+    teacher_features: str | None = None  # also stream teachers/<name>/tokens and /global (an exported model)
 
 
 def contrastive_terms(cache) -> dict[str, tuple[str, str]]:
@@ -127,6 +129,10 @@ class ObjectStream(IterableDataset):
             paths[f"{name}/{role}"] = f"teachers/{name}/{role}"
             if role == "image" and "depth" in cache.teachers[name].roles:
                 paths[f"{name}/depth"] = f"teachers/{name}/depth"
+        if self.config.teacher_features:
+            for role in ("tokens", "global"):
+                paths[f"{self.config.teacher_features}/{role}"] = cache.teacher_array(self.config.teacher_features,
+                                                                                        role).path
         return {key: cache.array(path) for key, path in paths.items()}
 
     def _read(self, arrays: dict[str, Any], num_rows: int, blocks: list[int],
@@ -144,7 +150,8 @@ class ObjectStream(IterableDataset):
         selections = []
         for key, array in arrays.items():
             windowed = key == "points" and self.config.sampling != "fps" and array.shape[1] >= n
-            starts = n * rng.integers(0, array.shape[1] // n, len(ranges)) if windowed else [None] * len(ranges)
+            starts = ([0] * len(ranges) if self.config.sampling == "first" else
+                      n * rng.integers(0, array.shape[1] // n, len(ranges))) if windowed else [None] * len(ranges)
             for (r0, r1), o in zip(ranges, starts):
                 selections.append((key, (slice(r0, r1), slice(o, o + n)) if windowed else (slice(r0, r1),)))
 
@@ -186,4 +193,8 @@ class ObjectStream(IterableDataset):
                 use_depth = rng.random(len(rows)) < 0.5
                 chosen = np.where(use_depth[:, None], a[f"{name}/depth"][pos, view], chosen)
             out[term] = chosen.astype(np.float32)
+        if self.config.teacher_features:
+            for role in ("tokens", "global"):
+                key = f"{self.config.teacher_features}/{role}"
+                out[key] = a[key][pos].astype(np.float32)
         return out

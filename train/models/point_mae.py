@@ -157,15 +157,30 @@ class PointMAEEncoder(nn.Module):
     def global_dim(self) -> int:
         return 2 * self.config.trans_dim
 
-    def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        neighborhood, center = self.group_divider(points)                          # (B, G, S, 3), (B, G, 3)
+    def group(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """FPS + kNN patches (B, G, S, 3) and their centres (B, G, 3); deterministic for given points."""
+        return self.group_divider(points)
+
+    def forward_groups(self, neighborhood: torch.Tensor, center: torch.Tensor,
+                       visible: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens (B, G', C) and global feature (B, 2C) of grouped points.
+
+        ``visible`` (B, G) bool keeps only those patches (the same number per
+        cloud), in their order, as Point-MAE's masked encoder does.
+        """
         tokens = self.reduce_dim(self.encoder(neighborhood))                         # (B, G, C)
-        b = tokens.shape[0]
-        x = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1)            # (B, 1+G, C)
+        b, _, c = tokens.shape
+        if visible is not None:
+            tokens = tokens[visible].reshape(b, -1, c)
+            center = center[visible].reshape(b, -1, 3)
+        x = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1)            # (B, 1+G', C)
         pos = torch.cat([self.cls_pos.expand(b, -1, -1), self.pos_embed(center)], dim=1)
         x = self.norm(self.blocks(x, pos))
         global_feature = torch.cat([x[:, 0], x[:, 1:].max(dim=1)[0]], dim=-1)       # (B, 2C)
         return x[:, 1:], global_feature
+
+    def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.forward_groups(*self.group(points))
 
 
 def _init_weights(m: nn.Module) -> None:

@@ -1,0 +1,219 @@
+"""Stage-2: token shuffling and its targets, positions after the shuffle, the global decoder's input,
+masking, the frozen teacher, exported features, exact resume, torchrun and evaluation of its checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from train.models.masked_distillation import (MaskedDistillation, MaskedDistillationConfig, random_mask,
+                                              split_visible_masked)
+from train.models.point_mae import PointMAEConfig
+from train.models.student import Student
+
+SMALL = PointMAEConfig(trans_dim=32, depth=1, num_heads=2, num_group=8, group_size=4, encoder_dims=32,
+                       drop_path_rate=0.0)
+
+
+def _setup(**cfg):
+    torch.manual_seed(0)
+    student = Student(SMALL, {"t": 8})
+    model = MaskedDistillation(student, MaskedDistillationConfig(**cfg), token_dim=16, global_dim=64).eval()
+    points = torch.randn(2, 64, 3)
+    neighborhood, center = student.encoder.group(points)
+    teacher_tokens = torch.randn(2, 8, 16)   # every token its own random feature: a mix-up cannot match
+    teacher_global = torch.randn(2, 64)
+    mask = torch.tensor([[1, 0, 1, 1, 0, 1, 0, 1], [0, 1, 1, 0, 1, 1, 1, 0]], dtype=torch.bool)  # 5 of 8
+    return model, neighborhood, center, teacher_tokens, teacher_global, mask
+
+
+def _capture(module):
+    seen = {}
+    module.register_forward_hook(lambda m, args, out: seen.update(x=args[0].detach(), pos=args[1].detach()))
+    return seen
+
+
+def test_after_shuffling_each_position_is_trained_on_its_own_tokens_teacher_feature():
+    model, nb, center, tt, tg, mask = _setup()
+    perm = torch.stack([torch.randperm(8, generator=torch.Generator().manual_seed(s)) for s in (1, 2)])
+    seen = _capture(model.local_decoder)
+    out = model(nb, center, tt, tg, mask=mask, perm=perm, details=True)
+    ids = out["token_ids"]
+    unshuffled = split_visible_masked(mask)
+    assert not torch.equal(ids, unshuffled)                                 # the shuffle moved tokens
+    np.testing.assert_array_equal(ids.numpy(), torch.gather(unshuffled, 1, perm).numpy())
+    for b in range(2):
+        vis_ids = torch.nonzero(~mask[b]).flatten().tolist()
+        for i in range(8):
+            g = int(ids[b, i])
+            torch.testing.assert_close(out["local_target"][b, i], tt[b, g])     # target = this token's feature
+            torch.testing.assert_close(out["pos_centres"][b, i], center[b, g])  # position = this token's centre
+            expected_in = out["visible"][b, vis_ids.index(g)] if g in vis_ids else model.mask_token[0, 0]
+            torch.testing.assert_close(out["decoder_input"][b, i], expected_in)
+    # positions are added after the shuffle: the decoder gets the permuted tokens and their centres' embedding
+    torch.testing.assert_close(seen["x"], out["decoder_input"])
+    torch.testing.assert_close(seen["pos"], model.decoder_pos_embed(center.gather(1, ids[..., None].expand(-1, -1, 3))))
+    # the loss is eq. 4 over every position, against the token-matched teacher features
+    by_hand = (1 - F.cosine_similarity(out["local_prediction"], torch.gather(tt, 1, ids[..., None].expand(-1, -1, 16)),
+                                       dim=-1)).mean()
+    torch.testing.assert_close(out["local"], by_hand)
+    wrong = (1 - F.cosine_similarity(out["local_prediction"], tt, dim=-1)).mean()  # ignoring the permutation
+    assert abs(float((wrong - by_hand).detach())) > 1e-3
+
+
+def test_without_shuffling_the_order_is_visible_then_masked():
+    model, nb, center, tt, tg, mask = _setup(shuffle=False)
+    out = model(nb, center, tt, tg, mask=mask, details=True)
+    expected = torch.stack([torch.cat([torch.nonzero(~m).flatten(), torch.nonzero(m).flatten()]) for m in mask])
+    np.testing.assert_array_equal(out["token_ids"].numpy(), expected.numpy())
+
+
+def test_the_global_decoder_sees_only_visible_tokens_without_positions():
+    model, nb, center, tt, tg, mask = _setup()
+    seen = _capture(model.global_decoder)
+    out = model(nb, center, tt, tg, mask=mask, details=True)
+    assert seen["x"].shape == (2, 3, 32)                        # 3 visible of 8 patches
+    torch.testing.assert_close(seen["x"], out["visible"])
+    assert torch.count_nonzero(seen["pos"]) == 0
+    # the visible tokens are what the encoder gives for those patches alone
+    vis, _ = model.student.encoder.forward_groups(nb, center, visible=~mask)
+    torch.testing.assert_close(out["visible"], vis)
+
+
+def test_mask_ratio_is_respected():
+    m = random_mask(16, 64, 0.6)
+    assert m.shape == (16, 64) and (m.sum(1) == 38).all()
+    assert not torch.equal(m[0], m[1])
+    with pytest.raises(ValueError, match="masks 64 of 64"):
+        random_mask(1, 64, 1.0)
+
+
+def test_points_target_reconstructs_the_masked_patches():
+    model, nb, center, tt, tg, mask = _setup(target="points", use_global=False)
+    out = model(nb, center, None, None, mask=mask)
+    assert set(out) == {"points", "total"} and float(out["points"]) > 0
+    out["total"].backward()
+    assert model.student.encoder.pos_embed[0].weight.grad is not None
+
+
+# ---------------------------------------------------------------- runs on a real cache
+
+
+@pytest.fixture(scope="module")
+def stage1_run(small_demo_cache, tmp_path_factory):
+    from train.stages.stage1 import Stage1Config, train_stage1
+
+    out = str(tmp_path_factory.mktemp("s1") / "run")
+    train_stage1(Stage1Config(cache=small_demo_cache, out=out, steps=2, batch_size=4, num_points=128, workers=0),
+                 progress=False)
+    return os.path.join(out, "best.pt")
+
+
+def _metrics(run_dir):
+    with open(os.path.join(run_dir, "metrics.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def test_teacher_gets_no_gradient_and_stays_in_eval_mode(small_demo_cache, stage1_run, tmp_path):
+    from train.loop import run
+    from train.stages.stage2 import Stage2Config, Stage2Task
+
+    cfg = Stage2Config(cache=small_demo_cache, out=str(tmp_path / "s2"), teacher=stage1_run, steps=2, batch_size=4,
+                       num_points=128, workers=0)
+    task = Stage2Task(cfg)
+    before = {k: v.clone() for k, v in task.teacher.state_dict().items()}
+    metrics = run(cfg, task, progress=False)
+    assert metrics["loss/local"] > 0 and metrics["loss/global"] > 0
+    assert not task.teacher.training
+    assert all(p.grad is None and not p.requires_grad for p in task.teacher.parameters())
+    for k, v in task.teacher.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    with pytest.raises(RuntimeError, match="frozen"):
+        task.teacher.train()
+    # the student did move away from its stage-1 initialisation
+    state = torch.load(os.path.join(cfg.out, "best.pt"), weights_only=True)
+    s1 = torch.load(stage1_run, weights_only=True)
+    assert not torch.equal(state["model"]["encoder.pos_embed.0.weight"], s1["model"]["encoder.pos_embed.0.weight"])
+    torch.testing.assert_close(state["model"]["heads.clip-tiny.proj.weight"], s1["model"]["heads.clip-tiny.proj.weight"])
+
+
+def test_exported_teacher_features_equal_on_the_fly_ones(small_demo_cache, stage1_run, tmp_path):
+    from torch.utils.data import DataLoader
+
+    from cache_schema import open_cache
+    from cache_schema.validate import validate
+    from train.data.objects import ObjectStream
+    from train.export_teacher import export_teacher
+    from train.stages.stage2 import Stage2Config, Stage2Task
+
+    url = str(tmp_path / "cache.zarr")
+    shutil.copytree(small_demo_cache, url)
+    message = export_teacher(stage1_run, url, num_points=128, progress=False)
+    task = Stage2Task(Stage2Config(cache=url, out=str(tmp_path / "x"), teacher=stage1_run, teacher_source="cache",
+                                   num_points=128))
+    assert task.teacher_name in message and task.teacher_name in open_cache(url).teachers
+    assert validate(url) == []
+    stream = ObjectStream(url, task.stream_config())
+    stream.set_position(0, 0, 8, 0)
+    batch = next(iter(DataLoader(stream, batch_size=8)))
+    nb, center = task.teacher.encoder.group(batch["points"])
+    tokens, glob = task.teacher(nb, center)
+    torch.testing.assert_close(batch[f"{task.teacher_name}/tokens"], tokens, atol=2e-2, rtol=1e-2)  # float16 store
+    torch.testing.assert_close(batch[f"{task.teacher_name}/global"], glob, atol=2e-2, rtol=1e-2)
+    assert "already has" in export_teacher(stage1_run, url, num_points=128, progress=False)
+
+
+def test_stage2_resumes_exactly_and_its_checkpoint_evaluates(small_demo_cache, stage1_run, tmp_path):
+    from cache_schema import open_cache
+    from train import evaluate
+    from train.stages.stage2 import Stage2Config, train_stage2
+
+    common = dict(cache=small_demo_cache, teacher=stage1_run, steps=4, batch_size=4, num_points=128, workers=0,
+                  log_every=1, warmup_steps=1, ckpt_every=2)
+    full, part = str(tmp_path / "full"), str(tmp_path / "part")
+    train_stage2(Stage2Config(out=full, **common), progress=False)
+    train_stage2(Stage2Config(out=part, **common), progress=False, stop_at=2)
+    train_stage2(Stage2Config(out=part, **common), resume=True, progress=False)
+    a = [float(r["loss/total"]) for r in _metrics(full)]
+    b = [float(r["loss/total"]) for r in _metrics(part)]
+    assert len(a) == len(b) == 4
+    np.testing.assert_allclose(b, a, rtol=1e-5)
+    cache = open_cache(small_demo_cache)
+    student = evaluate.load_student(os.path.join(full, "best.pt"), cache)
+    assert 0 <= evaluate.linear_probe(student, cache, num_points=128)["accuracy"] <= 1
+    assert evaluate.zeroshot(student, cache, num_points=128)["num_classes"] == 10
+
+
+def test_stage2_refuses_bad_settings(small_demo_cache, stage1_run, tmp_path):
+    from train.stages.stage2 import Stage2Config, train_stage2
+
+    base = dict(cache=small_demo_cache, out=str(tmp_path / "r"), steps=1, batch_size=4, num_points=128, workers=0)
+    with pytest.raises(ValueError, match="needs --teacher"):
+        train_stage2(Stage2Config(**base), progress=False)
+    with pytest.raises(ValueError, match="nothing to learn"):
+        train_stage2(Stage2Config(teacher=stage1_run, local=False, use_global=False, **base), progress=False)
+    with pytest.raises(ValueError, match="export-teacher"):
+        train_stage2(Stage2Config(teacher=stage1_run, teacher_source="cache", **base), progress=False)
+
+
+def test_stage2_under_torchrun(small_demo_cache, stage1_run, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run_dir = str(tmp_path / "ddp")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", "train",
+           "stage2", "--cache", small_demo_cache, "--teacher", stage1_run, "--out", run_dir, "--steps", "2",
+           "--batch-size", "4", "--num-points", "128", "--workers", "0", "--log-every", "1", "--no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(_metrics(run_dir)) == 2 and os.path.exists(os.path.join(run_dir, "best.pt"))

@@ -1,0 +1,121 @@
+"""Stage-2 of MMPD (Section 3.2): masked point modelling that predicts a frozen stage-1 model's features.
+
+    groups, centres = FPS + kNN of the cloud (shared with the teacher: same tokens)
+    mask a random 60% of the G patches; the student encoder sees only the visible ones
+    local:  [encoded visible ; mask tokens]                     (B, G, C), token ids [vis ; masked]
+            -> random permutation per cloud (token shuffling)   perm
+            -> + pos_embed(centres of the permuted tokens)      (added after the permutation)
+            -> transformer decoder -> head                      (B, G, D_teacher)
+            loss 1 - cos(prediction_i, teacher_token[token_id_i])    (eq. 4, every token)
+    global: visible encoded tokens -> separate decoder (no shuffle, no positions) -> max-pool -> head
+            loss 1 - cos(prediction, teacher_global)                 (eq. 5)
+    total = local + global                                             (eq. 6)
+
+``target="points"`` is the Point-MAE baseline instead of the local term: the
+decoder (no shuffle) reconstructs the masked patches' points, Chamfer-L2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from train.models.point_mae import TransformerEncoder, _init_weights
+from train.models.student import Student
+from train.ops import chamfer_distance
+
+
+@dataclass(frozen=True)
+class MaskedDistillationConfig:
+    mask_ratio: float = 0.6
+    shuffle: bool = True
+    local: bool = True
+    use_global: bool = True
+    target: str = "features"  # or "points" (Point-MAE reconstruction)
+    decoder_depth: int = 2
+
+
+def random_mask(batch: int, groups: int, ratio: float, device=None) -> torch.Tensor:
+    """(B, G) bool, True = masked; exactly round(ratio * G) per cloud (Point-MAE's random masking)."""
+    num_mask = int(round(ratio * groups))
+    if not 0 < num_mask < groups:
+        raise ValueError(f"mask ratio {ratio} masks {num_mask} of {groups} patches; keep at least one of each")
+    order = torch.rand(batch, groups, device=device).argsort(dim=1)
+    return order < num_mask
+
+
+def split_visible_masked(mask: torch.Tensor) -> torch.Tensor:
+    """(B, G) token ids in the decoder's input order: visible patches (in order), then masked ones."""
+    # a stable sort puts False (visible) before True (masked) and keeps each part's order
+    return torch.sort(mask.to(torch.uint8), dim=1, stable=True).indices
+
+
+class MaskedDistillation(nn.Module):
+    """The trainable part of stage-2: the student (its encoder trains, its heads ride along) and the decoders."""
+
+    def __init__(self, student: Student, cfg: MaskedDistillationConfig, token_dim: int, global_dim: int) -> None:
+        super().__init__()
+        self.student, self.cfg = student, cfg
+        enc = student.encoder.config
+        c = enc.trans_dim
+        if cfg.local or cfg.target == "points":
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, c))
+            self.decoder_pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, c))
+            self.local_decoder = TransformerEncoder(c, cfg.decoder_depth, enc.num_heads, 0.0)
+            self.local_norm = nn.LayerNorm(c)
+            out = 3 * enc.group_size if cfg.target == "points" else token_dim
+            self.local_head = nn.Linear(c, out)
+        if cfg.use_global:
+            self.global_decoder = TransformerEncoder(c, cfg.decoder_depth, enc.num_heads, 0.0)
+            self.global_norm = nn.LayerNorm(c)
+            self.global_head = nn.Linear(c, global_dim)
+        for name, m in self.named_children():
+            if name != "student":
+                m.apply(_init_weights)
+        if hasattr(self, "mask_token"):
+            nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def forward(self, neighborhood: torch.Tensor, center: torch.Tensor, teacher_tokens: torch.Tensor | None,
+                teacher_global: torch.Tensor | None, mask: torch.Tensor | None = None,
+                perm: torch.Tensor | None = None, details: bool = False) -> dict[str, torch.Tensor]:
+        """Losses (``local`` or ``points``, ``global``, ``total``); ``details`` adds the intermediate tensors."""
+        b, g = center.shape[:2]
+        if mask is None:
+            mask = random_mask(b, g, self.cfg.mask_ratio, center.device)
+        visible, _ = self.student.encoder.forward_groups(neighborhood, center, visible=~mask)  # (B, Gv, C)
+        out: dict[str, torch.Tensor] = {}
+        if self.cfg.local or self.cfg.target == "points":
+            token_ids = split_visible_masked(mask)                                   # (B, G)
+            x = torch.cat([visible, self.mask_token.expand(b, g - visible.shape[1], -1)], dim=1)
+            if self.cfg.shuffle and self.cfg.target != "points":
+                if perm is None:
+                    perm = torch.rand(b, g, device=center.device).argsort(dim=1)
+                x = torch.gather(x, 1, perm.unsqueeze(-1).expand_as(x))
+                token_ids = torch.gather(token_ids, 1, perm)
+            pos_centres = torch.gather(center, 1, token_ids.unsqueeze(-1).expand(-1, -1, 3))
+            y = self.local_head(self.local_norm(self.local_decoder(x, self.decoder_pos_embed(pos_centres))))
+            if self.cfg.target == "points":
+                masked = y[:, visible.shape[1]:].reshape(-1, self.student.encoder.config.group_size, 3)
+                truth = neighborhood[mask].reshape(-1, neighborhood.shape[2], 3)
+                out["points"] = chamfer_distance(masked.float(), truth.float())
+            else:
+                target = torch.gather(teacher_tokens, 1, token_ids.unsqueeze(-1).expand(-1, -1, teacher_tokens.shape[-1]))
+                out["local"] = (1 - F.cosine_similarity(y.float(), target.float(), dim=-1)).mean()
+                if details:
+                    out["local_target"] = target
+            if details:
+                out.update(token_ids=token_ids, decoder_input=x, pos_centres=pos_centres, local_prediction=y)
+        if self.cfg.use_global:
+            zeros = torch.zeros_like(visible)
+            gx = self.global_norm(self.global_decoder(visible, zeros))  # no positional embeddings
+            pred = self.global_head(gx.max(dim=1).values)
+            out["global"] = (1 - F.cosine_similarity(pred.float(), teacher_global.float(), dim=-1)).mean()
+            if details:
+                out.update(global_input=visible)
+        if details:
+            out.update(mask=mask, visible=visible)
+        out["total"] = sum(out[k] for k in ("local", "points", "global") if k in out)
+        return out

@@ -1,0 +1,161 @@
+"""Stage-2: masked point modelling with local/global distillation from the frozen stage-1 model (MMPD 3.2).
+
+    train stage2 --cache caches/demo.zarr --teacher runs/s1/best.pt --out runs/s2
+    train export-teacher --ckpt runs/s1/best.pt --cache caches/demo.zarr     # then --teacher-source cache
+
+The student starts from the stage-1 checkpoint (``--init random``: from
+scratch, the paper's Table 9 baseline); a frozen copy of the stage-1 encoder
+gives the targets, computed per step from the same patches the student sees,
+or streamed from features exported into the cache. The stage-1 heads ride
+along untrained, so ``train eval zeroshot`` still works through the text head.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from train import checkpoint
+from train.data.objects import StreamConfig
+from train.loop import LoopConfig, Task, run
+from train.models.masked_distillation import MaskedDistillation, MaskedDistillationConfig
+from train.models.point_mae import PointMAEConfig, PointMAEEncoder
+from train.models.student import Student
+
+
+@dataclass
+class Stage2Config(LoopConfig):
+    teacher: str | None = None          # stage-1 checkpoint: the frozen teacher and the initialisation
+    init: str = "ckpt"                  # or "random"
+    teacher_source: str = "model"       # or "cache": features exported with `train export-teacher`
+    mask_ratio: float = 0.6
+    shuffle: bool = True
+    local: bool = True
+    use_global: bool = True
+    target: str = "features"            # or "points": Point-MAE's Chamfer reconstruction
+    decoder_depth: int = 2
+    lr: float = 5e-4
+
+    def distillation(self) -> MaskedDistillationConfig:
+        return MaskedDistillationConfig(self.mask_ratio, self.shuffle, self.local, self.use_global, self.target,
+                                        self.decoder_depth)
+
+
+class FrozenTeacher(nn.Module):
+    """The stage-1 encoder, frozen: no gradients, always in eval mode (asking for train mode is an error)."""
+
+    def __init__(self, encoder: PointMAEEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> FrozenTeacher:
+        if mode:
+            raise RuntimeError("the stage-2 teacher is frozen: it stays in eval mode")
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, neighborhood: torch.Tensor, center: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder.forward_groups(neighborhood, center)
+
+
+def stage1_fingerprint(state: dict) -> str:
+    """A short hash of a stage-1 model's encoder weights: names its exported features in a cache."""
+    h = hashlib.sha256()
+    for name, t in sorted(state["model"].items()):
+        if name.startswith("encoder."):
+            h.update(name.encode())
+            h.update(t.detach().to(torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def load_stage1(path: str) -> tuple[dict, Student]:
+    state = checkpoint.load(path)
+    if state.get("stage") != "stage1":
+        raise ValueError(f"{path} is a {state.get('stage')!r} checkpoint; stage-2 needs a stage-1 one")
+    model = Student(PointMAEConfig(**state["model_config"]), state["heads"])
+    model.load_state_dict(state["model"])
+    return state, model
+
+
+class Stage2Task(Task):
+    stage = "stage2"
+
+    def __init__(self, cfg: Stage2Config) -> None:
+        if not cfg.teacher:
+            raise ValueError("stage-2 needs --teacher: a stage-1 checkpoint")
+        if cfg.init not in ("ckpt", "random") or cfg.teacher_source not in ("model", "cache") \
+                or cfg.target not in ("features", "points"):
+            raise ValueError("--init is ckpt or random, --teacher-source model or cache, --target features or points")
+        if cfg.target == "features" and not (cfg.local or cfg.use_global):
+            raise ValueError("--no-local and --no-global together leave nothing to learn")
+        self.cfg = cfg
+        self.teacher_state, teacher_model = load_stage1(cfg.teacher)
+        self.teacher = FrozenTeacher(teacher_model.encoder)
+        self.teacher_name = f"stage1-{stage1_fingerprint(self.teacher_state)}"
+
+    def stream_config(self) -> StreamConfig:
+        if self.cfg.teacher_source == "cache":  # the exported input: first N points, no augmentation
+            return StreamConfig(num_points=self.cfg.num_points, sampling="first", augment=False, seed=self.cfg.seed,
+                                teacher_features=self.teacher_name)
+        return StreamConfig(num_points=self.cfg.num_points, sampling=self.cfg.sampling, seed=self.cfg.seed)
+
+    def build(self, stream, device, rank, world):
+        if self.cfg.teacher_source == "cache" and self.teacher_name not in open_teachers(self.cfg.cache):
+            raise ValueError(f"{self.cfg.cache} has no exported features {self.teacher_name!r} of {self.cfg.teacher}; "
+                             f"run `train export-teacher --ckpt {self.cfg.teacher} --cache {self.cfg.cache}` first")
+        student = Student(PointMAEConfig(**self.teacher_state["model_config"]), self.teacher_state["heads"])
+        if self.cfg.init == "ckpt":
+            student.load_state_dict(self.teacher_state["model"])
+        student.heads.requires_grad_(False)  # carried over for zero-shot, not trained here
+        c = student.encoder.config.trans_dim
+        self.module = MaskedDistillation(student, self.cfg.distillation(), c, 2 * c).to(device)
+        self.teacher = self.teacher.to(device)
+        return self.module, [p for p in self.module.parameters() if p.requires_grad]
+
+    def losses(self, ddp, batch, device, amp) -> dict[str, torch.Tensor]:
+        if self.teacher.training or any(p.requires_grad for p in self.teacher.parameters()):
+            raise RuntimeError("the stage-2 teacher must stay frozen and in eval mode")
+        points = batch["points"].to(device, non_blocking=True)
+        with amp:
+            neighborhood, center = self.module.student.encoder.group(points)
+            tokens = glob = None
+            if self.cfg.target == "features":
+                if self.cfg.teacher_source == "cache":
+                    tokens = batch[f"{self.teacher_name}/tokens"].to(device)
+                    glob = batch[f"{self.teacher_name}/global"].to(device)
+                else:
+                    tokens, glob = self.teacher(neighborhood, center)
+            elif self.cfg.use_global:
+                _, glob = self.teacher(neighborhood, center)
+            out = ddp(neighborhood, center, tokens, glob)
+        return out
+
+    def state(self) -> dict:
+        student = self.module.student
+        return {"model": student.state_dict(), "model_config": student.encoder.config.to_dict(),
+                "heads": {n: h.proj.out_features for n, h in student.heads.items()},
+                "decoders": {k: v for k, v in self.module.state_dict().items() if not k.startswith("student.")},
+                "teacher": {"ckpt": self.cfg.teacher, "name": self.teacher_name}}
+
+    def load_state(self, state: dict) -> None:
+        self.module.load_state_dict({**{f"student.{k}": v for k, v in state["model"].items()}, **state["decoders"]})
+
+    def describe(self) -> dict:
+        return {"model": self.module.student.encoder.config.to_dict(),
+                "teacher": {"ckpt": self.cfg.teacher, "name": self.teacher_name}}
+
+
+def open_teachers(url: str) -> set[str]:
+    from cache_schema import open_cache
+
+    return set(open_cache(url).teachers)
+
+
+def train_stage2(cfg: Stage2Config, resume: bool = False, progress: bool = True,
+                 stop_at: int | None = None) -> dict:
+    """Train (or resume) a stage-2 run; returns the last logged metrics."""
+    return run(cfg, Stage2Task(cfg), resume, progress, stop_at)
