@@ -39,7 +39,7 @@ CACHE_ARGS ?=
 # The demo cache is lighter than the defaults (6 views of 128 px instead of 12 of 224) to stay within minutes on a CPU.
 DEMO_ARGS := --views 6 --resolution 128
 
-.PHONY: setup test test-slow demo cache bench-chunks bench-build bench-scenes bench-train clean
+.PHONY: setup test test-slow demo cache bench-chunks bench-build bench-scenes bench-stage2 ablate-stage2 bench-train clean
 
 setup: $(STAMP)
 
@@ -75,6 +75,7 @@ endif
 # (resumes / says complete when run again), check it, train stage-1 on the CPU and
 # evaluate it next to a random-init encoder.
 RUNS := runs
+DEMO_STAGE2_STEPS ?= 200
 demo: setup
 	@mkdir -p $(CACHES) $(RUNS)
 	$(MAKE) --no-print-directory cache DATASET=demo
@@ -82,7 +83,10 @@ demo: setup
 	$(VENV)/bin/cache validate $(CACHES)/demo.zarr
 	@if [ -f $(RUNS)/demo-s1/best.pt ]; then echo "stage-1 run $(RUNS)/demo-s1 exists (rm -r it to train again)"; \
 	else $(VENV)/bin/train stage1 --cache $(CACHES)/demo.zarr --out $(RUNS)/demo-s1; fi
-	$(PY) scripts/demo_results.py $(CACHES)/demo.zarr $(RUNS)/demo-s1/best.pt
+	@if [ -f $(RUNS)/demo-s2/best.pt ]; then echo "stage-2 run $(RUNS)/demo-s2 exists (rm -r it to train again)"; \
+	else $(VENV)/bin/train stage2 --cache $(CACHES)/demo.zarr --teacher $(RUNS)/demo-s1/best.pt \
+	  --out $(RUNS)/demo-s2 --steps $(DEMO_STAGE2_STEPS); fi
+	$(PY) scripts/demo_results.py $(CACHES)/demo.zarr $(RUNS)/demo-s1/best.pt $(RUNS)/demo-s2/best.pt
 
 bench-chunks: setup
 	$(PY) scripts/bench_chunks.py
@@ -92,6 +96,14 @@ bench-build: setup
 
 bench-scenes: setup
 	$(PY) scripts/bench_scenes.py
+
+bench-stage2: setup
+	@test -f $(RUNS)/demo-s1/best.pt || $(MAKE) --no-print-directory demo
+	$(PY) scripts/bench_stage2.py $(CACHES)/demo.zarr $(RUNS)/demo-s1/best.pt
+
+ablate-stage2: setup
+	@test -f $(RUNS)/demo-s1/best.pt || $(MAKE) --no-print-directory demo
+	$(PY) scripts/ablate_stage2.py $(CACHES)/demo.zarr $(RUNS)/demo-s1/best.pt
 
 bench-train: setup
 	@test -d $(CACHES)/demo.zarr || $(MAKE) --no-print-directory cache DATASET=demo

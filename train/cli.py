@@ -27,6 +27,15 @@ Ckpt = Annotated[str, typer.Option(help="Checkpoint (.pt), or 'random' for an un
 Preset = Annotated[str, typer.Option(help="Model preset for --ckpt random (tiny or base).")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 Points = Annotated[int, typer.Option(help="Points per shape fed to the encoder.")]
+Out = Annotated[str, typer.Option(help="Run directory (checkpoints, metrics.csv, tensorboard/, config.json).")]
+Steps = Annotated[int, typer.Option(help="Optimiser steps.")]
+BatchSize = Annotated[int, typer.Option(help="Samples per step on each process.")]
+Lr = Annotated[float, typer.Option(help="Peak AdamW learning rate.")]
+Workers = Annotated[int, typer.Option(help="DataLoader worker processes.")]
+CkptEvery = Annotated[int, typer.Option(help="Save last.pt every N steps (and at the end).")]
+Resume = Annotated[bool, typer.Option(help="Continue OUT/last.pt exactly.")]
+StopAt = Annotated[Optional[int], typer.Option(help="Save and exit after this step (resume later).")]
+Progress = Annotated[bool, typer.Option("--progress/--no-progress")]
 
 
 @app.callback()
@@ -42,24 +51,24 @@ def _fail(e: Exception) -> None:
 @app.command()
 def stage1(
     cache: Cache,
-    out: Annotated[str, typer.Option(help="Run directory (checkpoints, metrics.csv, tensorboard/, config.json).")],
+    out: Out,
     model: Annotated[str, typer.Option(help="Point-MAE preset: tiny (CPU) or base (12 x 384, the paper's).")] = "tiny",
-    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 300,
-    batch_size: Annotated[int, typer.Option(help="Samples per step on each process.")] = 32,
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 1e-3,
+    steps: Steps = 300,
+    batch_size: BatchSize = 32,
+    lr: Lr = 1e-3,
     weight_decay: float = 0.05,
     warmup_steps: int = 20,
     grad_clip: float = 1.0,
     num_points: Points = 1024,
     sampling: Annotated[str, typer.Option(help="random or fps subsampling of the cached points.")] = "random",
-    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 2,
+    workers: Workers = 2,
     seed: int = 0,
-    ckpt_every: Annotated[int, typer.Option(help="Save last.pt every N steps (and at the end).")] = 100,
+    ckpt_every: CkptEvery = 100,
     log_every: int = 10,
     weight: Annotated[Optional[list[str]], typer.Option(help="Term weight, e.g. clip-vit-b16/text=1.0 (repeat).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue OUT/last.pt exactly.")] = False,
-    stop_at: Annotated[Optional[int], typer.Option(help="Save and exit after this step (resume later).")] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    resume: Resume = False,
+    stop_at: StopAt = None,
+    progress: Progress = True,
 ) -> None:
     """Stage-1: align a Point-MAE student with every teacher in the cache (symmetric InfoNCE)."""
     from train.stages.stage1 import Stage1Config, train_stage1
@@ -79,15 +88,15 @@ def stage1(
 def stage2(
     cache: Cache,
     teacher: Annotated[str, typer.Option(help="Stage-1 checkpoint: the frozen teacher and the initialisation.")],
-    out: Annotated[str, typer.Option(help="Run directory (checkpoints, metrics.csv, tensorboard/, config.json).")],
-    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 300,
-    batch_size: Annotated[int, typer.Option(help="Samples per step on each process.")] = 32,
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 5e-4,
+    out: Out,
+    steps: Steps = 300,
+    batch_size: BatchSize = 32,
+    lr: Lr = 5e-4,
     weight_decay: float = 0.05,
     warmup_steps: int = 20,
     grad_clip: float = 1.0,
     num_points: Points = 1024,
-    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 2,
+    workers: Workers = 2,
     seed: int = 0,
     mask_ratio: Annotated[float, typer.Option(help="Share of patches hidden from the encoder.")] = 0.6,
     shuffle: Annotated[bool, typer.Option("--shuffle/--no-shuffle", help="Token shuffling before the local decoder.")]
@@ -100,11 +109,11 @@ def stage2(
     teacher_source: Annotated[str, typer.Option(help="model: run the frozen teacher every step; cache: stream the "
                                                      "features `train export-teacher` stored.")] = "model",
     decoder_depth: Annotated[int, typer.Option(help="Transformer blocks of each decoder.")] = 2,
-    ckpt_every: Annotated[int, typer.Option(help="Save last.pt every N steps (and at the end).")] = 100,
+    ckpt_every: CkptEvery = 100,
     log_every: int = 10,
-    resume: Annotated[bool, typer.Option(help="Continue OUT/last.pt exactly.")] = False,
-    stop_at: Annotated[Optional[int], typer.Option(help="Save and exit after this step (resume later).")] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    resume: Resume = False,
+    stop_at: StopAt = None,
+    progress: Progress = True,
 ) -> None:
     """Stage-2: masked point modelling that distils the frozen stage-1 model's token and global features."""
     from train.stages.stage2 import Stage2Config, train_stage2
@@ -123,7 +132,7 @@ def export_teacher(
     cache: Cache,
     num_points: Points = 1024,
     batch_size: int = 64,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    progress: Progress = True,
 ) -> None:
     """Store a stage-1 model's token and global features in an objects cache (for stage2 --teacher-source cache)."""
     from train.export_teacher import export_teacher as run_export
