@@ -86,7 +86,11 @@ demo: setup
 	@if [ -f $(RUNS)/demo-s2/best.pt ]; then echo "stage-2 run $(RUNS)/demo-s2 exists (rm -r it to train again)"; \
 	else $(VENV)/bin/train stage2 --cache $(CACHES)/demo.zarr --teacher $(RUNS)/demo-s1/best.pt \
 	  --out $(RUNS)/demo-s2 --steps $(DEMO_STAGE2_STEPS); fi
-	$(PY) scripts/demo_results.py $(CACHES)/demo.zarr $(RUNS)/demo-s1/best.pt $(RUNS)/demo-s2/best.pt
+	$(VENV)/bin/cache show $(CACHES)/demo.zarr --out $(RUNS)/demo-sheet.png
+	$(VENV)/bin/train report $(RUNS)/demo-s1
+	$(VENV)/bin/train report $(RUNS)/demo-s2
+	$(PY) scripts/demo_results.py $(RUNS)/demo-s1 $(RUNS)/demo-s2
+	@echo "pictures: $(RUNS)/demo-sheet.png, $(RUNS)/demo-s1/report.html, $(RUNS)/demo-s2/report.html"
 
 bench-chunks: setup
 	$(PY) scripts/bench_chunks.py

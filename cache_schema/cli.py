@@ -8,6 +8,8 @@ check a cache without the trainer's or the builder's dependencies.
     cache validate s3://bucket/shapenet.zarr
     cache unlock caches/shapenet.zarr
     cache example caches/example.zarr --kind scenes
+    cache show caches/demo.zarr --out sheet.png [--rows 8] [--ids ID ...]      # needs matplotlib (viz extra)
+    cache show caches/demo-scenes.zarr --out frame.png [--frame 3] [--color-by label]
 """
 
 from __future__ import annotations
@@ -74,6 +76,15 @@ def _example(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show(args: argparse.Namespace) -> int:
+    from cache_schema.show import show
+
+    out = show(args.path, args.out, rows=args.rows, ids=args.ids, frame=args.frame, color_by=args.color_by,
+               storage_options=_storage_options(args.storage_option))
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cache", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -100,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=("objects", "scenes"), default="objects")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at PATH")
     p.set_defaults(func=_example)
+    p = sub.add_parser("show", parents=[common],
+                       help="draw a PNG: objects -> contact sheet of shapes; scenes -> pairs over camera images + BEV")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--rows", type=int, default=6, help="objects: how many shapes (the first done ones)")
+    p.add_argument("--ids", nargs="+", help="objects: these shape ids; scenes: this frame id")
+    p.add_argument("--frame", type=int, help="scenes: frame index (default: the first done frame)")
+    p.add_argument("--color-by", choices=("depth", "label"), default="depth", help="scenes: colour of the points")
+    p.set_defaults(func=_show)
     return parser
 
 
@@ -107,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except CacheError as e:
+    except (CacheError, KeyError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

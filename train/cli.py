@@ -143,6 +143,24 @@ def export_teacher(
         _fail(e)
 
 
+@app.command("report")
+def report_cmd(
+    run_dir: Annotated[str, typer.Argument(help="A run directory of train stage1 / stage2.")],
+    out: Annotated[Optional[str], typer.Option(help="PNG to write (default RUN_DIR/report.png); the HTML page "
+                                                    "goes beside it.")] = None,
+    with_eval: Annotated[bool, typer.Option("--eval/--no-eval", help="Evaluate best.pt (kept in eval.json).")]
+    = True,
+) -> None:
+    """Draw a run's loss curves, learning rate, data wait, samples/s and evaluation (PNG + HTML)."""
+    from train.report import report
+
+    try:
+        png, page = report(run_dir, out, with_eval)
+    except (CacheError, FileNotFoundError, ValueError, RuntimeError) as e:
+        _fail(e)
+    typer.echo(f"wrote {png} and {page}")
+
+
 def _train(start, out: str) -> None:
     """Run a stage; bad input and a mismatched cache end with a message, not a traceback."""
     from train.loop import CacheMismatchError
