@@ -3,6 +3,9 @@
     train stage1 --cache caches/demo.zarr --out runs/s1
     train stage2 --cache caches/demo.zarr --teacher runs/s1/best.pt --out runs/s2
     train export-teacher --ckpt runs/s1/best.pt --cache caches/demo.zarr
+    train fusion pretrain --cache caches/demo-scenes.zarr --out runs/f-pre
+    train fusion finetune --cache caches/demo-scenes.zarr --out runs/f-1pc --labels 1% --init runs/f-pre/best.pt
+    train eval seg --cache caches/demo-scenes.zarr --ckpt runs/f-1pc/best.pt --json
     train eval zeroshot --cache caches/demo.zarr --ckpt runs/s1/best.pt --json
     train eval linear --cache caches/demo.zarr --ckpt random
 """
@@ -21,6 +24,8 @@ app = typer.Typer(help="Train point-cloud students from a teacher cache.", no_ar
                   add_completion=False, pretty_exceptions_enable=False)
 eval_app = typer.Typer(help="Evaluate a checkpoint (or --ckpt random) on an objects cache.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
+fusion_app = typer.Typer(help="Image-to-LiDAR fusion distillation on a scenes cache.", no_args_is_help=True)
+app.add_typer(fusion_app, name="fusion")
 
 Cache = Annotated[str, typer.Option(help="Cache path or fsspec URL.")]
 Ckpt = Annotated[str, typer.Option(help="Checkpoint (.pt), or 'random' for an untrained encoder.")]
@@ -159,6 +164,69 @@ def report_cmd(
     except (CacheError, FileNotFoundError, ValueError, RuntimeError) as e:
         _fail(e)
     typer.echo(f"wrote {png} and {page}")
+
+
+def _fusion(mode: str, cache: str, out: str, steps: int, batch_size: int, lr: float, workers: int, seed: int,
+            dim: int, depth: int, ckpt_every: int, log_every: int, resume: bool, stop_at: int | None,
+            progress: bool, **extra) -> None:
+    from train.stages.fusion import FusionRunConfig, train_fusion
+
+    cfg = FusionRunConfig(cache=cache, out=out, mode=mode, steps=steps, batch_size=batch_size, lr=lr,
+                          workers=workers, seed=seed, dim=dim, depth=depth, ckpt_every=ckpt_every,
+                          log_every=log_every, warmup_steps=min(10, steps), **extra)
+    _train(lambda: train_fusion(cfg, resume=resume, progress=progress, stop_at=stop_at), out)
+
+
+Frames = Annotated[int, typer.Option(help="Frames per step on each process.")]
+Dim = Annotated[int, typer.Option(help="Backbone width (WaffleIron-style, per-point features).")]
+Depth = Annotated[int, typer.Option(help="Backbone blocks (planes xy, xz, yz in turn).")]
+Teacher2d = Annotated[Optional[str], typer.Option(help="Pair-feature teacher (default: the cache's only one).")]
+
+
+@fusion_app.command("pretrain")
+def fusion_pretrain(
+    cache: Cache, out: Out, steps: Steps = 200, batch_size: Frames = 2, lr: Lr = 2e-3, workers: Workers = 2,
+    seed: int = 0, dim: Dim = 64, depth: Depth = 6, teacher: Teacher2d = None,
+    contrastive: Annotated[float, typer.Option(help="Weight of the 2D-3D InfoNCE over pairs (0: off).")] = 1.0,
+    regression: Annotated[float, typer.Option(help="Weight of the ScaLR cosine regression (0: off).")] = 1.0,
+    occupancy: Annotated[float, typer.Option(help="Weight of CMCR occupancy estimation (0: off).")] = 0.0,
+    codebook: Annotated[float, typer.Option(help="Weight of the CMCR shared codebook (0: off).")] = 0.0,
+    ckpt_every: CkptEvery = 50, log_every: int = 10, resume: Resume = False, stop_at: StopAt = None,
+    progress: Progress = True,
+) -> None:
+    """Pre-train a LiDAR backbone on the cache's point-pixel pairs (no labels needed)."""
+    _fusion("pretrain", cache, out, steps, batch_size, lr, workers, seed, dim, depth, ckpt_every, log_every, resume,
+            stop_at, progress, teacher=teacher, weights={"contrastive": contrastive, "regression": regression,
+                                                          "occupancy": occupancy, "codebook": codebook})
+
+
+@fusion_app.command("finetune")
+def fusion_finetune(
+    cache: Cache, out: Out,
+    labels: Annotated[str, typer.Option(help="Share of labelled training frames: 1%, 10% or 100%.")] = "100%",
+    init: Annotated[str, typer.Option(help="A `fusion pretrain` checkpoint, or random.")] = "random",
+    consistency: Annotated[bool, typer.Option("--consistency/--no-consistency",
+                                              help="Fused head + KL(fused || LiDAR-only) (xModel-KD).")] = True,
+    steps: Steps = 200, batch_size: Frames = 2, lr: Lr = 2e-3, workers: Workers = 2, seed: int = 0,
+    dim: Dim = 64, depth: Depth = 6, teacher: Teacher2d = None, ckpt_every: CkptEvery = 50, log_every: int = 10,
+    resume: Resume = False, stop_at: StopAt = None, progress: Progress = True,
+) -> None:
+    """Fine-tune for per-point segmentation on a share of the labelled frames."""
+    _fusion("finetune", cache, out, steps, batch_size, lr, workers, seed, dim, depth, ckpt_every, log_every, resume,
+            stop_at, progress, teacher=teacher, labels=labels, init=init, consistency=consistency)
+
+
+@eval_app.command("seg")
+def eval_seg(cache: Cache, ckpt: Annotated[str, typer.Option(help="A `fusion finetune` checkpoint.")],
+             split: str = "val", json_out: Json = False) -> None:
+    """LiDAR-only segmentation: mIoU, per-class IoU and accuracy (label 255 ignored)."""
+    from train.stages.fusion import evaluate_seg
+
+    try:
+        result = {"eval": "seg", "ckpt": ckpt, "cache": cache, **evaluate_seg(ckpt, cache, split)}
+    except (CacheError, FileNotFoundError, ValueError, KeyError) as e:
+        _fail(e)
+    typer.echo(json.dumps(result) if json_out else "\n".join(f"{k:>14}: {v}" for k, v in result.items()))
 
 
 def _train(start, out: str) -> None:

@@ -97,6 +97,15 @@ class Task:
     def stream_config(self) -> StreamConfig:
         raise NotImplementedError
 
+    def make_stream(self, cache: str, rank: int, world: int):
+        """The dataset the loop iterates; it must offer ``set_position(epoch, batches_done, batch_size, workers)``."""
+        return ObjectStream(cache, self.stream_config(), rank=rank, world_size=world)
+
+    collate = None  # the DataLoader's collate_fn (None: PyTorch's default)
+
+    def batch_samples(self, batch: dict) -> int:
+        return len(batch["points"])
+
     def build(self, stream: ObjectStream, device: torch.device, rank: int, world: int) -> tuple[nn.Module, list]:
         """The module DDP wraps, and every trainable parameter (the module's and any other's)."""
         raise NotImplementedError
@@ -137,7 +146,7 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
         check_same_cache(state["cache"], identity, cfg.out)
     os.makedirs(cfg.out, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    stream = ObjectStream(cfg.cache, task.stream_config(), rank=rank, world_size=world)
+    stream = task.make_stream(cfg.cache, rank, world)
     module, params = task.build(stream, device, rank, world)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg))
@@ -176,7 +185,7 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
         # the loader's own generator: creating an iterator must not draw from the global RNG, or a resumed run
         # (a new iterator mid-epoch) would mask and drop differently from the uninterrupted one
         batches = iter(DataLoader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers, drop_last=True,
-                                  generator=torch.Generator().manual_seed(cfg.seed + epoch)))
+                                  collate_fn=task.collate, generator=torch.Generator().manual_seed(cfg.seed + epoch)))
         batches_this_epoch = 0
         while step < end:
             t0 = time.perf_counter()
@@ -194,7 +203,7 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
             window["steps"] += 1
             window["wait"] += wait
             window["time"] += time.perf_counter() - t0
-            window["samples"] += len(batch["points"]) * world
+            window["samples"] += task.batch_samples(batch) * world
             for k, v in losses.items():
                 window["loss"][k] = window["loss"].get(k, 0.0) + float(v.detach())
             if step % cfg.log_every == 0 or step == cfg.steps:

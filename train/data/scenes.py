@@ -19,7 +19,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from cache_schema import DONE, open_cache
 from cache_schema.layout import RAGGED_OFFSETS
-from train.data.sharding import shard_blocks
+from train.data.sharding import batches_per_slot, shard_blocks
 
 IGNORE_INDEX = 255
 
@@ -54,17 +54,37 @@ class SceneStream(IterableDataset):
         selected[cache.split(config.split)] = True
         self.selected = selected & (cache.status == DONE)
         self.has_labels = any(a.path == "labels" for a in cache.layout.arrays)
-        self.epoch, self.num_workers = 0, 0
+        self.frames_per_block = np.add.reduceat(self.selected, np.arange(0, cache.num_rows, self.block_rows))
+        self.set_position(0)
 
-    def set_epoch(self, epoch: int, num_workers: int = 0) -> None:
-        self.epoch, self.num_workers = epoch, num_workers
+    def set_position(self, epoch: int, batches_done: int = 0, batch_size: int = 1, num_workers: int = 0,
+                     drop_last: bool = True) -> None:
+        """Start (or resume) at ``batches_done`` batches into ``epoch`` for a DataLoader of this shape."""
+        self.epoch, self.batches_done, self.batch_size, self.num_workers = epoch, batches_done, batch_size, num_workers
+        self.drop_last = drop_last
+
+    def restrict(self, rows: np.ndarray) -> None:
+        """Stream only these frames (e.g. the labelled 1% for fine-tuning)."""
+        keep = np.zeros_like(self.selected)
+        keep[rows] = True
+        self.selected &= keep
+        self.frames_per_block = np.add.reduceat(self.selected, np.arange(0, self.num_rows, self.block_rows))
 
     def __len__(self) -> int:
         return int(self.selected.sum())
 
+    def _blocks(self, worker: int) -> list[int]:
+        return shard_blocks(self.num_blocks, self.world_size, self.rank, self.num_workers, worker, self.config.seed,
+                            self.epoch)
+
     def __iter__(self):
         info = get_worker_info()
-        worker = info.id if info is not None else 0
+        slots = max(self.num_workers, 1)
+        counts = [int(sum(self.frames_per_block[b] for b in self._blocks(w))) for w in range(slots)]
+        available = [n // self.batch_size if self.drop_last else -(-n // self.batch_size) for n in counts]
+        taken, next_slot = batches_per_slot(self.batches_done, available)
+        worker = (next_slot + (info.id if info is not None else 0)) % slots
+        skip = taken[worker] * self.batch_size
         cache = open_cache(self.url)
         offsets = {fam: cache.array(path)[:] for fam, path in RAGGED_OFFSETS.items()}
         flat = {"points": "points", "pair_point": "pairs/point", "pair_camera": "pairs/camera", "pair_uv": "pairs/uv",
@@ -72,17 +92,18 @@ class SceneStream(IterableDataset):
         if self.has_labels:
             flat["labels"] = "labels"
         arrays = {k: cache.array(p) for k, p in flat.items()}
-        for block in shard_blocks(self.num_blocks, self.world_size, self.rank, self.num_workers, worker,
-                                  self.config.seed, self.epoch):
+        for block in self._blocks(worker):
             r0, r1 = block * self.block_rows, min((block + 1) * self.block_rows, self.num_rows)
             rows = [r for r in range(r0, r1) if self.selected[r]]
-            if not rows:
+            if skip >= len(rows):
+                skip -= len(rows)
                 continue
             data = {}
             for key, array in arrays.items():
                 edges = offsets["points" if key in ("points", "labels") else "pairs"]
                 data[key] = (array[int(edges[r0]):int(edges[r1])], edges[r0:r1 + 1] - edges[r0])
-            order = np.random.default_rng([self.config.seed, self.epoch, block]).permutation(rows)
+            order = np.random.default_rng([self.config.seed, self.epoch, block]).permutation(rows)[skip:]
+            skip = 0
             for r in order:
                 i = r - r0
                 frame = {k: v[int(e[i]):int(e[i + 1])] for k, (v, e) in data.items()}

@@ -1,0 +1,159 @@
+"""Image-to-LiDAR fusion distillation from a `scenes` cache: pre-training and label-efficient fine-tuning.
+
+    train fusion pretrain --cache caches/demo-scenes.zarr --out runs/f-pre
+    train fusion finetune --cache caches/demo-scenes.zarr --out runs/f-1pc --labels 1% --init runs/f-pre/best.pt
+    train eval seg --cache caches/demo-scenes.zarr --ckpt runs/f-1pc/best.pt --json
+
+Batches are frames (ragged, see ``train/data/scenes.py``); every frame is
+rotated by a random yaw (pairs index points, so they survive). The loop,
+checkpoints, exact resume, logs and torchrun are stage-1's (``train/loop.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from cache_schema import DONE, open_cache
+from train import checkpoint
+from train.data.scenes import SceneStream, SceneStreamConfig, collate_frames
+from train.loop import LoopConfig, Task, run
+from train.metrics import confusion_matrix, iou_scores
+from train.models.fusion import FusionConfig, FusionModel, pretrain_losses, seg_losses
+from train.models.lidar_backbone import WaffleConfig
+
+
+@dataclass
+class FusionRunConfig(LoopConfig):
+    mode: str = "pretrain"                       # or "finetune"
+    teacher: str | None = None                   # which pair features (default: the cache's only teacher)
+    dim: int = 64
+    depth: int = 6
+    weights: dict[str, float] = field(default_factory=lambda: {"contrastive": 1.0, "regression": 1.0,
+                                                                 "occupancy": 0.0, "codebook": 0.0})
+    labels: str = "100%"                         # fine-tuning: share of labelled training frames
+    init: str = "random"                         # fine-tuning: a pre-training checkpoint or random
+    consistency: bool = True                     # fine-tuning: fused head + KL(fused || LiDAR-only)
+    steps: int = 200
+    batch_size: int = 2
+    lr: float = 2e-3
+    warmup_steps: int = 10
+    ckpt_every: int = 50
+
+
+def label_fraction(text: str) -> float:
+    value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    if not 0 < value <= 1:
+        raise ValueError(f"--labels is a share of the training frames like 1%, 10% or 100%, got {text!r}")
+    return value
+
+
+def labelled_rows(cache, fraction: float, seed: int) -> np.ndarray:
+    """The fine-tuning subset: a fixed random share of the done training frames (at least one)."""
+    rows = cache.split("train")
+    rows = rows[cache.status[rows] == DONE]
+    k = max(1, int(round(fraction * len(rows))))
+    return np.sort(np.random.default_rng([seed, 0x1AB]).permutation(rows)[:k])
+
+
+def random_yaw(points: torch.Tensor, batch_index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    angles = torch.rand(int(batch_index.max()) + 1, generator=generator) * 2 * torch.pi
+    c, s = torch.cos(angles)[batch_index], torch.sin(angles)[batch_index]
+    x, y = points[:, 0], points[:, 1]
+    return torch.cat([torch.stack([c * x - s * y, s * x + c * y], 1), points[:, 2:]], 1)
+
+
+class FusionTask(Task):
+    collate = staticmethod(collate_frames)
+
+    def __init__(self, cfg: FusionRunConfig) -> None:
+        if cfg.mode not in ("pretrain", "finetune"):
+            raise ValueError(f"mode is pretrain or finetune, got {cfg.mode!r}")
+        self.cfg, self.stage = cfg, f"fusion-{cfg.mode}"
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        cache = open_cache(cfg.cache)
+        if cache.kind != "scenes":
+            raise ValueError(f"{cfg.cache} is a {cache.kind} cache; fusion trains on scenes caches")
+        self.label_names = tuple(cache.attrs.label_names)
+        if cfg.mode == "finetune":
+            if not any(a.path == "labels" for a in cache.layout.arrays):
+                raise ValueError(f"{cfg.cache} has no point labels to fine-tune on")
+            self.rows = labelled_rows(cache, label_fraction(cfg.labels), cfg.seed)
+            cfg.batch_size = min(cfg.batch_size, len(self.rows))  # 1% of a small set can be a single frame
+        self.init_state = None
+        if cfg.mode == "finetune" and cfg.init != "random":
+            self.init_state = checkpoint.load(cfg.init)
+            if self.init_state.get("stage") != "fusion-pretrain":
+                raise ValueError(f"--init {cfg.init} is a {self.init_state.get('stage')!r} checkpoint, not a fusion "
+                                 "pre-training one")
+
+    def make_stream(self, cache: str, rank: int, world: int) -> SceneStream:
+        stream = SceneStream(cache, SceneStreamConfig("train", self.cfg.teacher, self.cfg.seed), rank, world)
+        if self.cfg.mode == "finetune":
+            stream.restrict(self.rows)
+        self.teacher_dim = open_cache(cache).teachers[stream.teacher].dim
+        return stream
+
+    def build(self, stream, device, rank, world):
+        config = FusionConfig(backbone=WaffleConfig(dim=self.cfg.dim, depth=self.cfg.depth))
+        self.model = FusionModel(config, self.teacher_dim, len(self.label_names)).to(device)
+        if self.init_state is not None:
+            self.model.load_state_dict(self.init_state["model"])
+        self.device = device
+        return self.model, list(self.model.parameters())
+
+    def losses(self, ddp, batch, device, amp) -> dict[str, torch.Tensor]:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        batch["points"] = random_yaw(batch["points"], batch["batch_index"], self.generator)
+        with amp:
+            if self.cfg.mode == "pretrain":
+                return pretrain_losses(self.model, batch, self.cfg.weights, self.generator)
+            return seg_losses(self.model, batch, self.cfg.consistency)
+
+    def batch_samples(self, batch: dict) -> int:
+        return len(batch["row"])
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "fusion_config": dataclasses.asdict(self.model.config),
+                "teacher_dim": self.teacher_dim, "label_names": list(self.label_names),
+                "generator": self.generator.get_state()}
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.generator.set_state(state["generator"])
+
+    def describe(self) -> dict:
+        return {"fusion": dataclasses.asdict(self.model.config),
+                "labelled_frames": self.rows.tolist() if self.cfg.mode == "finetune" else None}
+
+
+def train_fusion(cfg: FusionRunConfig, resume: bool = False, progress: bool = True,
+                 stop_at: int | None = None) -> dict:
+    return run(cfg, FusionTask(cfg), resume, progress, stop_at)
+
+
+def load_fusion(ckpt: str) -> FusionModel:
+    state = checkpoint.load(ckpt)
+    cfg = state["fusion_config"]
+    config = FusionConfig(**{**cfg, "backbone": WaffleConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                                               for k, v in cfg["backbone"].items()})})
+    model = FusionModel(config, state["teacher_dim"], len(state["label_names"]))
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+@torch.inference_mode()
+def evaluate_seg(ckpt: str, url: str, split: str = "val") -> dict:
+    """mIoU, per-class IoU and accuracy of the LiDAR-only path on a split (ignore index 255 skipped)."""
+    model = load_fusion(ckpt)
+    cache = open_cache(url)
+    names = tuple(cache.attrs.label_names)
+    stream = SceneStream(url, SceneStreamConfig(split))
+    conf = np.zeros((len(names), len(names)), np.int64)
+    for frame in stream:
+        logits = model(frame["points"], torch.zeros(len(frame["points"]), dtype=torch.long))
+        conf += confusion_matrix(logits.argmax(1).numpy(), frame["labels"].numpy(), len(names))
+    return {**iou_scores(conf, names), "split": split, "num_frames": len(stream)}
