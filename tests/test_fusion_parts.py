@@ -111,3 +111,16 @@ def test_waffle_backbone_is_per_point_permutation_equivariant_and_batch_independ
     net.train()
     net(torch.cat([a, b]), torch.cat([torch.zeros(300), torch.ones(200)]).long()).sum().backward()
     assert all(p.grad is not None for p in net.parameters())
+
+
+def test_subsampled_frames_keep_only_pairs_of_kept_points_reindexed(tmp_path):
+    url = str(tmp_path / "scenes.zarr")
+    write_example(url, "scenes")
+    full = {f["row"]: f for f in SceneStream(url)}
+    for f in SceneStream(url, SceneStreamConfig(max_points=15)):
+        ref = full[f["row"]]
+        assert len(f["points"]) == min(15, len(ref["points"]))
+        for p, feat in zip(f["pair_point"], f["pair_features"]):
+            original = (ref["points"] == f["points"][p]).all(dim=1).nonzero().flatten()  # the same point in the full
+            assert any(torch.equal(feat, ref["pair_features"][j]) for j in torch.nonzero(
+                torch.isin(ref["pair_point"], original)).flatten())

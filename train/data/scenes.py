@@ -29,6 +29,7 @@ class SceneStreamConfig:
     split: str = "train"
     teacher: str | None = None  # pair features of this teacher (default: the cache's only teacher)
     seed: int = 0
+    max_points: int | None = None  # keep a random subset of at most this many points per frame (and their pairs)
 
 
 class SceneStream(IterableDataset):
@@ -107,6 +108,9 @@ class SceneStream(IterableDataset):
             for r in order:
                 i = r - r0
                 frame = {k: v[int(e[i]):int(e[i + 1])] for k, (v, e) in data.items()}
+                if self.config.max_points and len(frame["points"]) > self.config.max_points:
+                    frame = subsample(frame, self.config.max_points,
+                                      np.random.default_rng([self.config.seed, self.epoch, int(r)]))
                 n = len(frame["points"])
                 yield {"row": int(r), "points": torch.from_numpy(frame["points"].astype(np.float32)),
                        "labels": torch.from_numpy(frame["labels"].astype(np.int64)) if self.has_labels
@@ -115,6 +119,21 @@ class SceneStream(IterableDataset):
                        "pair_camera": torch.from_numpy(frame["pair_camera"].astype(np.int64)),
                        "pair_uv": torch.from_numpy(frame["pair_uv"].astype(np.float32)),
                        "pair_features": torch.from_numpy(frame["pair_features"].astype(np.float32))}
+
+
+def subsample(frame: dict, max_points: int, rng: np.random.Generator) -> dict:
+    """A random subset of a frame's points; pairs of dropped points go, the others are re-indexed."""
+    n = len(frame["points"])
+    keep = np.sort(rng.choice(n, max_points, replace=False))
+    new_index = np.full(n, -1, np.int64)
+    new_index[keep] = np.arange(max_points)
+    pair_kept = new_index[frame["pair_point"]] >= 0
+    out = {k: v[pair_kept] for k, v in frame.items() if k.startswith("pair_")}
+    out["pair_point"] = new_index[frame["pair_point"][pair_kept]]
+    out["points"] = frame["points"][keep]
+    if "labels" in frame:
+        out["labels"] = frame["labels"][keep]
+    return out
 
 
 def collate_frames(frames: list[dict]) -> dict[str, torch.Tensor]:

@@ -34,6 +34,7 @@ class FusionRunConfig(LoopConfig):
     depth: int = 6
     weights: dict[str, float] = field(default_factory=lambda: {"contrastive": 1.0, "regression": 1.0,
                                                                  "occupancy": 0.0, "codebook": 0.0})
+    max_points: int | None = 16384               # random points kept per frame and step (None: all)
     labels: str = "100%"                         # fine-tuning: share of labelled training frames
     init: str = "random"                         # fine-tuning: a pre-training checkpoint or random
     consistency: bool = True                     # fine-tuning: fused head + KL(fused || LiDAR-only)
@@ -91,7 +92,8 @@ class FusionTask(Task):
                                  "pre-training one")
 
     def make_stream(self, cache: str, rank: int, world: int) -> SceneStream:
-        stream = SceneStream(cache, SceneStreamConfig("train", self.cfg.teacher, self.cfg.seed), rank, world)
+        stream = SceneStream(cache, SceneStreamConfig("train", self.cfg.teacher, self.cfg.seed, self.cfg.max_points),
+                             rank, world)
         if self.cfg.mode == "finetune":
             stream.restrict(self.rows)
         self.teacher_dim = open_cache(cache).teachers[stream.teacher].dim
