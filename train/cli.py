@@ -181,12 +181,13 @@ Frames = Annotated[int, typer.Option(help="Frames per step on each process.")]
 Dim = Annotated[int, typer.Option(help="Backbone width (WaffleIron-style, per-point features).")]
 Depth = Annotated[int, typer.Option(help="Backbone blocks (planes xy, xz, yz in turn).")]
 Teacher2d = Annotated[Optional[str], typer.Option(help="Pair-feature teacher (default: the cache's only one).")]
+MaxPoints = Annotated[Optional[int], typer.Option(help="Random points kept per frame and step (pairs follow).")]
 
 
 @fusion_app.command("pretrain")
 def fusion_pretrain(
     cache: Cache, out: Out, steps: Steps = 200, batch_size: Frames = 2, lr: Lr = 2e-3, workers: Workers = 2,
-    seed: int = 0, dim: Dim = 64, depth: Depth = 6, teacher: Teacher2d = None,
+    seed: int = 0, dim: Dim = 64, depth: Depth = 6, teacher: Teacher2d = None, max_points: MaxPoints = 16384,
     contrastive: Annotated[float, typer.Option(help="Weight of the 2D-3D InfoNCE over pairs (0: off).")] = 1.0,
     regression: Annotated[float, typer.Option(help="Weight of the ScaLR cosine regression (0: off).")] = 1.0,
     occupancy: Annotated[float, typer.Option(help="Weight of CMCR occupancy estimation (0: off).")] = 0.0,
@@ -196,7 +197,7 @@ def fusion_pretrain(
 ) -> None:
     """Pre-train a LiDAR backbone on the cache's point-pixel pairs (no labels needed)."""
     _fusion("pretrain", cache, out, steps, batch_size, lr, workers, seed, dim, depth, ckpt_every, log_every, resume,
-            stop_at, progress, teacher=teacher, weights={"contrastive": contrastive, "regression": regression,
+            stop_at, progress, teacher=teacher, max_points=max_points, weights={"contrastive": contrastive, "regression": regression,
                                                           "occupancy": occupancy, "codebook": codebook})
 
 
@@ -208,12 +209,14 @@ def fusion_finetune(
     consistency: Annotated[bool, typer.Option("--consistency/--no-consistency",
                                               help="Fused head + KL(fused || LiDAR-only) (xModel-KD).")] = True,
     steps: Steps = 200, batch_size: Frames = 2, lr: Lr = 2e-3, workers: Workers = 2, seed: int = 0,
-    dim: Dim = 64, depth: Depth = 6, teacher: Teacher2d = None, ckpt_every: CkptEvery = 50, log_every: int = 10,
+    dim: Dim = 64, depth: Depth = 6, teacher: Teacher2d = None, max_points: MaxPoints = 16384,
+    ckpt_every: CkptEvery = 50, log_every: int = 10,
     resume: Resume = False, stop_at: StopAt = None, progress: Progress = True,
 ) -> None:
     """Fine-tune for per-point segmentation on a share of the labelled frames."""
     _fusion("finetune", cache, out, steps, batch_size, lr, workers, seed, dim, depth, ckpt_every, log_every, resume,
-            stop_at, progress, teacher=teacher, labels=labels, init=init, consistency=consistency)
+            stop_at, progress, teacher=teacher, max_points=max_points, labels=labels, init=init,
+            consistency=consistency)
 
 
 @eval_app.command("seg")
