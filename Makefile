@@ -65,7 +65,8 @@ test-slow: setup
 cache: setup
 ifneq ($(filter $(DATASET),$(SCENE_DATASETS)),)
 	$(VENV)/bin/preprocess scenes $(DATASET) $(if $(ROOT),--root "$(ROOT)") --out "$(OUT)" \
-	  --teachers $(TEACHERS) --workers $(WORKERS) $(if $(filter nuscenes,$(DATASET)),--version $(VERSION)) $(CACHE_ARGS)
+	  --teachers $(TEACHERS) --workers $(WORKERS) $(if $(filter nuscenes,$(DATASET)),--version $(VERSION)) \
+	  $(if $(filter demo-scenes,$(DATASET)),--images) $(CACHE_ARGS)
 else
 	$(VENV)/bin/preprocess objects $(DATASET) $(if $(ROOT),--root "$(ROOT)") --out "$(OUT)" \
 	  --teachers $(TEACHERS) --workers $(WORKERS) $(if $(filter demo,$(DATASET)),$(DEMO_ARGS)) $(CACHE_ARGS)
@@ -76,6 +77,8 @@ endif
 # evaluate it next to a random-init encoder.
 RUNS := runs
 DEMO_STAGE2_STEPS ?= 200
+# a CPU-sized fusion run: a narrower backbone, 8192 points per frame
+DEMO_FUSION_ARGS ?= --steps 150 --dim 32 --depth 4 --max-points 8192
 demo: setup
 	@mkdir -p $(CACHES) $(RUNS)
 	$(MAKE) --no-print-directory cache DATASET=demo
@@ -89,8 +92,18 @@ demo: setup
 	$(VENV)/bin/cache show $(CACHES)/demo.zarr --out $(RUNS)/demo-sheet.png
 	$(VENV)/bin/train report $(RUNS)/demo-s1
 	$(VENV)/bin/train report $(RUNS)/demo-s2
+	$(MAKE) --no-print-directory cache DATASET=demo-scenes
+	$(VENV)/bin/cache show $(CACHES)/demo-scenes.zarr --out $(RUNS)/demo-scenes-sheet.png --color-by label
+	@if [ -f $(RUNS)/demo-fusion-pre/best.pt ]; then echo "fusion run $(RUNS)/demo-fusion-pre exists"; \
+	else $(VENV)/bin/train fusion pretrain --cache $(CACHES)/demo-scenes.zarr --out $(RUNS)/demo-fusion-pre \
+	  $(DEMO_FUSION_ARGS); fi
+	@for init in $(RUNS)/demo-fusion-pre/best.pt random; do out=$(RUNS)/demo-fusion-1pc-$$( [ $$init = random ] && echo random || echo pretrained ); \
+	  if [ -f $$out/best.pt ]; then echo "fusion run $$out exists"; \
+	  else $(VENV)/bin/train fusion finetune --cache $(CACHES)/demo-scenes.zarr --out $$out --labels 1% --init $$init \
+	    $(DEMO_FUSION_ARGS) || exit 1; fi; done
 	$(PY) scripts/demo_results.py $(RUNS)/demo-s1 $(RUNS)/demo-s2
-	@echo "pictures: $(RUNS)/demo-sheet.png, $(RUNS)/demo-s1/report.html, $(RUNS)/demo-s2/report.html"
+	$(PY) scripts/demo_seg_results.py $(CACHES)/demo-scenes.zarr $(RUNS)/demo-fusion-1pc-pretrained $(RUNS)/demo-fusion-1pc-random
+	@echo "pictures: $(RUNS)/demo-sheet.png, $(RUNS)/demo-scenes-sheet.png, $(RUNS)/demo-s1/report.html, $(RUNS)/demo-s2/report.html"
 
 bench-chunks: setup
 	$(PY) scripts/bench_chunks.py
