@@ -84,6 +84,8 @@ class FusionTask(Task):
                 raise ValueError(f"{cfg.cache} has no point labels to fine-tune on")
             self.rows = labelled_rows(cache, label_fraction(cfg.labels), cfg.seed)
             cfg.batch_size = min(cfg.batch_size, len(self.rows))  # 1% of a small set can be a single frame
+            if len(self.rows) < 8 * cfg.batch_size:
+                cfg.workers = 0  # epochs of a step or two: restarting loader processes every epoch costs more
         self.init_state = None
         if cfg.mode == "finetune" and cfg.init != "random":
             self.init_state = checkpoint.load(cfg.init)
