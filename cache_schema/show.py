@@ -77,8 +77,7 @@ def objects_sheet(cache: ObjectCache, out: str, rows: int = 6, ids: list[str] | 
     selected = _select(cache, rows, ids)
     has_rgb = "views/rgb" in {a.path for a in cache.layout.arrays}
     has_depth = "views/depth" in {a.path for a in cache.layout.arrays}
-    views = min(MAX_VIEWS, cache.array("points").shape[0] and (cache.array("views/camera").shape[0]
-                                                               if "views/camera" in cache.group else 0))
+    views = min(MAX_VIEWS, cache.array("views/camera").shape[0]) if "views/camera" in cache.group else 0
     cols = views * (has_rgb + has_depth) + 3
     failed = np.flatnonzero(cache.status == FAILED)
     fail_lines = min(len(failed), 15)

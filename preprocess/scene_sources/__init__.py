@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from preprocess.meshes import BadInput
+from preprocess.sources import rows_by_split
 
 IGNORE_LABEL = 255
 
@@ -62,8 +63,6 @@ class SceneCatalog:
     notes: tuple[str, ...] = ()
 
     def splits(self) -> dict[str, list[int]]:
-        from preprocess.sources import rows_by_split
-
         return rows_by_split(self.items)
 
     def limited(self, max_frames: int | None) -> SceneCatalog:

@@ -238,9 +238,8 @@ def render_cameras(primitives: list[Primitive], cfg: DemoSceneConfig) -> tuple[n
     K = cfg.K()
     camera = pyrender.IntrinsicsCamera(K[0, 0], K[1, 1], K[0, 2], K[1, 2], znear=0.05, zfar=500.0)
     cam_node = scene.add(camera)
-    sun = scene.add(pyrender.DirectionalLight(color=np.ones(3), intensity=2.5),
-                    pose=trimesh.transformations.rotation_matrix(np.deg2rad(-50), (1, 0.3, 0)))
-    del sun
+    scene.add(pyrender.DirectionalLight(color=np.ones(3), intensity=2.5),
+              pose=trimesh.transformations.rotation_matrix(np.deg2rad(-50), (1, 0.3, 0)))
     renderer = _renderer(cfg.image_size)
     w, h = cfg.image_size
     rgb = np.zeros((len(cfg.camera_yaws_deg), h, w, 3), np.uint8)

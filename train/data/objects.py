@@ -129,11 +129,10 @@ class ObjectStream(IterableDataset):
             paths[f"{name}/{role}"] = f"teachers/{name}/{role}"
             if role == "image" and "depth" in cache.teachers[name].roles:
                 paths[f"{name}/depth"] = f"teachers/{name}/depth"
-        if self.config.teacher_features:
-            for role in ("tokens", "global"):
-                paths[f"{self.config.teacher_features}/{role}"] = cache.teacher_array(self.config.teacher_features,
-                                                                                        role).path
-        return {key: cache.array(path) for key, path in paths.items()}
+        arrays = {key: cache.array(path) for key, path in paths.items()}
+        for role in ("tokens", "global") if self.config.teacher_features else ():
+            arrays[f"{self.config.teacher_features}/{role}"] = cache.teacher_array(self.config.teacher_features, role)
+        return arrays
 
     def _read(self, arrays: dict[str, Any], num_rows: int, blocks: list[int],
               rng: np.random.Generator) -> dict[str, Any]:

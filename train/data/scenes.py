@@ -20,8 +20,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from cache_schema import DONE, open_cache
 from cache_schema.layout import RAGGED_OFFSETS
 from train.data.sharding import batches_per_slot, shard_blocks
-
-IGNORE_INDEX = 255
+from train.metrics import IGNORE_INDEX
 
 
 @dataclass(frozen=True)
@@ -48,6 +47,7 @@ class SceneStream(IterableDataset):
         self.teacher = config.teacher or teachers[0]
         if self.teacher not in teachers:
             raise ValueError(f"{url} has no teacher {self.teacher!r}; it has {teachers}")
+        self.teacher_dim = cache.teachers[self.teacher].dim
         self.num_rows = cache.num_rows
         self.block_rows = cache.chunking.block_rows
         self.num_blocks = cache.chunking.num_blocks(cache.num_rows)

@@ -23,7 +23,7 @@ from train.metrics import IGNORE_INDEX
 from train.models.codebook import VectorQuantizer
 from train.models.lidar_backbone import WaffleBackbone, WaffleConfig
 from train.ops import knn
-from train.ops.occupancy import occupancy_queries
+from train.ops.occupancy import mask_voxels, occupancy_queries
 
 
 @dataclass(frozen=True)
@@ -135,8 +135,6 @@ def seg_losses(model: FusionModel, batch: dict, consistency: bool, temperature: 
 def pretrain_losses(model: FusionModel, batch: dict, weights: dict[str, float],
                     generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """The switched-on pre-training terms (weight > 0), each weighted, and their total."""
-    from train.ops.occupancy import mask_voxels
-
     out: dict[str, torch.Tensor] = {}
     f = model.backbone(batch["points"], batch["batch_index"])
     pick = model.sample_pairs(len(batch["pair_point"]), generator)

@@ -61,7 +61,7 @@ def labelled_rows(cache, fraction: float, seed: int) -> np.ndarray:
 
 
 def random_yaw(points: torch.Tensor, batch_index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    angles = torch.rand(int(batch_index.max()) + 1, generator=generator) * 2 * torch.pi
+    angles = (torch.rand(int(batch_index.max()) + 1, generator=generator) * 2 * torch.pi).to(points.device)
     c, s = torch.cos(angles)[batch_index], torch.sin(angles)[batch_index]
     x, y = points[:, 0], points[:, 1]
     return torch.cat([torch.stack([c * x - s * y, s * x + c * y], 1), points[:, 2:]], 1)
@@ -98,7 +98,7 @@ class FusionTask(Task):
                              rank, world)
         if self.cfg.mode == "finetune":
             stream.restrict(self.rows)
-        self.teacher_dim = open_cache(cache).teachers[stream.teacher].dim
+        self.teacher_dim = stream.teacher_dim
         return stream
 
     def build(self, stream, device, rank, world):
