@@ -21,8 +21,9 @@ import numpy as np
 from train import evaluate
 from train.stages.stage2 import Stage2Config, train_stage2
 
-VARIANTS = {  # name -> (local, global, shuffle, Stage2Config overrides)
+VARIANTS = {  # name -> Stage2Config overrides
     "full (local + global + shuffle)": dict(),
+    "encoder at full lr (decoders' lr)": dict(encoder_lr_scale=1.0),
     "no token shuffling": dict(shuffle=False),
     "local only (no global)": dict(use_global=False),
     "global only (no local)": dict(local=False),

@@ -80,12 +80,19 @@ def test_the_global_decoder_sees_only_visible_tokens_without_positions():
     model, nb, center, tt, tg, mask = _setup()
     seen = _capture(model.global_decoder)
     out = model(nb, center, tt, tg, mask=mask, details=True)
-    assert seen["x"].shape == (2, 3, 32)                        # 3 visible of 8 patches
-    torch.testing.assert_close(seen["x"], out["visible"])
+    assert seen["x"].shape == (2, 1 + 3, 32)                    # the cls token and 3 visible of 8 patches
+    torch.testing.assert_close(seen["x"], out["global_input"])
     assert torch.count_nonzero(seen["pos"]) == 0
-    # the visible tokens are what the encoder gives for those patches alone
-    vis, _ = model.student.encoder.forward_groups(nb, center, visible=~mask)
-    torch.testing.assert_close(out["visible"], vis)
+    # cls and tokens are what the encoder gives for the visible patches alone
+    vis, vis_global = model.student.encoder.forward_groups(nb, center, visible=~mask)
+    torch.testing.assert_close(seen["x"][:, 1:], vis)
+    torch.testing.assert_close(seen["x"][:, 0], vis_global[:, :32])
+    # so moving the masked patches' points changes nothing the global decoder sees
+    moved = nb.clone()
+    moved[mask] += torch.randn_like(moved[mask])
+    seen_before = seen["x"]
+    model(moved, center, tt, tg, mask=mask)
+    torch.testing.assert_close(seen["x"], seen_before)
 
 
 def test_mask_ratio_is_respected():
@@ -138,6 +145,12 @@ def test_teacher_gets_no_gradient_and_stays_in_eval_mode(small_demo_cache, stage
         torch.testing.assert_close(v, before[k])
     with pytest.raises(RuntimeError, match="frozen"):
         task.teacher.train()
+    # the stage-1 encoder learns at a tenth of the new decoders' rate (both on the same schedule)
+    state = torch.load(os.path.join(cfg.out, "last.pt"), weights_only=True)
+    encoder_group, decoder_group = state["optimizer"]["param_groups"]
+    assert encoder_group["lr"] == pytest.approx(0.1 * decoder_group["lr"]) and decoder_group["lr"] > 0
+    assert len(encoder_group["params"]) == sum(p.requires_grad for p in task.module.student.parameters())
+    assert Stage2Config(cache=cfg.cache, out=cfg.out, init="random").encoder_lr_scale == 1.0  # nothing to protect
     # the student did move away from its stage-1 initialisation
     state = torch.load(os.path.join(cfg.out, "best.pt"), weights_only=True)
     s1 = torch.load(stage1_run, weights_only=True)

@@ -114,6 +114,9 @@ def stage2(
     teacher_source: Annotated[str, typer.Option(help="model: run the frozen teacher every step; cache: stream the "
                                                      "features `train export-teacher` stored.")] = "model",
     decoder_depth: Annotated[int, typer.Option(help="Transformer blocks of each decoder.")] = 2,
+    encoder_lr_scale: Annotated[Optional[float], typer.Option(
+        help="The encoder's learning rate as a share of --lr (the new decoders get --lr), so that their first, "
+             "random gradients do not undo stage-1. Default: 0.1 with --init ckpt, 1 with --init random.")] = None,
     ckpt_every: CkptEvery = 100,
     log_every: int = 10,
     resume: Resume = False,
@@ -127,7 +130,8 @@ def stage2(
                        weight_decay=weight_decay, warmup_steps=warmup_steps, grad_clip=grad_clip,
                        num_points=num_points, workers=workers, seed=seed, mask_ratio=mask_ratio, shuffle=shuffle,
                        local=local, use_global=use_global, target=target, init=init, teacher_source=teacher_source,
-                       decoder_depth=decoder_depth, ckpt_every=ckpt_every, log_every=log_every)
+                       decoder_depth=decoder_depth, encoder_lr_scale=encoder_lr_scale, ckpt_every=ckpt_every,
+                       log_every=log_every)
     _train(lambda: train_stage2(cfg, resume=resume, progress=progress, stop_at=stop_at), out)
 
 

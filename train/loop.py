@@ -107,7 +107,8 @@ class Task:
         return len(batch["points"])
 
     def build(self, stream: ObjectStream, device: torch.device, rank: int, world: int) -> tuple[nn.Module, list]:
-        """The module DDP wraps, and every trainable parameter (the module's and any other's)."""
+        """The module DDP wraps, and every trainable parameter (the module's and any other's), as a list of
+        tensors or of AdamW parameter groups (a group's ``lr`` is scheduled like the base one)."""
         raise NotImplementedError
 
     def losses(self, ddp: nn.Module, batch: dict, device: torch.device, amp) -> dict[str, torch.Tensor]:
@@ -149,6 +150,7 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
     stream = task.make_stream(cfg.cache, rank, world)
     module, params = task.build(stream, device, rank, world)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    flat_params = [p for g in optimizer.param_groups for p in g["params"]]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg))
     step, epoch, batches_done = 0, 0, 0
     if state is not None:
@@ -196,7 +198,7 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
             losses = task.losses(ddp, batch, device, amp if amp is not None else contextlib.nullcontext())
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(flat_params, cfg.grad_clip)
             optimizer.step()
             scheduler.step()
             step, batches_done, batches_this_epoch = step + 1, batches_done + 1, batches_this_epoch + 1
@@ -208,7 +210,7 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
                 window["loss"][k] = window["loss"].get(k, 0.0) + float(v.detach())
             if step % cfg.log_every == 0 or step == cfg.steps:
                 metrics = {**{f"loss/{k}": v / window["steps"] for k, v in window["loss"].items()},
-                           "lr": scheduler.get_last_lr()[0], "samples_per_s": window["samples"] / window["time"],
+                           "lr": max(scheduler.get_last_lr()), "samples_per_s": window["samples"] / window["time"],
                            "data_wait_pct": 100 * window["wait"] / window["time"], "epoch": epoch,
                            **task.log_metrics()}
                 log.log(step, metrics)

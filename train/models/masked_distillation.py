@@ -7,9 +7,14 @@
             -> + pos_embed(centres of the permuted tokens)      (added after the permutation)
             -> transformer decoder -> head                      (B, G, D_teacher)
             loss 1 - cos(prediction_i, teacher_token[token_id_i])    (eq. 4, every token)
-    global: visible encoded tokens -> separate decoder (no shuffle, no positions) -> max-pool -> head
+    global: [cls ; visible encoded tokens] -> separate decoder (no shuffle, no positions)
+            -> head([cls out, max over token outs])                 (the shape of the encoder's global feature)
             loss 1 - cos(prediction, teacher_global)                 (eq. 5)
     total = local + global                                             (eq. 6)
+
+The global decoder also reads the encoder's cls token: it attended to the
+visible patches only, so nothing of the masked ones leaks in, and without it
+the cls half of the global feature (what probes read) would get no signal.
 
 ``target="points"`` is the Point-MAE baseline instead of the local term: the
 decoder (no shuffle) reconstructs the masked patches' points, Chamfer-L2.
@@ -71,7 +76,7 @@ class MaskedDistillation(nn.Module):
         if cfg.use_global:
             self.global_decoder = TransformerEncoder(c, cfg.decoder_depth, enc.num_heads, 0.0)
             self.global_norm = nn.LayerNorm(c)
-            self.global_head = nn.Linear(c, global_dim)
+            self.global_head = nn.Linear(2 * c, global_dim)  # reads [cls, max over tokens], as the encoder does
         for name, m in self.named_children():
             if name != "student":
                 m.apply(_init_weights)
@@ -85,7 +90,7 @@ class MaskedDistillation(nn.Module):
         b, g = center.shape[:2]
         if mask is None:
             mask = random_mask(b, g, self.cfg.mask_ratio, center.device)
-        visible, _ = self.student.encoder.forward_groups(neighborhood, center, visible=~mask)  # (B, Gv, C)
+        visible, visible_global = self.student.encoder.forward_groups(neighborhood, center, visible=~mask)
         out: dict[str, torch.Tensor] = {}
         if self.cfg.local or self.cfg.target == "points":
             token_ids = split_visible_masked(mask)                                   # (B, G)
@@ -109,12 +114,14 @@ class MaskedDistillation(nn.Module):
             if details:
                 out.update(token_ids=token_ids, decoder_input=x, pos_centres=pos_centres, local_prediction=y)
         if self.cfg.use_global:
-            zeros = torch.zeros_like(visible)
-            gx = self.global_norm(self.global_decoder(visible, zeros))  # no positional embeddings
-            pred = self.global_head(gx.max(dim=1).values)
+            # the encoder's output for the visible patches: its cls token (which attended to them alone) + tokens
+            cls = visible_global[:, None, :visible.shape[-1]]
+            x = torch.cat([cls, visible], dim=1)                                    # (B, 1+Gv, C)
+            gx = self.global_norm(self.global_decoder(x, torch.zeros_like(x)))       # no positional embeddings
+            pred = self.global_head(torch.cat([gx[:, 0], gx[:, 1:].max(dim=1).values], dim=-1))
             out["global"] = (1 - F.cosine_similarity(pred.float(), teacher_global.float(), dim=-1)).mean()
             if details:
-                out.update(global_input=visible)
+                out.update(global_input=x)
         if details:
             out.update(mask=mask, visible=visible)
         out["total"] = sum(out[k] for k in ("local", "points", "global") if k in out)

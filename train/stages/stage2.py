@@ -38,6 +38,11 @@ class Stage2Config(LoopConfig):
     target: str = "features"            # or "points": Point-MAE's Chamfer reconstruction
     decoder_depth: int = 2
     lr: float = 5e-4
+    encoder_lr_scale: float | None = None  # the encoder's lr / lr; None: 0.1 from a checkpoint, 1 from random init
+
+    def __post_init__(self) -> None:
+        if self.encoder_lr_scale is None:
+            self.encoder_lr_scale = 0.1 if self.init == "ckpt" else 1.0
 
     def distillation(self) -> MaskedDistillationConfig:
         return MaskedDistillationConfig(self.mask_ratio, self.shuffle, self.local, self.use_global, self.target,
@@ -114,7 +119,11 @@ class Stage2Task(Task):
         c = student.encoder.config.trans_dim
         self.module = MaskedDistillation(student, self.cfg.distillation(), c, 2 * c).to(device)
         self.teacher = self.teacher.to(device)
-        return self.module, [p for p in self.module.parameters() if p.requires_grad]
+        # a trained encoder learns slower than the new decoders, so their first, random gradients do not undo it
+        encoder = [p for p in self.module.student.parameters() if p.requires_grad]
+        decoders = [p for n, p in self.module.named_parameters() if p.requires_grad and not n.startswith("student.")]
+        return self.module, [{"params": encoder, "lr": self.cfg.lr * self.cfg.encoder_lr_scale},
+                             {"params": decoders}]
 
     def losses(self, ddp, batch, device, amp) -> dict[str, torch.Tensor]:
         if self.teacher.training or any(p.requires_grad for p in self.teacher.parameters()):
