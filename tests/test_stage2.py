@@ -18,6 +18,7 @@ from train.models.masked_distillation import (MaskedDistillation, MaskedDistilla
                                               split_visible_masked)
 from train.models.point_mae import PointMAEConfig
 from train.models.student import Student
+from train.ops.reference import chamfer_naive
 
 SMALL = PointMAEConfig(trans_dim=32, depth=1, num_heads=2, num_group=8, group_size=4, encoder_dims=32,
                        drop_path_rate=0.0)
@@ -105,8 +106,18 @@ def test_mask_ratio_is_respected():
 
 def test_points_target_reconstructs_the_masked_patches():
     model, nb, center, tt, tg, mask = _setup(target="points", use_global=False)
-    out = model(nb, center, None, None, mask=mask)
-    assert set(out) == {"points", "total"} and float(out["points"].detach()) > 0
+    out = model(nb, center, None, None, mask=mask, details=True)
+    assert {"points", "total"} <= set(out) and "local" not in out and "global" not in out
+    # the loss is the Chamfer distance of each masked patch's prediction to that patch's own points
+    pred, truth = out["points_prediction"], nb[mask]                  # (B*Gm, K, 3) each, in the same order
+    assert pred.shape == truth.shape == (10, 4, 3)
+    torch.testing.assert_close(out["points"].detach(), chamfer_naive(pred.detach(), truth))
+    # the encoder never sees the masked points, so moving them moves only the target, and the loss with it
+    moved = nb.clone()
+    moved[mask] += 0.5
+    out_moved = model(moved, center, None, None, mask=mask, details=True)
+    torch.testing.assert_close(out_moved["points_prediction"], pred)
+    assert not torch.allclose(out_moved["points"], out["points"])
     out["total"].backward()
     assert model.student.encoder.pos_embed[0].weight.grad is not None
 

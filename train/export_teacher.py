@@ -36,7 +36,7 @@ def export_teacher(ckpt: str, url: str, num_points: int = 1024, batch_size: int 
                            extra={"num_tokens": g, "global_dim": 2 * c, "num_points": num_points, "ckpt": ckpt,
                                   "input": f"first {num_points} stored points, no augmentation"})
     specs = objects_layout(cache.num_rows, 1, 1, 1, {name: record}).arrays
-    status = cache.status
+    status, points = cache.status, cache.array("points")
     with CacheWriter.open_existing(url) as writer:
         writer.add_arrays([s for s in specs if s.path.startswith(f"teachers/{name}/")],
                           {"teachers": {**{n: t.to_dict() for n, t in cache.teachers.items()}, name: record.to_dict()}})
@@ -45,10 +45,10 @@ def export_teacher(ckpt: str, url: str, num_points: int = 1024, batch_size: int 
             tokens = np.zeros((stop - start, g, c), np.float32)
             glob = np.zeros((stop - start, 2 * c), np.float32)
             ok = np.flatnonzero(status[start:stop] == DONE)
+            block_points = points[start:stop, :num_points]                 # one read per block
             for s in range(0, len(ok), batch_size):
                 rows = ok[s:s + batch_size]
-                points = cache.array("points")[start:stop, :num_points][rows].astype(np.float32)
-                t, gl = encoder(torch.from_numpy(points))
+                t, gl = encoder(torch.from_numpy(block_points[rows].astype(np.float32)))
                 tokens[rows], glob[rows] = t.numpy(), gl.numpy()
             writer.write_arrays(block, {f"teachers/{name}/tokens": tokens, f"teachers/{name}/global": glob})
         fingerprint = writer.finalize()

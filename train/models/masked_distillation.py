@@ -106,6 +106,8 @@ class MaskedDistillation(nn.Module):
                 masked = y[:, visible.shape[1]:].reshape(-1, self.student.encoder.config.group_size, 3)
                 truth = neighborhood[mask].reshape(-1, neighborhood.shape[2], 3)
                 out["points"] = chamfer_distance(masked.float(), truth.float())
+                if details:
+                    out["points_prediction"] = masked
             else:
                 target = torch.gather(teacher_tokens, 1, token_ids.unsqueeze(-1).expand(-1, -1, teacher_tokens.shape[-1]))
                 out["local"] = (1 - F.cosine_similarity(y.float(), target.float(), dim=-1)).mean()
