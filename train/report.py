@@ -89,7 +89,7 @@ def report(run_dir: str, out: str | None = None, with_eval: bool = True, dpi: in
     ax.set_yscale("log")
     ax.set(title="loss per term", xlabel="step", ylabel="loss (log scale)")
     ax.legend(fontsize=8)
-    for ax, key, title, ylabel in ((axes[0, 1], "lr", "learning rate", "learning rate"),
+    for ax, key, title, ylabel in ((axes[0, 1], "lr", "learning rate", "learning rate (largest param group)"),
                                    (axes[0, 2], "data_wait_pct", "data wait", "% of step time waiting for data"),
                                    (axes[1, 0], "samples_per_s", "throughput", "samples / s (all ranks)")):
         if key in m:
@@ -115,7 +115,7 @@ def report(run_dir: str, out: str | None = None, with_eval: bool = True, dpi: in
     lines = [f"{k}: {cfg[k]}" for k in ("model", "steps", "batch_size", "lr", "num_points", "workers", "seed")
              if k in cfg]
     lines += [f"{k}: {cfg[k]}" for k in ("teacher", "mask_ratio", "shuffle", "local", "use_global", "target", "init",
-                                         "teacher_source") if k in cfg]
+                                         "teacher_source", "encoder_lr_scale", "decoder_depth") if k in cfg]
     lines.append(f"world size: {config.get('world_size', 1)}")
     ax.text(0, 1, "\n".join(lines), va="top", family="monospace", fontsize=9, transform=ax.transAxes)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
