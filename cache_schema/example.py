@@ -32,22 +32,27 @@ def example_teachers(kind: str, dim: int = 16) -> dict[str, TeacherRecord]:
 
 
 def example_objects(num_rows: int = 24, num_points: int = 64, num_views: int = 4, num_captions: int = 2,
-                    dim: int = 16, failed_rows: tuple[int, ...] = (5,)) -> tuple[CacheAttrs, Any, dict]:
-    """Attributes, layout and all data (row arrays, fixed arrays, splits) of a small objects cache."""
+                    dim: int = 16, failed_rows: tuple[int, ...] = (5,), classes: tuple[str, ...] = EXAMPLE_CLASSES,
+                    class_sorted: bool = False) -> tuple[CacheAttrs, Any, dict]:
+    """Attributes, layout and all data (row arrays, fixed arrays, splits) of a small objects cache.
+
+    ``class_sorted``: rows listed class after class (as a dataset's folders list them), equal shares each.
+    """
     rng = np.random.default_rng(0)
     teachers = example_teachers("objects", dim)
     layout = objects_layout(num_rows, num_points, num_views, num_captions, teachers,
-                            num_classes=len(EXAMPLE_CLASSES), image_hw=(8, 8), store_depth=True)
+                            num_classes=len(classes), image_hw=(8, 8), store_depth=True)
     attrs = CacheAttrs(kind="objects", dataset={"name": "example", "source_root": "synthetic"},
                        config={"num_points": num_points, "num_views": num_views, "seed": 0},
-                       teachers=teachers, label_names=EXAMPLE_CLASSES)
-    labels = rng.integers(0, len(EXAMPLE_CLASSES), num_rows)
+                       teachers=teachers, label_names=tuple(classes))
+    labels = (np.arange(num_rows) * len(classes) // num_rows if class_sorted
+              else rng.integers(0, len(classes), num_rows))
     pts = rng.normal(size=(num_rows, num_points, 3))
     rows = {
         "ids": np.array([f"shape_{i:04d}" for i in range(num_rows)]),
         "label": labels,
         "points": pts / np.linalg.norm(pts, axis=-1).max(axis=1)[:, None, None],
-        "captions": np.array([[f"a 3D model of a {EXAMPLE_CLASSES[c]}"] + [f"a {EXAMPLE_CLASSES[c]} ({i}, {k})"
+        "captions": np.array([[f"a 3D model of a {classes[c]}"] + [f"a {classes[c]} ({i}, {k})"
                                                                          for k in range(1, num_captions)]
                               for i, c in enumerate(labels)]),
         "views/depth": rng.uniform(0.5, 3, (num_rows, num_views, 8, 8)),
@@ -60,7 +65,7 @@ def example_objects(num_rows: int = 24, num_points: int = 64, num_views: int = 4
     for r in failed_rows:
         status[r], reasons[r] = FAILED, "mesh has no faces"
     fixed = {"views/camera": np.tile(np.eye(4, dtype=np.float32), (num_views, 1, 1)),
-             "teachers/clip-tiny/class_text": rng.normal(size=(len(EXAMPLE_CLASSES), dim))}
+             "teachers/clip-tiny/class_text": rng.normal(size=(len(classes), dim))}
     splits = {"train": np.arange(0, num_rows, 2), "test": np.arange(1, num_rows, 2)}
     return attrs, layout, {"rows": rows, "status": status, "reasons": reasons.astype(str),
                            "fixed": fixed, "splits": splits}

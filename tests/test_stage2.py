@@ -42,32 +42,57 @@ def _capture(module):
     return seen
 
 
-def test_after_shuffling_each_position_is_trained_on_its_own_tokens_teacher_feature():
+def test_the_jigsaw_shuffles_content_while_positions_and_targets_stay_in_token_order():
     model, nb, center, tt, tg, mask = _setup()
     perm = torch.stack([torch.randperm(8, generator=torch.Generator().manual_seed(s)) for s in (1, 2)])
     seen = _capture(model.local_decoder)
     out = model(nb, center, tt, tg, mask=mask, perm=perm, details=True)
     ids = out["token_ids"]
-    unshuffled = split_visible_masked(mask)
-    assert not torch.equal(ids, unshuffled)                                 # the shuffle moved tokens
-    np.testing.assert_array_equal(ids.numpy(), torch.gather(unshuffled, 1, perm).numpy())
+    np.testing.assert_array_equal(ids.numpy(), split_visible_masked(mask).numpy())  # slots keep token order
     for b in range(2):
         vis_ids = torch.nonzero(~mask[b]).flatten().tolist()
         for i in range(8):
             g = int(ids[b, i])
-            torch.testing.assert_close(out["local_target"][b, i], tt[b, g])     # target = this token's feature
-            torch.testing.assert_close(out["pos_centres"][b, i], center[b, g])  # position = this token's centre
-            expected_in = out["visible"][b, vis_ids.index(g)] if g in vis_ids else model.mask_token[0, 0]
+            torch.testing.assert_close(out["local_target"][b, i], tt[b, g])     # target = slot i's own token
+            torch.testing.assert_close(out["pos_centres"][b, i], center[b, g])  # position = slot i's own centre
+            moved = int(ids[b, int(perm[b, i])])                                 # content = another slot's token
+            expected_in = out["visible"][b, vis_ids.index(moved)] if moved in vis_ids else model.mask_token[0, 0]
             torch.testing.assert_close(out["decoder_input"][b, i], expected_in)
-    # positions are added after the shuffle: the decoder gets the permuted tokens and their centres' embedding
+    visible_slots = (~mask).sum(1)
+    assert any(int(perm[b, i]) != i for b in range(2) for i in range(int(visible_slots[b])))  # content did move
+    # positions are added after the shuffle, in the unshuffled order
     torch.testing.assert_close(seen["x"], out["decoder_input"])
     torch.testing.assert_close(seen["pos"], model.decoder_pos_embed(center.gather(1, ids[..., None].expand(-1, -1, 3))))
-    # the loss is eq. 4 over every position, against the token-matched teacher features
     by_hand = (1 - F.cosine_similarity(out["local_prediction"], torch.gather(tt, 1, ids[..., None].expand(-1, -1, 16)),
                                        dim=-1)).mean()
     torch.testing.assert_close(out["local"], by_hand)
-    wrong = (1 - F.cosine_similarity(out["local_prediction"], tt, dim=-1)).mean()  # ignoring the permutation
-    assert abs(float((wrong - by_hand).detach())) > 1e-3
+
+
+def test_shuffling_tokens_with_positions_and_targets_is_a_no_op_but_the_jigsaw_is_not():
+    model, nb, center, tt, tg, mask = _setup(use_global=False)
+    perm = torch.stack([torch.randperm(8, generator=torch.Generator().manual_seed(s)) for s in (3, 4)])
+    identity = torch.arange(8).expand(2, 8)
+    plain = model(nb, center, tt, tg, mask=mask, perm=identity, details=True)
+    x, ids = plain["decoder_input"], plain["token_ids"]
+
+    def loss_of(content, slot_ids):  # the local term for given decoder content and per-slot token ids
+        pos = model.decoder_pos_embed(center.gather(1, slot_ids[..., None].expand(-1, -1, 3)))
+        y = model.local_head(model.local_norm(model.local_decoder(content, pos)))
+        target = tt.gather(1, slot_ids[..., None].expand(-1, -1, tt.shape[-1]))
+        return (1 - F.cosine_similarity(y, target, dim=-1)).mean()
+
+    torch.testing.assert_close(loss_of(x, ids), plain["local"])
+    # the old scheme: tokens, their positions and their targets permuted together -> the same loss
+    together = loss_of(x.gather(1, perm[..., None].expand_as(x)), ids.gather(1, perm))
+    assert abs(float(together - plain["local"])) < 1e-6
+    # the jigsaw: only the content moves -> a different loss
+    jigsaw = model(nb, center, tt, tg, mask=mask, perm=perm)["local"]
+    torch.testing.assert_close(jigsaw, loss_of(x.gather(1, perm[..., None].expand_as(x)), ids))
+    assert abs(float(jigsaw - plain["local"])) > 1e-3
+    # and so does --no-shuffle against shuffling: the ablation measures something
+    off = MaskedDistillation(model.student, MaskedDistillationConfig(shuffle=False, use_global=False), 16, 64).eval()
+    off.load_state_dict(model.state_dict())
+    torch.testing.assert_close(off(nb, center, tt, tg, mask=mask)["local"], plain["local"])
 
 
 def test_without_shuffling_the_order_is_visible_then_masked():

@@ -16,13 +16,16 @@ import torch
 
 def rng_state() -> dict:
     np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
+    cuda = {"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}
+    return {"torch": torch.get_rng_state(), **cuda, "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
                                                       int(np_state[2]), int(np_state[3]), float(np_state[4])],
             "python": _to_lists(random.getstate())}
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
     n = state["numpy"]
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
     random.setstate(_to_tuples(state["python"]))
@@ -43,7 +46,27 @@ def save(path: str, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def load(path: str) -> dict:
+class CheckpointError(ValueError):
+    """A file that is not a checkpoint of this tool, or one of the wrong kind."""
+
+
+STAGE_NAMES = {"stage1": "a `train stage1`", "stage2": "a `train stage2`", "fusion-pretrain": "a `train fusion "
+               "pretrain`", "fusion-finetune": "a `train fusion finetune`"}
+
+
+def load(path: str, stage: str | tuple[str, ...] | None = None) -> dict:
+    """A checkpoint's contents; ``stage`` (one kind or several) refuses any other kind with a one-line message."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for what is not a checkpoint
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint of this tool ({first[:120]})") from None
+    if not isinstance(state, dict) or "stage" not in state:
+        raise CheckpointError(f"{path} is not a checkpoint of this tool (no 'stage' record)")
+    wanted = (stage,) if isinstance(stage, str) else stage
+    if wanted and state["stage"] not in wanted:
+        raise CheckpointError(f"{path} is {STAGE_NAMES.get(state['stage'], repr(state['stage']))} checkpoint; "
+                              f"this needs {' or '.join(STAGE_NAMES.get(w, w) for w in wanted)} one")
+    return state

@@ -24,7 +24,7 @@ def load_student(ckpt: str, cache, preset: str = "tiny", seed: int = 0) -> Stude
     if ckpt == "random":
         torch.manual_seed(seed)
         return Student(PointMAEConfig.preset(preset), head_dims(cache)).eval()
-    state = checkpoint.load(ckpt)  # evaluating on another cache (e.g. ModelNet40) is allowed
+    state = checkpoint.load(ckpt, stage=("stage1", "stage2"))  # another cache (e.g. ModelNet40) is allowed
     model = Student(PointMAEConfig(**state["model_config"]), state["heads"])
     model.load_state_dict(state["model"])
     return model.eval()

@@ -10,7 +10,6 @@ optimiser, scheduler, RNG, stream position).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -31,6 +30,8 @@ from cache_schema import open_cache
 from train import checkpoint
 from train.data.objects import ObjectStream, StreamConfig
 from train.distributed import close_distributed, init_distributed
+from train.optim import clamp_logit_scales, param_groups
+from train.precision import PRECISIONS, resolve_precision
 from train.run_log import RunLog
 
 
@@ -53,10 +54,26 @@ class LoopConfig:
     seed: int = 0
     ckpt_every: int = 100
     log_every: int = 10
-    amp: bool = True
+    precision: str = "auto"  # fp32, bf16, fp16 or auto (bf16/fp16 on CUDA, fp32 on CPU)
+    overwrite: bool = False  # start afresh in a non-empty --out
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        """Every option checked at the boundary: a one-line error naming it."""
+        for name in ("steps", "batch_size", "num_points", "ckpt_every", "log_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("workers", "warmup_steps", "weight_decay", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        if not self.lr > 0 or not self.grad_clip > 0:
+            raise ValueError(f"--lr and --grad-clip must be positive, got {self.lr} and {self.grad_clip}")
+        if self.sampling not in ("random", "fps"):
+            raise ValueError(f"--sampling is random or fps, got {self.sampling!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision is one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 class CacheMismatchError(RuntimeError):
@@ -98,20 +115,27 @@ class Task:
         raise NotImplementedError
 
     def make_stream(self, cache: str, rank: int, world: int):
-        """The dataset the loop iterates; it must offer ``set_position(epoch, batches_done, batch_size, workers)``."""
+        """The dataset the loop iterates: batches out, with ``set_position`` and ``batches_per_epoch``."""
         return ObjectStream(cache, self.stream_config(), rank=rank, world_size=world)
-
-    collate = None  # the DataLoader's collate_fn (None: PyTorch's default)
 
     def batch_samples(self, batch: dict) -> int:
         return len(batch["points"])
 
-    def build(self, stream: ObjectStream, device: torch.device, rank: int, world: int) -> tuple[nn.Module, list]:
-        """The module DDP wraps, and every trainable parameter (the module's and any other's), as a list of
-        tensors or of AdamW parameter groups (a group's ``lr`` is scheduled like the base one)."""
+    def build(self, stream, device: torch.device, rank: int, world: int) -> nn.Module:
+        """The module DDP wraps: it holds every trainable parameter, and every loss comes out of its forward
+        (so DDP averages every gradient). Parameters a run does not train have ``requires_grad=False``."""
         raise NotImplementedError
 
-    def losses(self, ddp: nn.Module, batch: dict, device: torch.device, amp) -> dict[str, torch.Tensor]:
+    def lr_scale(self, name: str) -> float:
+        """The learning rate of parameter ``name`` (of the built module) as a share of ``--lr``."""
+        return 1.0
+
+    def generators(self) -> dict[str, torch.Generator]:
+        """The task's own random generators (seeded per rank, saved in checkpoints)."""
+        return {}
+
+    def losses(self, ddp: nn.Module, batch: dict, device: torch.device, autocast) -> dict[str, torch.Tensor]:
+        """The losses of a batch, computed by calling ``ddp`` (inside ``autocast``)."""
         raise NotImplementedError
 
     def state(self) -> dict:
@@ -130,50 +154,94 @@ class Task:
         return {}
 
 
+def check_run_dir(cfg: LoopConfig, resume: bool) -> bool:
+    """Whether ``--out`` holds something a new run must replace; refused without ``--overwrite``."""
+    occupied = not resume and os.path.isdir(cfg.out) and bool(os.listdir(cfg.out))
+    if occupied and not cfg.overwrite:
+        raise ValueError(f"--out {cfg.out} is not empty; pass --resume to continue it, --overwrite to replace it, "
+                         "or choose another folder")
+    return occupied
+
+
+def clear_run_dir(path: str) -> None:
+    for name in os.listdir(path):
+        full = os.path.join(path, name)
+        shutil.rmtree(full) if os.path.isdir(full) else os.remove(full)
+
+
+def _rank_rng(task: Task) -> dict:
+    """This rank's random state: the global generators and the task's own."""
+    return {**checkpoint.rng_state(), "task": {k: g.get_state() for k, g in task.generators().items()}}
+
+
+def _set_rank_rng(task: Task, state: dict) -> None:
+    checkpoint.set_rng_state(state)
+    for k, g in task.generators().items():
+        g.set_state(state["task"][k])
+
+
 def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True, stop_at: int | None = None) -> dict:
     """Train (or resume) a run of ``task``; returns the last logged metrics.
 
     ``stop_at``: save ``last.pt`` and return after that step (a time-boxed or
     preemptible job); ``resume`` later continues as if never stopped.
     """
+    cfg.validate()
     dist_info = init_distributed()
     device, rank, world = dist_info.device, dist_info.rank, dist_info.world_size
+    precision = resolve_precision(cfg.precision, device)
     cache = open_cache(cfg.cache)
     identity = cache_identity(cache)
     last_path = os.path.join(cfg.out, "last.pt")
     state = None
     if resume:
-        state = checkpoint.load(last_path)
+        state = checkpoint.load(last_path, stage=task.stage)
         check_same_cache(state["cache"], identity, cfg.out)
-    os.makedirs(cfg.out, exist_ok=True)
-    torch.manual_seed(cfg.seed)
+    replace = dist_info.is_main and check_run_dir(cfg, resume)  # rank 0 alone: the others could see its files
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     stream = task.make_stream(cfg.cache, rank, world)
-    module, params = task.build(stream, device, rank, world)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    module = task.build(stream, device, rank, world)
+    optimizer = torch.optim.AdamW(param_groups(module, cfg.lr, cfg.weight_decay, task.lr_scale), lr=cfg.lr)
     flat_params = [p for g in optimizer.param_groups for p in g["params"]]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg))
+    scaler = precision.grad_scaler()
     step, epoch, batches_done = 0, 0, 0
+    torch.manual_seed(cfg.seed + 1_000_003 * rank)  # masks, dropout, pair picks: different per rank
+    for g in task.generators().values():
+        g.manual_seed(cfg.seed + 1_000_003 * rank)
     if state is not None:
         task.load_state(state)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state.get("scaler", {}) or scaler.state_dict())
         step, epoch, batches_done = state["step"], state["data"]["epoch"], state["data"]["batches_done"]
-        checkpoint.set_rng_state(state["rng"])
+        _set_rank_rng(task, state["rng"][rank % len(state["rng"])])
+    stream.set_position(epoch, batches_done, cfg.batch_size, drop_last=True, num_workers=cfg.workers)
+    per_epoch = stream.batches_per_epoch()
+    if per_epoch == 0:
+        raise ValueError(f"{cfg.cache}: the {stream.config.split!r} split has {len(stream)} usable rows, not one "
+                         f"batch of {cfg.batch_size} for each of {world} process(es); lower --batch-size")
+    if replace:
+        clear_run_dir(cfg.out)
+    os.makedirs(cfg.out, exist_ok=True)  # only now: a failed start leaves no empty run folder, nor clears one
     ddp = DistributedDataParallel(module) if world > 1 else module
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and device.type == "cuda" else None
     log = RunLog(cfg.out, enabled=dist_info.is_main)
     if dist_info.is_main:
         with open(os.path.join(cfg.out, "config.json"), "w") as f:
             json.dump({"stage": task.stage, "config": cfg.to_dict(), **task.describe(), "cache": identity,
-                       "world_size": world}, f, indent=2)
+                       "world_size": world, "precision": precision.name, "batches_per_epoch": per_epoch}, f, indent=2)
 
     def save(path: str) -> None:
+        rngs = [_rank_rng(task)]
+        if world > 1:  # every rank's generators, so a resumed run draws exactly what this one would have
+            rngs = [None] * world
+            torch.distributed.all_gather_object(rngs, _rank_rng(task))
         if dist_info.is_main:
             checkpoint.save(path, {
                 "stage": task.stage, **task.state(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "step": step,
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
                 "data": {"epoch": epoch, "batches_done": batches_done, "seed": cfg.seed},
-                "rng": checkpoint.rng_state(), "config": cfg.to_dict(), "cache": identity})
+                "rng": rngs, "config": cfg.to_dict(), "cache": identity, "world_size": world})
 
     bar = tqdm(total=cfg.steps, initial=step, desc=task.stage, unit="step",
                disable=not (progress and dist_info.is_main),
@@ -182,26 +250,26 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
     metrics: dict = {}
     module.train()
     end = min(cfg.steps, stop_at or cfg.steps)
+    # workers assemble whole batches; persistent workers move on to the next epoch by themselves. The loader's
+    # own generator: creating an iterator must not draw from the global RNG (a resumed run would mask differently)
+    loader = DataLoader(stream, batch_size=None, num_workers=cfg.workers, pin_memory=device.type == "cuda",
+                        persistent_workers=cfg.workers > 0, generator=torch.Generator().manual_seed(cfg.seed))
     while step < end:
-        stream.set_position(epoch, batches_done, cfg.batch_size, cfg.workers)
-        # the loader's own generator: creating an iterator must not draw from the global RNG, or a resumed run
-        # (a new iterator mid-epoch) would mask and drop differently from the uninterrupted one
-        batches = iter(DataLoader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers, drop_last=True,
-                                  collate_fn=task.collate, generator=torch.Generator().manual_seed(cfg.seed + epoch)))
-        batches_this_epoch = 0
-        while step < end:
+        batches = iter(loader)
+        while step < end and batches_done < per_epoch:
             t0 = time.perf_counter()
-            batch = next(batches, None)
+            batch = next(batches)
             wait = time.perf_counter() - t0
-            if batch is None:
-                break
-            losses = task.losses(ddp, batch, device, amp if amp is not None else contextlib.nullcontext())
+            losses = task.losses(ddp, batch, device, precision.autocast())
             optimizer.zero_grad(set_to_none=True)
-            losses["total"].backward()
+            scaler.scale(losses["total"]).backward()
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(flat_params, cfg.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
+            clamp_logit_scales(module)
             scheduler.step()
-            step, batches_done, batches_this_epoch = step + 1, batches_done + 1, batches_this_epoch + 1
+            step, batches_done = step + 1, batches_done + 1
             window["steps"] += 1
             window["wait"] += wait
             window["time"] += time.perf_counter() - t0
@@ -218,14 +286,10 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
                                 wait=f"{metrics['data_wait_pct']:.1f}%", refresh=False)
                 window = {"wait": 0.0, "time": 0.0, "samples": 0, "steps": 0, "loss": {}}
             bar.update(1)
+            if batches_done == per_epoch:
+                epoch, batches_done = epoch + 1, 0
             if step % cfg.ckpt_every == 0 or step == end:
                 save(last_path)
-        else:
-            break
-        if batches_this_epoch == 0 and batches_done == 0:
-            raise ValueError(f"{cfg.cache}: the {stream.config.split!r} split gives no full batch of "
-                             f"{cfg.batch_size} per DataLoader worker; lower --batch-size or --workers")
-        epoch, batches_done = epoch + 1, 0
     bar.close()
     log.close()
     if dist_info.is_main and step == cfg.steps:

@@ -38,7 +38,7 @@ def info_nce(p: torch.Tensor, t: torch.Tensor, logit_scale: torch.Tensor) -> tor
     Every rank computes it on the gathered global batch (open_clip's default);
     gradients reach only the local slices, and DDP averages them.
     """
-    logits = logit_scale.exp().clamp(max=100) * p @ t.t()
+    logits = logit_scale.exp() * p @ t.t()  # the scale is bounded as a parameter (train.optim), not here
     labels = torch.arange(logits.shape[0], device=p.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
 

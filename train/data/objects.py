@@ -5,9 +5,12 @@ augmented; ``label``; ``row``; and one target per contrastive term:
 ``<teacher>/text`` (a random caption's embedding), ``<teacher>/image`` (a
 random view's embedding, or its depth map's for teachers that have depth).
 
-Samples are prepared a group of blocks at a time with vectorised numpy; the
-randomness of a group is seeded by (seed, epoch, rank, slot, group), so a
-resumed stream yields exactly what the uninterrupted one would have. Random
+Rows are sharded over ranks and DataLoader workers by :mod:`train.data.sharding`
+(every row once per epoch; a shuffle window mixes many random blocks). Samples
+are prepared a window at a time with vectorised numpy and yielded as whole
+batches by the worker; the randomness of a window is seeded by (seed, epoch,
+rank, window), so a resumed stream yields exactly what the uninterrupted one
+would have, whatever the number of workers. Random
 subsampling reads one aligned window of N stored points per block (one chunk
 column of the cache's 1024-point chunks): the builder stores i.i.d.
 area-weighted surface samples, so any window is itself an unbiased uniform
@@ -29,7 +32,7 @@ from zarr.core.sync import sync as zarr_sync  # runs a coroutine on zarr's I/O l
 
 from cache_schema import DONE, open_cache
 from train.data.augment import augment_batch
-from train.data.sharding import batches_per_slot, shard_blocks
+from train.data.sharding import DEFAULT_WINDOW_ROWS, Sharding, batches_per_epoch, slot_plan
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class StreamConfig:
     sampling: str = "random"  # "fps", or "first": the first N stored points (what export-teacher embeds)
     augment: bool = True
     seed: int = 0
-    shuffle_blocks: int = 4  # blocks mixed together before samples are drawn
+    window_rows: int = DEFAULT_WINDOW_ROWS  # rows (of many random blocks) shuffled together
     teacher_features: str | None = None  # also stream teachers/<name>/tokens and /global (an exported model)
 
 
@@ -60,7 +63,7 @@ def head_dims(cache) -> dict[str, int]:
 
 
 class ObjectStream(IterableDataset):
-    """An epoch of one split of an objects cache, sharded over DDP ranks and DataLoader workers."""
+    """An epoch of one split of an objects cache, sharded over DDP ranks and DataLoader workers (batches out)."""
 
     def __init__(self, url: str, config: StreamConfig = StreamConfig(), rank: int = 0, world_size: int = 1,
                  storage_options: dict | None = None) -> None:
@@ -74,53 +77,56 @@ class ObjectStream(IterableDataset):
         self.head_dims = head_dims(cache)
         rows = np.zeros(cache.num_rows, bool)
         rows[cache.split(config.split)] = True
-        rows &= cache.status == DONE
+        self.selected = rows & (cache.status == DONE)
         self.block_rows = cache.chunking.block_rows
-        self.num_blocks = cache.chunking.num_blocks(cache.num_rows)
-        self.rows_per_block = np.add.reduceat(rows, np.arange(0, cache.num_rows, self.block_rows))
-        self.selected = rows
         self.set_position(0)
 
-    def set_position(self, epoch: int, batches_done: int = 0, batch_size: int = 1, num_workers: int = 0,
-                     drop_last: bool = True) -> None:
-        """Start (or resume) at ``batches_done`` batches into ``epoch`` for a DataLoader of this shape."""
-        self.epoch, self.batches_done, self.batch_size, self.num_workers = epoch, batches_done, batch_size, num_workers
-        self.drop_last = drop_last
+    def set_position(self, epoch: int, batches_done: int = 0, batch_size: int = 1, drop_last: bool = True,
+                     num_workers: int = 0) -> None:
+        """Start (or resume) at ``batches_done`` batches into ``epoch``; each later ``iter()`` is the next epoch.
+
+        ``num_workers`` is the DataLoader's (for :meth:`batches_per_epoch`); inside a worker the stream asks
+        ``get_worker_info()``, so a stream never yields a row twice whatever it is told.
+        """
+        self.position = (epoch, batches_done)
+        self.batch_size, self.drop_last, self.num_workers = batch_size, drop_last, num_workers
 
     def __len__(self) -> int:
         return int(self.selected.sum())
 
-    def slot_samples(self, epoch: int) -> list[int]:
-        """Samples each DataLoader worker of this rank yields in ``epoch``."""
-        w = max(self.num_workers, 1)
-        return [int(sum(self.rows_per_block[b] for b in shard_blocks(
-            self.num_blocks, self.world_size, self.rank, self.num_workers, i, self.config.seed, epoch)))
-            for i in range(w)]
+    def sharding(self, num_workers: int) -> Sharding:
+        return Sharding(self.world_size, self.rank, num_workers, self.batch_size, self.drop_last,
+                        self.config.window_rows)
+
+    def batches_per_epoch(self) -> int:
+        """Batches every rank takes per epoch with the DataLoader given to :meth:`set_position`."""
+        return batches_per_epoch(len(self), self.block_rows, self.sharding(self.num_workers))
 
     def __iter__(self):
         info = get_worker_info()
-        per_batch = self.batch_size
-        available = [n // per_batch if self.drop_last else -(-n // per_batch) for n in self.slot_samples(self.epoch)]
-        taken, next_slot = batches_per_slot(self.batches_done, available)
-        worker = (next_slot + (info.id if info is not None else 0)) % len(available)
-        skip = taken[worker] * self.batch_size
-        blocks = shard_blocks(self.num_blocks, self.world_size, self.rank, self.num_workers, worker,
-                              self.config.seed, self.epoch)
+        workers, worker_id = (info.num_workers, info.id) if info is not None else (0, 0)
+        epoch, batches_done = self.position
+        self.position = (epoch + 1, 0)  # persistent workers keep their copy: the next iter() is the next epoch
+        plan = slot_plan(self.selected, self.block_rows, self.sharding(workers), worker_id, self.config.seed, epoch,
+                         batches_done)
         cache = open_cache(self.url, self.storage_options)
         arrays = self._arrays(cache)
-        group = self.config.shuffle_blocks
-        for g in range(0, len(blocks), group):
-            rows = np.concatenate([np.flatnonzero(self.selected[b * self.block_rows:(b + 1) * self.block_rows])
-                                   + b * self.block_rows for b in blocks[g:g + group]])
+        skip, pending = plan.skip_rows, None
+        for w, rows in plan.windows:
             if skip >= len(rows):
                 skip -= len(rows)
                 continue
-            rng = np.random.default_rng([self.config.seed, self.epoch, self.rank, worker, g])
-            data = self._read(arrays, cache.num_rows, blocks[g:g + group], rng)
-            batch = self._prepare(data, rows[rng.permutation(len(rows))], rng)
-            for i in range(skip, len(rows)):
-                yield {k: (torch.from_numpy(v[i]) if v.ndim > 1 else int(v[i])) for k, v in batch.items()}
+            rng = np.random.default_rng([self.config.seed, epoch, self.rank, w])
+            blocks = np.unique(rows // self.block_rows).tolist()
+            prepared = self._prepare(self._read(arrays, cache.num_rows, blocks, rng), rows, rng)
+            prepared = {k: v[skip:] for k, v in prepared.items()}
             skip = 0
+            pending = prepared if pending is None else {k: np.concatenate([pending[k], v]) for k, v in prepared.items()}
+            while len(pending["row"]) >= self.batch_size:
+                yield {k: torch.from_numpy(v[:self.batch_size]) for k, v in pending.items()}
+                pending = {k: v[self.batch_size:] for k, v in pending.items()}
+        if pending is not None and len(pending["row"]) and not self.drop_last:
+            yield {k: torch.from_numpy(v) for k, v in pending.items()}
 
     def _arrays(self, cache) -> dict[str, Any]:
         """The zarr arrays a sample needs, opened once per epoch (opening costs a metadata read each)."""

@@ -1,12 +1,13 @@
 """Streaming `scenes` caches for LiDAR training: whole blocks of frames in, frames out, ragged batches.
 
 A block of frames is read with one slice per flat array (points, labels,
-pairs, pair features) and cut at the frame offsets. Blocks are sharded over
-DDP ranks and DataLoader workers exactly as for objects caches
+pairs, pair features) and cut at the frame offsets. Frames are sharded over
+DDP ranks and DataLoader workers exactly as object rows are
 (:mod:`train.data.sharding`), so every frame is read once per epoch, in an
-order fixed by (seed, epoch). :func:`collate_frames` concatenates frames of
-different sizes into one batch and shifts every pair's point index by its
-frame's offset, so ``pair_point`` indexes the batch's points directly.
+order fixed by (seed, epoch). Workers yield whole batches:
+:func:`collate_frames` concatenates frames of different sizes and shifts every
+pair's point index by its frame's offset, so ``pair_point`` indexes the
+batch's points directly.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from cache_schema import DONE, open_cache
 from cache_schema.layout import RAGGED_OFFSETS
-from train.data.sharding import batches_per_slot, shard_blocks
+from train.data.sharding import Sharding, batches_per_epoch, slot_plan
 from train.metrics import IGNORE_INDEX
 
 
@@ -29,10 +30,11 @@ class SceneStreamConfig:
     teacher: str | None = None  # pair features of this teacher (default: the cache's only teacher)
     seed: int = 0
     max_points: int | None = None  # keep a random subset of at most this many points per frame (and their pairs)
+    window_rows: int = 64  # frames shuffled together (a LiDAR frame with its pairs is a megabyte or more)
 
 
 class SceneStream(IterableDataset):
-    """An epoch of one split of a scenes cache, one frame per item."""
+    """An epoch of one split of a scenes cache: collated batches of frames (see :func:`collate_frames`)."""
 
     def __init__(self, url: str, config: SceneStreamConfig = SceneStreamConfig(), rank: int = 0,
                  world_size: int = 1) -> None:
@@ -50,42 +52,46 @@ class SceneStream(IterableDataset):
         self.teacher_dim = cache.teachers[self.teacher].dim
         self.num_rows = cache.num_rows
         self.block_rows = cache.chunking.block_rows
-        self.num_blocks = cache.chunking.num_blocks(cache.num_rows)
         selected = np.zeros(cache.num_rows, bool)
         selected[cache.split(config.split)] = True
         self.selected = selected & (cache.status == DONE)
         self.has_labels = any(a.path == "labels" for a in cache.layout.arrays)
-        self.frames_per_block = np.add.reduceat(self.selected, np.arange(0, cache.num_rows, self.block_rows))
         self.set_position(0)
 
-    def set_position(self, epoch: int, batches_done: int = 0, batch_size: int = 1, num_workers: int = 0,
-                     drop_last: bool = True) -> None:
-        """Start (or resume) at ``batches_done`` batches into ``epoch`` for a DataLoader of this shape."""
-        self.epoch, self.batches_done, self.batch_size, self.num_workers = epoch, batches_done, batch_size, num_workers
-        self.drop_last = drop_last
+    def set_position(self, epoch: int, batches_done: int = 0, batch_size: int = 1, drop_last: bool = True,
+                     num_workers: int = 0) -> None:
+        """Start (or resume) at ``batches_done`` batches into ``epoch``; each later ``iter()`` is the next epoch.
+
+        ``num_workers`` is the DataLoader's (for :meth:`batches_per_epoch`); inside a worker the stream asks
+        ``get_worker_info()``, so a stream never yields a frame twice whatever it is told.
+        """
+        self.position = (epoch, batches_done)
+        self.batch_size, self.drop_last, self.num_workers = batch_size, drop_last, num_workers
 
     def restrict(self, rows: np.ndarray) -> None:
         """Stream only these frames (e.g. the labelled 1% for fine-tuning)."""
         keep = np.zeros_like(self.selected)
         keep[rows] = True
         self.selected &= keep
-        self.frames_per_block = np.add.reduceat(self.selected, np.arange(0, self.num_rows, self.block_rows))
 
     def __len__(self) -> int:
         return int(self.selected.sum())
 
-    def _blocks(self, worker: int) -> list[int]:
-        return shard_blocks(self.num_blocks, self.world_size, self.rank, self.num_workers, worker, self.config.seed,
-                            self.epoch)
+    def sharding(self, num_workers: int) -> Sharding:
+        return Sharding(self.world_size, self.rank, num_workers, self.batch_size, self.drop_last,
+                        self.config.window_rows)
+
+    def batches_per_epoch(self) -> int:
+        """Batches every rank takes per epoch with the DataLoader given to :meth:`set_position`."""
+        return batches_per_epoch(len(self), self.block_rows, self.sharding(self.num_workers))
 
     def __iter__(self):
         info = get_worker_info()
-        slots = max(self.num_workers, 1)
-        counts = [int(sum(self.frames_per_block[b] for b in self._blocks(w))) for w in range(slots)]
-        available = [n // self.batch_size if self.drop_last else -(-n // self.batch_size) for n in counts]
-        taken, next_slot = batches_per_slot(self.batches_done, available)
-        worker = (next_slot + (info.id if info is not None else 0)) % slots
-        skip = taken[worker] * self.batch_size
+        workers, worker_id = (info.num_workers, info.id) if info is not None else (0, 0)
+        epoch, batches_done = self.position
+        self.position = (epoch + 1, 0)  # persistent workers keep their copy: the next iter() is the next epoch
+        plan = slot_plan(self.selected, self.block_rows, self.sharding(workers), worker_id, self.config.seed, epoch,
+                         batches_done)
         cache = open_cache(self.url)
         offsets = {fam: cache.array(path)[:] for fam, path in RAGGED_OFFSETS.items()}
         flat = {"points": "points", "pair_point": "pairs/point", "pair_camera": "pairs/camera", "pair_uv": "pairs/uv",
@@ -93,32 +99,44 @@ class SceneStream(IterableDataset):
         if self.has_labels:
             flat["labels"] = "labels"
         arrays = {k: cache.array(p) for k, p in flat.items()}
-        for block in self._blocks(worker):
-            r0, r1 = block * self.block_rows, min((block + 1) * self.block_rows, self.num_rows)
-            rows = [r for r in range(r0, r1) if self.selected[r]]
+        skip, pending = plan.skip_rows, []
+        for _, rows in plan.windows:
             if skip >= len(rows):
                 skip -= len(rows)
                 continue
-            data = {}
-            for key, array in arrays.items():
-                edges = offsets["points" if key in ("points", "labels") else "pairs"]
-                data[key] = (array[int(edges[r0]):int(edges[r1])], edges[r0:r1 + 1] - edges[r0])
-            order = np.random.default_rng([self.config.seed, self.epoch, block]).permutation(rows)[skip:]
+            blocks = {int(b): self._read_block(arrays, offsets, int(b)) for b in np.unique(rows // self.block_rows)}
+            for r in rows[skip:]:
+                pending.append(self._frame(blocks[int(r) // self.block_rows], int(r), epoch))
+                if len(pending) == self.batch_size:
+                    yield collate_frames(pending)
+                    pending = []
             skip = 0
-            for r in order:
-                i = r - r0
-                frame = {k: v[int(e[i]):int(e[i + 1])] for k, (v, e) in data.items()}
-                if self.config.max_points and len(frame["points"]) > self.config.max_points:
-                    frame = subsample(frame, self.config.max_points,
-                                      np.random.default_rng([self.config.seed, self.epoch, int(r)]))
-                n = len(frame["points"])
-                yield {"row": int(r), "points": torch.from_numpy(frame["points"].astype(np.float32)),
-                       "labels": torch.from_numpy(frame["labels"].astype(np.int64)) if self.has_labels
-                       else torch.full((n,), IGNORE_INDEX, dtype=torch.int64),
-                       "pair_point": torch.from_numpy(frame["pair_point"].astype(np.int64)),
-                       "pair_camera": torch.from_numpy(frame["pair_camera"].astype(np.int64)),
-                       "pair_uv": torch.from_numpy(frame["pair_uv"].astype(np.float32)),
-                       "pair_features": torch.from_numpy(frame["pair_features"].astype(np.float32))}
+        if pending and not self.drop_last:
+            yield collate_frames(pending)
+
+    def _read_block(self, arrays: dict, offsets: dict, block: int) -> tuple[int, dict]:
+        """One slice per flat array covering a block's frames, with the frames' offsets into it."""
+        r0, r1 = block * self.block_rows, min((block + 1) * self.block_rows, self.num_rows)
+        data = {}
+        for key, array in arrays.items():
+            edges = offsets["points" if key in ("points", "labels") else "pairs"]
+            data[key] = (array[int(edges[r0]):int(edges[r1])], edges[r0:r1 + 1] - edges[r0])
+        return r0, data
+
+    def _frame(self, block: tuple[int, dict], r: int, epoch: int) -> dict:
+        r0, data = block
+        i = r - r0
+        frame = {k: v[int(e[i]):int(e[i + 1])] for k, (v, e) in data.items()}
+        if self.config.max_points and len(frame["points"]) > self.config.max_points:
+            frame = subsample(frame, self.config.max_points, np.random.default_rng([self.config.seed, epoch, r]))
+        n = len(frame["points"])
+        return {"row": r, "points": torch.from_numpy(frame["points"].astype(np.float32)),
+                "labels": torch.from_numpy(frame["labels"].astype(np.int64)) if self.has_labels
+                else torch.full((n,), IGNORE_INDEX, dtype=torch.int64),
+                "pair_point": torch.from_numpy(frame["pair_point"].astype(np.int64)),
+                "pair_camera": torch.from_numpy(frame["pair_camera"].astype(np.int64)),
+                "pair_uv": torch.from_numpy(frame["pair_uv"].astype(np.float32)),
+                "pair_features": torch.from_numpy(frame["pair_features"].astype(np.float32))}
 
 
 def subsample(frame: dict, max_points: int, rng: np.random.Generator) -> dict:

@@ -1,24 +1,105 @@
-"""Who reads which blocks: a pure function of (blocks, world, rank, workers, worker, seed, epoch).
+"""Who reads which rows, in what order: a pure function of (selected rows, blocks, world, workers, seed, epoch).
 
-Blocks (whole chunks of every row array) are permuted per epoch and dealt
-round-robin to the ``world_size * num_workers`` reader slots, so every block,
-and so every row, is read exactly once per epoch across all ranks and workers.
-Resuming needs only ``{epoch, batches_done}``: :func:`batches_per_slot`
-replays the DataLoader's round-robin over its workers.
+    epoch order   the cache's blocks (whole chunks of every row array) in a random order per (seed, epoch),
+                  each block's selected rows in row order
+    ranks         contiguous, balanced ranges of that order (sizes differ by at most one row), so a rank
+                  reads whole blocks but for the two at its range's ends, and caches smaller than
+                  ranks x workers x block still give every rank its share
+    windows       each rank's range cut into shuffle windows of ``window_rows`` (whole blocks' worth); a
+                  window's rows are permuted, so a batch is drawn from many random blocks. Windows are dealt
+                  round-robin to the rank's DataLoader workers; a rank with fewer windows than workers (a
+                  small cache) lets every worker read each window and take every W-th of its permuted rows
+    batches       a worker cuts its rows, window after window, into batches (a batch may span two windows);
+                  every rank takes the same number of batches per epoch: the smallest any rank has
+
+So every selected row is yielded exactly once per epoch (``drop_last=False``)
+for any world size and worker count; with ``drop_last`` at most a batch per
+worker of each rank is left out, different rows each epoch. Resuming needs only
+``{epoch, batches_done}``: :func:`batches_per_slot` replays the DataLoader's
+round-robin over its workers.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+DEFAULT_WINDOW_ROWS = 4096
 
-def shard_blocks(num_blocks: int, world_size: int, rank: int, num_workers: int, worker: int, seed: int,
-                 epoch: int) -> list[int]:
-    """Blocks this (rank, worker) slot reads in ``epoch``, in reading order."""
+
+@dataclass(frozen=True)
+class Sharding:
+    """The shape of the readers: DDP ranks, DataLoader workers per rank, batch size."""
+
+    world_size: int = 1
+    rank: int = 0
+    num_workers: int = 0
+    batch_size: int = 1
+    drop_last: bool = True
+    window_rows: int = DEFAULT_WINDOW_ROWS
+
+    @property
+    def slots(self) -> int:
+        return max(self.num_workers, 1)
+
+
+def epoch_order(selected: np.ndarray, block_rows: int, seed: int, epoch: int) -> np.ndarray:
+    """Every selected row once: blocks in a random order per (seed, epoch), rows within a block in order."""
+    num_blocks = -(-len(selected) // block_rows)
     order = np.random.default_rng([seed, epoch, 0xB10C]).permutation(num_blocks)
-    slots = world_size * max(num_workers, 1)
-    slot = rank * max(num_workers, 1) + worker
-    return [int(b) for b in order[slot::slots]]
+    rows = [np.flatnonzero(selected[b * block_rows:(b + 1) * block_rows]) + b * block_rows for b in order]
+    return np.concatenate(rows) if rows else np.zeros(0, np.int64)
+
+
+def rank_rows(order: np.ndarray, world_size: int, rank: int) -> np.ndarray:
+    """This rank's contiguous share of the epoch order (balanced to one row)."""
+    return np.array_split(order, world_size)[rank]
+
+
+def window_size(block_rows: int, window_rows: int) -> int:
+    """Rows per shuffle window: ``window_rows`` rounded up to whole blocks."""
+    return block_rows * max(1, -(-window_rows // block_rows))
+
+
+def worker_windows(rows: np.ndarray, size: int, workers: int, worker: int, seed: int, epoch: int,
+                   rank: int) -> list[tuple[int, np.ndarray]]:
+    """(window index, this worker's rows of it in yield order): windows permuted, then dealt round-robin,
+    or shared row by row when there are fewer windows than workers."""
+    num_windows = -(-len(rows) // size)
+    shared = num_windows < workers
+    out = []
+    for w in range(num_windows) if shared else range(worker, num_windows, workers):
+        window = rows[w * size:(w + 1) * size]
+        window = window[np.random.default_rng([seed, epoch, rank, w, 0x5EED]).permutation(len(window))]
+        out.append((w, window[worker::workers] if shared else window))
+    return out
+
+
+def worker_row_counts(num_rows: int, size: int, workers: int) -> list[int]:
+    """Rows each worker yields from a rank's ``num_rows`` (as :func:`worker_windows` deals them)."""
+    counts = [0] * workers
+    num_windows = -(-num_rows // size)
+    for w in range(num_windows):
+        n = min(size, num_rows - w * size)
+        if num_windows < workers:
+            for k in range(workers):
+                counts[k] += len(range(k, n, workers))
+        else:
+            counts[w % workers] += n
+    return counts
+
+
+def batches_available(counts: list[int], batch_size: int, drop_last: bool) -> list[int]:
+    return [n // batch_size if drop_last else -(-n // batch_size) for n in counts]
+
+
+def batches_per_epoch(num_selected: int, block_rows: int, s: Sharding) -> int:
+    """Batches every rank takes per epoch: the fewest any rank has, so ranks step through epochs together."""
+    shares = [len(part) for part in np.array_split(np.zeros(num_selected), s.world_size)]
+    size = window_size(block_rows, s.window_rows)
+    return min(sum(batches_available(worker_row_counts(n, size, s.slots), s.batch_size, s.drop_last))
+               for n in shares)
 
 
 def batches_per_slot(batches_done: int, batches_available: list[int]) -> tuple[list[int], int]:
@@ -38,3 +119,25 @@ def batches_per_slot(batches_done: int, batches_available: list[int]) -> tuple[l
             left -= 1
         w = (w + 1) % len(batches_available)
     return taken, w
+
+
+@dataclass(frozen=True)
+class SlotPlan:
+    """What one (rank, worker) yields in an epoch: its windows, and how many rows to skip on resume."""
+
+    windows: list[tuple[int, np.ndarray]]
+    skip_rows: int
+    max_batches: int  # this worker's batches in the epoch (before the epoch's common cut)
+
+
+def slot_plan(selected: np.ndarray, block_rows: int, s: Sharding, worker_id: int, seed: int, epoch: int,
+              batches_done: int) -> SlotPlan:
+    """The plan of the DataLoader worker ``worker_id`` (0 in-process) resuming ``batches_done`` into ``epoch``."""
+    order = epoch_order(selected, block_rows, seed, epoch)
+    mine = rank_rows(order, s.world_size, s.rank)
+    size = window_size(block_rows, s.window_rows)
+    available = batches_available(worker_row_counts(len(mine), size, s.slots), s.batch_size, s.drop_last)
+    taken, next_slot = batches_per_slot(batches_done, available)
+    worker = (next_slot + worker_id) % s.slots
+    return SlotPlan(worker_windows(mine, size, s.slots, worker, seed, epoch, s.rank),
+                    taken[worker] * s.batch_size, available[worker] - taken[worker])

@@ -39,10 +39,13 @@ class FusionConfig:
 
 def mean_pair_features(num_points: int, pair_point: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor,
                                                                                                 torch.Tensor]:
-    """Per point, the mean of its pairs' rows of ``values`` (zeros for unpaired points), and a paired mask."""
-    sums = values.new_zeros(num_points, values.shape[1]).index_add_(0, pair_point, values)
-    counts = values.new_zeros(num_points).index_add_(0, pair_point, torch.ones_like(values[:, 0]))
-    return sums / counts.clamp(min=1)[:, None], counts > 0
+    """Per point, the mean of its pairs' rows of ``values`` (zeros for unpaired points), and a paired mask.
+
+    Sums and counts are fp32 whatever the autocast dtype (a bf16 count stops at 256)."""
+    sums = values.new_zeros(num_points, values.shape[1], dtype=torch.float32).index_add_(0, pair_point, values.float())
+    counts = values.new_zeros(num_points, dtype=torch.float32).index_add_(
+        0, pair_point, values.new_ones(len(values), dtype=torch.float32))
+    return (sums / counts.clamp(min=1)[:, None]).to(values.dtype), counts > 0
 
 
 class FusionModel(nn.Module):
@@ -74,7 +77,7 @@ class FusionModel(nn.Module):
     def contrastive(self, f: torch.Tensor, batch: dict, pick: torch.Tensor) -> torch.Tensor:
         z3 = F.normalize(self.proj3d(f[batch["pair_point"][pick]]), dim=-1)
         z2 = F.normalize(self.proj2d(batch["pair_features"][pick]), dim=-1)
-        logits = self.logit_scale.exp().clamp(max=100) * z3 @ z2.t()
+        logits = self.logit_scale.exp() * z3 @ z2.t()  # bounded as a parameter after each step (train.optim)
         target = torch.arange(len(pick), device=logits.device)
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
@@ -114,6 +117,44 @@ class FusionModel(nn.Module):
         """Logits of the fusion path and which points had a 2D feature."""
         feat2d, paired = mean_pair_features(len(f), batch["pair_point"], self.proj2d(batch["pair_features"]))
         return self.fused_head(f + self.fuse(feat2d) * paired[:, None]), paired
+
+
+def trained_parts(mode: str, weights: dict[str, float], consistency: bool) -> set[str]:
+    """The FusionModel submodules (and parameters) a run trains; the others get no gradient and are frozen,
+    so that DDP has no unused parameters and needs no ``find_unused_parameters``."""
+    if mode == "finetune":
+        return {"backbone", "seg_head"} | ({"proj2d", "fuse", "fused_head"} if consistency else set())
+    parts = {"backbone"}
+    if weights.get("contrastive", 0):
+        parts |= {"proj3d", "proj2d", "logit_scale"}
+    if weights.get("regression", 0):
+        parts |= {"head3d"}
+    if weights.get("codebook", 0):
+        parts |= {"proj3d", "proj2d", "codebook"}
+    if weights.get("occupancy", 0):
+        parts |= {"occupancy_head"}
+    return parts
+
+
+class FusionObjective(nn.Module):
+    """A FusionModel and the losses of one mode in one forward: what DDP wraps, so every gradient is averaged.
+
+    Parts the mode does not use are frozen (:func:`trained_parts`).
+    """
+
+    def __init__(self, model: FusionModel, mode: str, weights: dict[str, float], consistency: bool,
+                 generator: torch.Generator) -> None:
+        super().__init__()
+        self.model, self.mode, self.weights, self.consistency, self.generator = \
+            model, mode, weights, consistency, generator
+        parts = trained_parts(mode, weights, consistency)
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.split(".")[0] in parts)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.mode == "pretrain":
+            return pretrain_losses(self.model, batch, self.weights, self.generator)
+        return seg_losses(self.model, batch, self.consistency)
 
 
 def seg_losses(model: FusionModel, batch: dict, consistency: bool, temperature: float = 1.0) -> dict[str, torch.Tensor]:

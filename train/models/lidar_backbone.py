@@ -47,9 +47,10 @@ class TokenMixing(nn.Module):
     def forward(self, x: torch.Tensor, cell: torch.Tensor, batch: int, hw: tuple[int, int]) -> torch.Tensor:
         h, w = hw
         c = x.shape[1]
-        sums = x.new_zeros(batch * h * w, c).index_add_(0, cell, x)
-        counts = x.new_zeros(batch * h * w).index_add_(0, cell, torch.ones_like(x[:, 0]))
-        grid = (sums / counts.clamp(min=1)[:, None]).reshape(batch, h, w, c).permute(0, 3, 1, 2)
+        # sums and counts in fp32 whatever the autocast dtype: a bf16 count stops at 256
+        sums = x.new_zeros(batch * h * w, c, dtype=torch.float32).index_add_(0, cell, x.float())
+        counts = x.new_zeros(batch * h * w, dtype=torch.float32).index_add_(0, cell, x.new_ones(len(x), dtype=torch.float32))
+        grid = (sums / counts.clamp(min=1)[:, None]).to(x.dtype).reshape(batch, h, w, c).permute(0, 3, 1, 2)
         mixed = self.mix(grid).permute(0, 2, 3, 1).reshape(batch * h * w, c)
         return x + mixed[cell]
 

@@ -2,11 +2,14 @@
 
     groups, centres = FPS + kNN of the cloud (shared with the teacher: same tokens)
     mask a random 60% of the G patches; the student encoder sees only the visible ones
-    local:  [encoded visible ; mask tokens]                     (B, G, C), token ids [vis ; masked]
-            -> random permutation per cloud (token shuffling)   perm
-            -> + pos_embed(centres of the permuted tokens)      (added after the permutation)
-            -> transformer decoder -> head                      (B, G, D_teacher)
-            loss 1 - cos(prediction_i, teacher_token[token_id_i])    (eq. 4, every token)
+    local:  [encoded visible ; mask tokens]                  (B, G, C); slot i holds token ids[i], ids = [vis ; masked]
+            -> shuffle the content: slot i gets the content of slot perm[i]   (perm: random per cloud)
+            -> + pos_embed(centre of token ids[i]) in slot i      (added after the shuffle, unshuffled order)
+            -> transformer decoder -> head                         (B, G, D_teacher)
+            loss 1 - cos(prediction_i, teacher_token[ids[i]])      (eq. 4, every slot, unshuffled order)
+            The decoder must put the pieces back (the paper's Jigsaw analogy): the content in slot i
+            belongs elsewhere, the position and target of slot i do not move. Permuting content,
+            positions and targets together would change nothing, as the decoder is permutation-equivariant.
     global: [cls ; visible encoded tokens] -> separate decoder (no shuffle, no positions)
             -> head([cls out, max over token outs])                 (the shape of the encoder's global feature)
             loss 1 - cos(prediction, teacher_global)                 (eq. 5)
@@ -93,13 +96,12 @@ class MaskedDistillation(nn.Module):
         visible, visible_global = self.student.encoder.forward_groups(neighborhood, center, visible=~mask)
         out: dict[str, torch.Tensor] = {}
         if self.cfg.local or self.cfg.target == "points":
-            token_ids = split_visible_masked(mask)                                   # (B, G)
+            token_ids = split_visible_masked(mask)                                   # (B, G) slot -> token
             x = torch.cat([visible, self.mask_token.expand(b, g - visible.shape[1], -1)], dim=1)
             if self.cfg.shuffle and self.cfg.target != "points":
                 if perm is None:
                     perm = torch.rand(b, g, device=center.device).argsort(dim=1)
-                x = torch.gather(x, 1, perm.unsqueeze(-1).expand_as(x))
-                token_ids = torch.gather(token_ids, 1, perm)
+                x = torch.gather(x, 1, perm.unsqueeze(-1).expand_as(x))             # content only: the jigsaw
             pos_centres = torch.gather(center, 1, token_ids.unsqueeze(-1).expand(-1, -1, 3))
             y = self.local_head(self.local_norm(self.local_decoder(x, self.decoder_pos_embed(pos_centres))))
             if self.cfg.target == "points":
@@ -109,12 +111,13 @@ class MaskedDistillation(nn.Module):
                 if details:
                     out["points_prediction"] = masked
             else:
-                target = torch.gather(teacher_tokens, 1, token_ids.unsqueeze(-1).expand(-1, -1, teacher_tokens.shape[-1]))
+                ids = token_ids.unsqueeze(-1).expand(-1, -1, teacher_tokens.shape[-1])
+                target = torch.gather(teacher_tokens, 1, ids)
                 out["local"] = (1 - F.cosine_similarity(y.float(), target.float(), dim=-1)).mean()
                 if details:
                     out["local_target"] = target
             if details:
-                out.update(token_ids=token_ids, decoder_input=x, pos_centres=pos_centres, local_prediction=y)
+                out.update(token_ids=token_ids, perm=perm, decoder_input=x, pos_centres=pos_centres, local_prediction=y)
         if self.cfg.use_global:
             # the encoder's output for the visible patches: its cls token (which attended to them alone) + tokens
             cls = visible_global[:, None, :visible.shape[-1]]

@@ -28,6 +28,12 @@ class KNN(NamedTuple):
     idx: torch.Tensor    # (B, M, K) int64 indices into the searched points
 
 
+def exact_cdist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances from coordinate differences, never the |x|^2 + |y|^2 - 2xy matrix form:
+    at LiDAR coordinates (tens of metres) that form cancels catastrophically and swaps neighbours."""
+    return torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist")
+
+
 def _check_points(name: str, x: torch.Tensor) -> None:
     if x.ndim != 3 or x.shape[-1] != 3:
         raise ValueError(f"{name} must have shape (B, N, 3), got {tuple(x.shape)}")
@@ -67,7 +73,7 @@ def knn(query: torch.Tensor, points: torch.Tensor, k: int, use_pytorch3d: bool =
     if use_pytorch3d and HAVE_PYTORCH3D:
         r = _p3d.knn_points(query, points, K=k, return_sorted=True)
         return KNN(r.dists, r.idx)
-    d = torch.cdist(query, points) ** 2  # (B, M, N)
+    d = exact_cdist(query, points) ** 2  # (B, M, N)
     dists, idx = d.topk(k, dim=-1, largest=False, sorted=True)
     return KNN(dists, idx)
 
@@ -79,7 +85,7 @@ def ball_query(query: torch.Tensor, points: torch.Tensor, radius: float, k: int,
     _check_points("points", points)
     if use_pytorch3d and HAVE_PYTORCH3D:
         return _p3d.ball_query(query, points, K=k, radius=radius, return_nn=False)[1]
-    inside = torch.cdist(query, points) ** 2 < radius * radius  # (B, M, N)
+    inside = exact_cdist(query, points) ** 2 < radius * radius  # (B, M, N)
     n = points.shape[1]
     order = torch.where(inside, torch.arange(n, device=points.device), n)  # outside -> n (sorts last)
     first = order.sort(dim=-1).values[..., :k]
@@ -94,5 +100,5 @@ def chamfer_distance(x: torch.Tensor, y: torch.Tensor, use_pytorch3d: bool = Tru
     _check_points("y", y)
     if use_pytorch3d and HAVE_PYTORCH3D:
         return _p3d.chamfer_distance(x, y)[0]
-    d = torch.cdist(x, y) ** 2
+    d = exact_cdist(x, y) ** 2
     return d.min(dim=2).values.mean(dim=1).mean() + d.min(dim=1).values.mean(dim=1).mean()

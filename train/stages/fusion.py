@@ -19,10 +19,10 @@ import torch
 
 from cache_schema import DONE, open_cache
 from train import checkpoint
-from train.data.scenes import SceneStream, SceneStreamConfig, collate_frames
+from train.data.scenes import SceneStream, SceneStreamConfig
 from train.loop import LoopConfig, Task, run
 from train.metrics import confusion_matrix, iou_scores
-from train.models.fusion import FusionConfig, FusionModel, pretrain_losses, seg_losses
+from train.models.fusion import FusionConfig, FusionModel, FusionObjective
 from train.models.lidar_backbone import WaffleConfig
 
 
@@ -68,8 +68,6 @@ def random_yaw(points: torch.Tensor, batch_index: torch.Tensor, generator: torch
 
 
 class FusionTask(Task):
-    collate = staticmethod(collate_frames)
-
     def __init__(self, cfg: FusionRunConfig) -> None:
         if cfg.mode not in ("pretrain", "finetune"):
             raise ValueError(f"mode is pretrain or finetune, got {cfg.mode!r}")
@@ -84,14 +82,9 @@ class FusionTask(Task):
                 raise ValueError(f"{cfg.cache} has no point labels to fine-tune on")
             self.rows = labelled_rows(cache, label_fraction(cfg.labels), cfg.seed)
             cfg.batch_size = min(cfg.batch_size, len(self.rows))  # 1% of a small set can be a single frame
-            if len(self.rows) < 8 * cfg.batch_size:
-                cfg.workers = 0  # epochs of a step or two: restarting loader processes every epoch costs more
         self.init_state = None
         if cfg.mode == "finetune" and cfg.init != "random":
-            self.init_state = checkpoint.load(cfg.init)
-            if self.init_state.get("stage") != "fusion-pretrain":
-                raise ValueError(f"--init {cfg.init} is a {self.init_state.get('stage')!r} checkpoint, not a fusion "
-                                 "pre-training one")
+            self.init_state = checkpoint.load(cfg.init, stage="fusion-pretrain")
 
     def make_stream(self, cache: str, rank: int, world: int) -> SceneStream:
         stream = SceneStream(cache, SceneStreamConfig("train", self.cfg.teacher, self.cfg.seed, self.cfg.max_points),
@@ -103,19 +96,21 @@ class FusionTask(Task):
 
     def build(self, stream, device, rank, world):
         config = FusionConfig(backbone=WaffleConfig(dim=self.cfg.dim, depth=self.cfg.depth))
-        self.model = FusionModel(config, self.teacher_dim, len(self.label_names)).to(device)
+        self.model = FusionModel(config, self.teacher_dim, len(self.label_names))
         if self.init_state is not None:
             self.model.load_state_dict(self.init_state["model"])
-        self.device = device
-        return self.model, list(self.model.parameters())
+        self.objective = FusionObjective(self.model, self.cfg.mode, self.cfg.weights, self.cfg.consistency,
+                                         self.generator).to(device)
+        return self.objective
 
-    def losses(self, ddp, batch, device, amp) -> dict[str, torch.Tensor]:
-        batch = {k: v.to(device) for k, v in batch.items()}
+    def generators(self) -> dict[str, torch.Generator]:
+        return {"fusion": self.generator}
+
+    def losses(self, ddp, batch, device, autocast) -> dict[str, torch.Tensor]:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         batch["points"] = random_yaw(batch["points"], batch["batch_index"], self.generator)
-        with amp:
-            if self.cfg.mode == "pretrain":
-                return pretrain_losses(self.model, batch, self.cfg.weights, self.generator)
-            return seg_losses(self.model, batch, self.cfg.consistency)
+        with autocast:
+            return ddp(batch)
 
     def batch_samples(self, batch: dict) -> int:
         return len(batch["row"])
@@ -123,11 +118,10 @@ class FusionTask(Task):
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "fusion_config": dataclasses.asdict(self.model.config),
                 "teacher_dim": self.teacher_dim, "label_names": list(self.label_names),
-                "generator": self.generator.get_state()}
+                "trained_parts": sorted({n.split(".")[0] for n, p in self.model.named_parameters() if p.requires_grad})}
 
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
-        self.generator.set_state(state["generator"])
 
     def describe(self) -> dict:
         return {"fusion": dataclasses.asdict(self.model.config),
@@ -139,8 +133,8 @@ def train_fusion(cfg: FusionRunConfig, resume: bool = False, progress: bool = Tr
     return run(cfg, FusionTask(cfg), resume, progress, stop_at)
 
 
-def load_fusion(ckpt: str) -> FusionModel:
-    state = checkpoint.load(ckpt)
+def load_fusion(ckpt: str, stages: tuple[str, ...] = ("fusion-pretrain", "fusion-finetune")) -> FusionModel:
+    state = checkpoint.load(ckpt, stage=stages)
     cfg = state["fusion_config"]
     config = FusionConfig(**{**cfg, "backbone": WaffleConfig(**{k: tuple(v) if isinstance(v, list) else v
                                                                for k, v in cfg["backbone"].items()})})
@@ -152,12 +146,12 @@ def load_fusion(ckpt: str) -> FusionModel:
 @torch.inference_mode()
 def evaluate_seg(ckpt: str, url: str, split: str = "val") -> dict:
     """mIoU, per-class IoU and accuracy of the LiDAR-only path on a split (ignore index 255 skipped)."""
-    model = load_fusion(ckpt)
+    model = load_fusion(ckpt, stages=("fusion-finetune",))  # a pre-training checkpoint has no trained head
     cache = open_cache(url)
     names = tuple(cache.attrs.label_names)
     stream = SceneStream(url, SceneStreamConfig(split))
     conf = np.zeros((len(names), len(names)), np.int64)
-    for frame in stream:
-        logits = model(frame["points"], torch.zeros(len(frame["points"]), dtype=torch.long))
+    for frame in stream:  # batches of one frame
+        logits = model(frame["points"], frame["batch_index"])
         conf += confusion_matrix(logits.argmax(1).numpy(), frame["labels"].numpy(), len(names))
     return {**iou_scores(conf, names), "split": split, "num_frames": len(stream)}

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from train.data.objects import StreamConfig
 from train.loop import CacheMismatchError, LoopConfig, Task, cache_identity, check_same_cache, lr_at, run
@@ -30,6 +31,17 @@ class Stage1Config(LoopConfig):
     term_weights: dict[str, float] = field(default_factory=dict)
 
 
+class Stage1Objective(nn.Module):
+    """The student and its loss (with the learnable temperatures): one module, so DDP averages every gradient."""
+
+    def __init__(self, student: Student, loss_fn: MultiTeacherLoss, head_of: dict[str, str]) -> None:
+        super().__init__()
+        self.student, self.loss_fn, self.head_of = student, loss_fn, head_of
+
+    def forward(self, points: torch.Tensor, targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.loss_fn(self.student(points), targets, self.head_of)
+
+
 class Stage1Task(Task):
     stage = "stage1"
 
@@ -40,18 +52,22 @@ class Stage1Task(Task):
         return StreamConfig(num_points=self.cfg.num_points, sampling=self.cfg.sampling, seed=self.cfg.seed)
 
     def build(self, stream, device, rank, world):
-        self.model = Student(PointMAEConfig.preset(self.cfg.model), stream.head_dims).to(device)
+        unknown = sorted(set(self.cfg.term_weights) - set(stream.terms))
+        if unknown:
+            raise ValueError(f"--weight names no term of {self.cfg.cache}: {', '.join(unknown)}; its terms are "
+                             f"{', '.join(sorted(stream.terms))}")
+        self.model = Student(PointMAEConfig.preset(self.cfg.model), stream.head_dims)
         weights = {t: self.cfg.term_weights.get(t, 1.0) for t in stream.terms}
-        self.loss_fn = MultiTeacherLoss(weights, rank, world).to(device)
-        self.head_of = {t: teacher for t, (teacher, _) in stream.terms.items()}
-        return self.model, list(self.model.parameters()) + list(self.loss_fn.parameters())
+        self.loss_fn = MultiTeacherLoss(weights, rank, world)
+        self.objective = Stage1Objective(self.model, self.loss_fn,
+                                         {t: teacher for t, (teacher, _) in stream.terms.items()}).to(device)
+        return self.objective
 
-    def losses(self, ddp, batch, device, amp) -> dict[str, torch.Tensor]:
+    def losses(self, ddp, batch, device, autocast) -> dict[str, torch.Tensor]:
         points = batch["points"].to(device, non_blocking=True)
-        targets = {t: batch[t].to(device, non_blocking=True) for t in self.head_of}
-        with amp:
-            outputs = ddp(points)
-        return self.loss_fn(outputs, targets, self.head_of)
+        targets = {t: batch[t].to(device, non_blocking=True) for t in self.objective.head_of}
+        with autocast:
+            return ddp(points, targets)
 
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "loss": self.loss_fn.state_dict(),

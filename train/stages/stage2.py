@@ -78,9 +78,7 @@ def stage1_fingerprint(state: dict) -> str:
 
 
 def load_stage1(path: str) -> tuple[dict, Student]:
-    state = checkpoint.load(path)
-    if state.get("stage") != "stage1":
-        raise ValueError(f"{path} is a {state.get('stage')!r} checkpoint; stage-2 needs a stage-1 one")
+    state = checkpoint.load(path, stage="stage1")
     model = Student(PointMAEConfig(**state["model_config"]), state["heads"])
     model.load_state_dict(state["model"])
     return state, model
@@ -119,17 +117,17 @@ class Stage2Task(Task):
         c = student.encoder.config.trans_dim
         self.module = MaskedDistillation(student, self.cfg.distillation(), c, 2 * c).to(device)
         self.teacher = self.teacher.to(device)
-        # a trained encoder learns slower than the new decoders, so their first, random gradients do not undo it
-        encoder = [p for p in self.module.student.parameters() if p.requires_grad]
-        decoders = [p for n, p in self.module.named_parameters() if p.requires_grad and not n.startswith("student.")]
-        return self.module, [{"params": encoder, "lr": self.cfg.lr * self.cfg.encoder_lr_scale},
-                             {"params": decoders}]
+        return self.module
 
-    def losses(self, ddp, batch, device, amp) -> dict[str, torch.Tensor]:
+    def lr_scale(self, name: str) -> float:
+        # a trained encoder learns slower than the new decoders, so their first, random gradients do not undo it
+        return self.cfg.encoder_lr_scale if name.startswith("student.") else 1.0
+
+    def losses(self, ddp, batch, device, autocast) -> dict[str, torch.Tensor]:
         if self.teacher.training or any(p.requires_grad for p in self.teacher.parameters()):
             raise RuntimeError("the stage-2 teacher must stay frozen and in eval mode")
         points = batch["points"].to(device, non_blocking=True)
-        with amp:
+        with autocast:
             neighborhood, center = self.module.student.encoder.group(points)
             tokens = glob = None
             if self.cfg.target == "features":
