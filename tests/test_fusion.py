@@ -82,7 +82,7 @@ def test_finetune_on_a_share_of_labels_from_a_checkpoint_and_eval_seg(scenes_cac
     assert seg["num_frames"] == 1 and seg["num_points"] > 10_000
     bad = runner.invoke(app, ["fusion", "finetune", "--cache", scenes_cache, "--out", str(tmp_path / "x"),
                               "--init", os.path.join(fine, "best.pt"), "--workers", "0"])
-    assert bad.exit_code == 2 and "not a fusion pre-training one" in bad.output
+    assert bad.exit_code == 2 and "needs a `train fusion pretrain` one" in bad.output
 
 
 def test_fusion_under_torchrun(scenes_cache, tmp_path):

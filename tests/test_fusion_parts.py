@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from cache_schema import open_cache
 from cache_schema.example import write_example
-from train.data.scenes import SceneStream, SceneStreamConfig, collate_frames, paired_point_features
+from train.data.scenes import SceneStream, SceneStreamConfig, paired_point_features
 from train.metrics import confusion_matrix, iou_scores
 from train.models.codebook import VectorQuantizer
 from train.ops.occupancy import mask_voxels, occupancy_queries, voxel_keys
@@ -36,10 +36,11 @@ def test_streamed_frames_keep_each_pair_with_its_feature(tmp_path):
     write_example(url, "scenes")
     cache = open_cache(url)
     stream = SceneStream(url, SceneStreamConfig(split="train"))
-    frames = list(stream)
-    assert sorted(f["row"] for f in frames) == cache.split("train").tolist()  # every frame once
-    assert [f["row"] for f in SceneStream(url)] == [f["row"] for f in frames]  # same seed, same order
-    batch = next(iter(DataLoader(stream, batch_size=3, collate_fn=collate_frames)))
+    frames = [int(f["row"]) for f in stream]  # batches of one frame
+    assert sorted(frames) == cache.split("train").tolist()  # every frame once
+    assert [int(f["row"]) for f in SceneStream(url)] == frames  # same seed, same order
+    stream.set_position(0, 0, batch_size=3)
+    batch = next(iter(DataLoader(stream, batch_size=None)))  # the worker collates the batch
     assert len(batch["row"]) == 3
     # a 3D feature that says which (frame, point) it is: the pair must bring back its own stored 2D feature
     counts = torch.bincount(batch["batch_index"])
@@ -116,9 +117,9 @@ def test_waffle_backbone_is_per_point_permutation_equivariant_and_batch_independ
 def test_subsampled_frames_keep_only_pairs_of_kept_points_reindexed(tmp_path):
     url = str(tmp_path / "scenes.zarr")
     write_example(url, "scenes")
-    full = {f["row"]: f for f in SceneStream(url)}
+    full = {int(f["row"]): f for f in SceneStream(url)}
     for f in SceneStream(url, SceneStreamConfig(max_points=15)):
-        ref = full[f["row"]]
+        ref = full[int(f["row"])]
         assert len(f["points"]) == min(15, len(ref["points"]))
         for p, feat in zip(f["pair_point"], f["pair_features"]):
             original = (ref["points"] == f["points"][p]).all(dim=1).nonzero().flatten()  # the same point in the full

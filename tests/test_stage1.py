@@ -168,6 +168,6 @@ def test_zeroshot_and_linear_on_a_constructed_case(small_cache, tmp_path):
 def test_a_batch_larger_than_the_split_is_explained(small_cache, tmp_path):
     from train.stages.stage1 import Stage1Config, train_stage1
 
-    with pytest.raises(ValueError, match="gives no full batch of 1000"):
+    with pytest.raises(ValueError, match="not one batch of 1000"):
         train_stage1(Stage1Config(cache=small_cache, out=str(tmp_path / "r"), steps=2, batch_size=1000, workers=0,
                                   num_points=128), progress=False)

@@ -256,7 +256,8 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
                         persistent_workers=cfg.workers > 0, generator=torch.Generator().manual_seed(cfg.seed))
     while step < end:
         batches = iter(loader)
-        while step < end and batches_done < per_epoch:
+        epoch_done = False
+        while step < end and not epoch_done:
             t0 = time.perf_counter()
             batch = next(batches)
             wait = time.perf_counter() - t0
@@ -286,8 +287,8 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
                                 wait=f"{metrics['data_wait_pct']:.1f}%", refresh=False)
                 window = {"wait": 0.0, "time": 0.0, "samples": 0, "steps": 0, "loss": {}}
             bar.update(1)
-            if batches_done == per_epoch:
-                epoch, batches_done = epoch + 1, 0
+            if batches_done == per_epoch:  # every rank ends its epoch here, together
+                epoch, batches_done, epoch_done = epoch + 1, 0, True
             if step % cfg.ckpt_every == 0 or step == end:
                 save(last_path)
     bar.close()
