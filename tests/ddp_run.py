@@ -1,0 +1,37 @@
+"""Run one training stage under torchrun and save this rank's trainable parameters (for tests/test_ddp.py).
+
+    torchrun --nproc_per_node=2 tests/ddp_run.py STAGE '{"cache": ..., "out": ..., ...}'
+
+Every rank writes OUT/rank<R>.pt with the parameters it holds after the run,
+so a test can check that DDP kept the ranks' weights bit-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+
+from train.loop import run
+
+
+def main() -> None:
+    stage, options = sys.argv[1], json.loads(sys.argv[2])
+    resume, stop_at = options.pop("resume", False), options.pop("stop_at", None)
+    if stage == "stage1":
+        from train.stages.stage1 import Stage1Config as Config, Stage1Task as Task
+    elif stage == "stage2":
+        from train.stages.stage2 import Stage2Config as Config, Stage2Task as Task
+    else:
+        from train.stages.fusion import FusionRunConfig as Config, FusionTask as Task
+    task = Task(Config(**options))
+    run(task.cfg, task, resume=resume, progress=False, stop_at=stop_at)
+    module = task.module if stage == "stage2" else task.objective
+    params = {n: p.detach().clone() for n, p in module.named_parameters()}
+    torch.save(params, os.path.join(options["out"], f"rank{os.environ.get('RANK', '0')}.pt"))
+
+
+if __name__ == "__main__":
+    main()
