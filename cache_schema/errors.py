@@ -23,3 +23,7 @@ class LayoutMismatchError(CacheError):
 
 class IncompleteCacheError(CacheError):
     """The store has not been finalized (build running or killed)."""
+
+
+class CorruptChunkError(CacheError):
+    """Stored bytes that cannot be read back (a damaged or truncated chunk)."""

@@ -61,8 +61,9 @@ def load(path: str, stage: str | tuple[str, ...] | None = None) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for what is not a checkpoint
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint of this tool ({first[:120]})") from None
+        # torch's own text advises weights_only=False, which would run whatever the file holds: not repeated
+        raise CheckpointError(f"{path} is not a readable checkpoint of this tool ({type(e).__name__}: damaged, "
+                              "truncated or another kind of file)") from None
     if not isinstance(state, dict) or "stage" not in state:
         raise CheckpointError(f"{path} is not a checkpoint of this tool (no 'stage' record)")
     wanted = (stage,) if isinstance(stage, str) else stage

@@ -41,6 +41,12 @@ CkptEvery = Annotated[int, typer.Option(help="Save last.pt every N steps (and at
 Resume = Annotated[bool, typer.Option(help="Continue OUT/last.pt exactly.")]
 StopAt = Annotated[Optional[int], typer.Option(help="Save and exit after this step (resume later).")]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress")]
+RunCache = Annotated[Optional[str], typer.Option(help="Cache path or fsspec URL (required unless --config gives it).")]
+Precision = Annotated[str, typer.Option(help="fp32, bf16, fp16 (with loss scaling) or auto: bf16 on a GPU that "
+                                             "has it, fp16 on older GPUs, fp32 on a CPU.")]
+Overwrite = Annotated[bool, typer.Option(help="Start afresh in a non-empty --out (its files are deleted).")]
+RunConfig = Annotated[Optional[str], typer.Option(
+    "--config", help="A run's config.json: train again with its settings; options given here override them.")]
 
 
 @app.callback()
@@ -49,14 +55,60 @@ def root() -> None:
 
 
 def _fail(e: Exception) -> None:
-    typer.echo(f"error: {e}", err=True)
+    message = str(e)
+    if "Original Traceback" in message:  # raised in a DataLoader worker: its own last line says what happened
+        message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+    typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
+
+
+def _run_config(ctx: typer.Context, cls, stage: str, values: dict, config: str | None,
+                params: dict[str, tuple[str, ...]] | None = None):
+    """``cls(**values)``; with ``--config``, every setting not given on the command line comes from that run.
+
+    ``params`` names the command-line options behind a field when they differ from the field's name.
+    """
+    if config:
+        try:
+            with open(config) as f:
+                saved = json.load(f)
+            if saved.get("stage") != stage:
+                raise ValueError(f"{config} is a {saved.get('stage')!r} run; this command trains {stage!r}")
+            settings = saved["config"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            _fail(ValueError(f"--config {config}: {e}" if not str(e).startswith(config) else str(e)))
+        for field, value in settings.items():
+            # by name: typer may bring its own copy of click, whose enum is not click's
+            given = any(getattr(ctx.get_parameter_source(p), "name", None) == "COMMANDLINE"
+                        for p in (params or {}).get(field, (field,)))
+            if field in values and field not in ("out", "overwrite") and not given:
+                values[field] = value
+    if not values.get("cache"):
+        _fail(ValueError("--cache is required (or --config RUN/config.json to take the run's)"))
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        _fail(e)
+
+
+def _term_weights(weight: list[str] | None) -> dict[str, float]:
+    weights = {}
+    for w in weight or []:
+        term, sep, value = w.partition("=")
+        try:
+            weights[term] = float(value)
+        except ValueError:
+            _fail(ValueError(f"--weight is TERM=NUMBER like clip-vit-b16/text=0.5, got {w!r}"))
+        if not sep or not term:
+            _fail(ValueError(f"--weight is TERM=NUMBER like clip-vit-b16/text=0.5, got {w!r}"))
+    return weights
 
 
 @app.command()
 def stage1(
-    cache: Cache,
+    ctx: typer.Context,
     out: Out,
+    cache: RunCache = None,
     model: Annotated[str, typer.Option(help="Point-MAE preset: tiny (CPU) or base (12 x 384, the paper's).")] = "tiny",
     steps: Steps = 300,
     batch_size: BatchSize = 32,
@@ -71,6 +123,9 @@ def stage1(
     ckpt_every: CkptEvery = 100,
     log_every: int = 10,
     weight: Annotated[Optional[list[str]], typer.Option(help="Term weight, e.g. clip-vit-b16/text=1.0 (repeat).")] = None,
+    precision: Precision = "auto",
+    config: RunConfig = None,
+    overwrite: Overwrite = False,
     resume: Resume = False,
     stop_at: StopAt = None,
     progress: Progress = True,
@@ -78,22 +133,22 @@ def stage1(
     """Stage-1: align a Point-MAE student with every teacher in the cache (symmetric InfoNCE)."""
     from train.stages.stage1 import Stage1Config, train_stage1
 
-    weights = {}
-    for w in weight or []:
-        term, _, value = w.partition("=")
-        weights[term] = float(value)
-    cfg = Stage1Config(cache=cache, out=out, model=model, steps=steps, batch_size=batch_size, lr=lr,
-                       weight_decay=weight_decay, warmup_steps=warmup_steps, grad_clip=grad_clip,
-                       num_points=num_points, sampling=sampling, workers=workers, seed=seed, ckpt_every=ckpt_every,
-                       log_every=log_every, term_weights=weights)
+    values = dict(cache=cache, out=out, model=model, steps=steps, batch_size=batch_size, lr=lr,
+                  weight_decay=weight_decay, warmup_steps=warmup_steps, grad_clip=grad_clip, num_points=num_points,
+                  sampling=sampling, workers=workers, seed=seed, ckpt_every=ckpt_every, log_every=log_every,
+                  precision=precision, overwrite=overwrite, term_weights=_term_weights(weight))
+    cfg = _run_config(ctx, Stage1Config, "stage1", values, config, {"term_weights": ("weight",)})
     _train(lambda: train_stage1(cfg, resume=resume, progress=progress, stop_at=stop_at), out)
 
 
 @app.command()
 def stage2(
-    cache: Cache,
-    teacher: Annotated[str, typer.Option(help="Stage-1 checkpoint: the frozen teacher and the initialisation.")],
+    ctx: typer.Context,
     out: Out,
+    cache: RunCache = None,
+    teacher: Annotated[Optional[str], typer.Option(
+        help="Stage-1 checkpoint: the frozen teacher and the initialisation (required unless --config gives it).")]
+    = None,
     steps: Steps = 300,
     batch_size: BatchSize = 32,
     lr: Lr = 5e-4,
@@ -119,6 +174,9 @@ def stage2(
              "random gradients do not undo stage-1. Default: 0.1 with --init ckpt, 1 with --init random.")] = None,
     ckpt_every: CkptEvery = 100,
     log_every: int = 10,
+    precision: Precision = "auto",
+    config: RunConfig = None,
+    overwrite: Overwrite = False,
     resume: Resume = False,
     stop_at: StopAt = None,
     progress: Progress = True,
@@ -126,12 +184,13 @@ def stage2(
     """Stage-2: masked point modelling that distils the frozen stage-1 model's token and global features."""
     from train.stages.stage2 import Stage2Config, train_stage2
 
-    cfg = Stage2Config(cache=cache, out=out, teacher=teacher, steps=steps, batch_size=batch_size, lr=lr,
-                       weight_decay=weight_decay, warmup_steps=warmup_steps, grad_clip=grad_clip,
-                       num_points=num_points, workers=workers, seed=seed, mask_ratio=mask_ratio, shuffle=shuffle,
-                       local=local, use_global=use_global, target=target, init=init, teacher_source=teacher_source,
-                       decoder_depth=decoder_depth, encoder_lr_scale=encoder_lr_scale, ckpt_every=ckpt_every,
-                       log_every=log_every)
+    values = dict(cache=cache, out=out, teacher=teacher, steps=steps, batch_size=batch_size, lr=lr,
+                  weight_decay=weight_decay, warmup_steps=warmup_steps, grad_clip=grad_clip, num_points=num_points,
+                  workers=workers, seed=seed, mask_ratio=mask_ratio, shuffle=shuffle, local=local,
+                  use_global=use_global, target=target, init=init, teacher_source=teacher_source,
+                  decoder_depth=decoder_depth, encoder_lr_scale=encoder_lr_scale, ckpt_every=ckpt_every,
+                  log_every=log_every, precision=precision, overwrite=overwrite)
+    cfg = _run_config(ctx, Stage2Config, "stage2", values, config)
     _train(lambda: train_stage2(cfg, resume=resume, progress=progress, stop_at=stop_at), out)
 
 
@@ -170,14 +229,15 @@ def report_cmd(
     typer.echo(f"wrote {png} and {page}")
 
 
-def _fusion(mode: str, cache: str, out: str, steps: int, batch_size: int, lr: float, workers: int, seed: int,
-            dim: int, depth: int, ckpt_every: int, log_every: int, resume: bool, stop_at: int | None,
-            progress: bool, **extra) -> None:
+def _fusion(ctx: typer.Context, mode: str, config: str | None, resume: bool, stop_at: int | None,
+            progress: bool, **values) -> None:
     from train.stages.fusion import FusionRunConfig, train_fusion
 
-    cfg = FusionRunConfig(cache=cache, out=out, mode=mode, steps=steps, batch_size=batch_size, lr=lr,
-                          workers=workers, seed=seed, dim=dim, depth=depth, ckpt_every=ckpt_every,
-                          log_every=log_every, warmup_steps=min(10, steps), **extra)
+    values["warmup_steps"] = min(10, values["steps"])
+    cfg = _run_config(ctx, FusionRunConfig, f"fusion-{mode}", {**values, "mode": mode}, config,
+                      {"weights": ("contrastive", "regression", "occupancy", "codebook"),
+                       "warmup_steps": ("steps",)})
+    out = cfg.out
     _train(lambda: train_fusion(cfg, resume=resume, progress=progress, stop_at=stop_at), out)
 
 
@@ -190,37 +250,40 @@ MaxPoints = Annotated[Optional[int], typer.Option(help="Random points kept per f
 
 @fusion_app.command("pretrain")
 def fusion_pretrain(
-    cache: Cache, out: Out, steps: Steps = 200, batch_size: Frames = 2, lr: Lr = 2e-3, workers: Workers = 2,
+    ctx: typer.Context, out: Out, cache: RunCache = None, steps: Steps = 200, batch_size: Frames = 2, lr: Lr = 2e-3, workers: Workers = 2,
     seed: int = 0, dim: Dim = 64, depth: Depth = 6, teacher: Teacher2d = None, max_points: MaxPoints = 16384,
     contrastive: Annotated[float, typer.Option(help="Weight of the 2D-3D InfoNCE over pairs (0: off).")] = 1.0,
     regression: Annotated[float, typer.Option(help="Weight of the ScaLR cosine regression (0: off).")] = 1.0,
     occupancy: Annotated[float, typer.Option(help="Weight of CMCR occupancy estimation (0: off).")] = 0.0,
     codebook: Annotated[float, typer.Option(help="Weight of the CMCR shared codebook (0: off).")] = 0.0,
-    ckpt_every: CkptEvery = 50, log_every: int = 10, resume: Resume = False, stop_at: StopAt = None,
-    progress: Progress = True,
+    ckpt_every: CkptEvery = 50, log_every: int = 10, precision: Precision = "auto", config: RunConfig = None,
+    overwrite: Overwrite = False, resume: Resume = False, stop_at: StopAt = None, progress: Progress = True,
 ) -> None:
     """Pre-train a LiDAR backbone on the cache's point-pixel pairs (no labels needed)."""
-    _fusion("pretrain", cache, out, steps, batch_size, lr, workers, seed, dim, depth, ckpt_every, log_every, resume,
-            stop_at, progress, teacher=teacher, max_points=max_points, weights={"contrastive": contrastive, "regression": regression,
-                                                          "occupancy": occupancy, "codebook": codebook})
+    _fusion(ctx, "pretrain", config, resume, stop_at, progress, cache=cache, out=out, steps=steps,
+            batch_size=batch_size, lr=lr, workers=workers, seed=seed, dim=dim, depth=depth, ckpt_every=ckpt_every,
+            log_every=log_every, precision=precision, overwrite=overwrite, teacher=teacher, max_points=max_points,
+            weights={"contrastive": contrastive, "regression": regression, "occupancy": occupancy,
+                     "codebook": codebook})
 
 
 @fusion_app.command("finetune")
 def fusion_finetune(
-    cache: Cache, out: Out,
+    ctx: typer.Context, out: Out, cache: RunCache = None,
     labels: Annotated[str, typer.Option(help="Share of labelled training frames: 1%, 10% or 100%.")] = "100%",
     init: Annotated[str, typer.Option(help="A `fusion pretrain` checkpoint, or random.")] = "random",
     consistency: Annotated[bool, typer.Option("--consistency/--no-consistency",
                                               help="Fused head + KL(fused || LiDAR-only) (xModel-KD).")] = True,
     steps: Steps = 200, batch_size: Frames = 2, lr: Lr = 2e-3, workers: Workers = 2, seed: int = 0,
     dim: Dim = 64, depth: Depth = 6, teacher: Teacher2d = None, max_points: MaxPoints = 16384,
-    ckpt_every: CkptEvery = 50, log_every: int = 10,
-    resume: Resume = False, stop_at: StopAt = None, progress: Progress = True,
+    ckpt_every: CkptEvery = 50, log_every: int = 10, precision: Precision = "auto", config: RunConfig = None,
+    overwrite: Overwrite = False, resume: Resume = False, stop_at: StopAt = None, progress: Progress = True,
 ) -> None:
     """Fine-tune for per-point segmentation on a share of the labelled frames."""
-    _fusion("finetune", cache, out, steps, batch_size, lr, workers, seed, dim, depth, ckpt_every, log_every, resume,
-            stop_at, progress, teacher=teacher, max_points=max_points, labels=labels, init=init,
-            consistency=consistency)
+    _fusion(ctx, "finetune", config, resume, stop_at, progress, cache=cache, out=out, steps=steps,
+            batch_size=batch_size, lr=lr, workers=workers, seed=seed, dim=dim, depth=depth, ckpt_every=ckpt_every,
+            log_every=log_every, precision=precision, overwrite=overwrite, teacher=teacher, max_points=max_points,
+            labels=labels, init=init, consistency=consistency)
 
 
 @eval_app.command("seg")

@@ -31,6 +31,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from zarr.core.sync import sync as zarr_sync  # runs a coroutine on zarr's I/O loop, as zarr.Array does
 
 from cache_schema import DONE, open_cache
+from cache_schema.errors import CorruptChunkError
 from train.data.augment import augment_batch
 from train.data.sharding import DEFAULT_WINDOW_ROWS, Sharding, batches_per_epoch, slot_plan
 
@@ -163,7 +164,11 @@ class ObjectStream(IterableDataset):
         async def read_all():
             return await asyncio.gather(*(arrays[key].async_array.getitem(sel) for key, sel in selections))
 
-        parts = zarr_sync(read_all())
+        try:
+            parts = zarr_sync(read_all())
+        except Exception as e:  # a damaged chunk: name the store and rows, not zarr's internals
+            raise CorruptChunkError(f"{self.url}: cannot read rows {ranges[0][0]}-{ranges[-1][1] - 1} "
+                                    f"({', '.join(sorted(arrays))}): {type(e).__name__}: {e}") from None
         out = {key: np.concatenate([p for (k, _), p in zip(selections, parts) if k == key]) for key in arrays}
         idx = np.concatenate([np.arange(r0, r1) for r0, r1 in ranges])
         return {"position": {int(r): i for i, r in enumerate(idx)}, "arrays": out}

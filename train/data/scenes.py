@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from cache_schema import DONE, open_cache
+from cache_schema.errors import CorruptChunkError
 from cache_schema.layout import RAGGED_OFFSETS
 from train.data.sharding import Sharding, batches_per_epoch, slot_plan
 from train.metrics import IGNORE_INDEX
@@ -120,7 +121,12 @@ class SceneStream(IterableDataset):
         data = {}
         for key, array in arrays.items():
             edges = offsets["points" if key in ("points", "labels") else "pairs"]
-            data[key] = (array[int(edges[r0]):int(edges[r1])], edges[r0:r1 + 1] - edges[r0])
+            try:
+                values = array[int(edges[r0]):int(edges[r1])]
+            except Exception as e:  # a damaged chunk: name the store, array and frames
+                raise CorruptChunkError(f"{self.url}: cannot read {array.path} of frames {r0}-{r1 - 1}: "
+                                        f"{type(e).__name__}: {e}") from None
+            data[key] = (values, edges[r0:r1 + 1] - edges[r0])
         return r0, data
 
     def _frame(self, block: tuple[int, dict], r: int, epoch: int) -> dict:
