@@ -28,7 +28,7 @@ from preprocess.captions import captioner_settings, make_captioner
 from preprocess.meshes import BadInput, load_mesh, normalize_unit_sphere
 from preprocess.points import sample_points, seed_for
 from preprocess.render import Renderer, ViewConfig
-from preprocess.sources import Catalog, MeshItem, list_source
+from preprocess.sources import ROW_ORDER, Catalog, MeshItem, list_source
 from preprocess.teachers import ClipTeacher, Dinov2Teacher, Teacher
 
 STAGES = ("load", "sample", "render", "caption", "embed", "write")
@@ -167,8 +167,8 @@ def make_layout_and_attrs(catalog: Catalog, cfg: ObjectBuildConfig, teachers: di
                             store_rgb=cfg.store_rgb, store_depth=cfg.store_depth, point_dtype=cfg.point_dtype,
                             with_normals=True)
     attrs = CacheAttrs(kind="objects", dataset={"name": catalog.name, "source_root": catalog.source_root},
-                       config={**cfg.content(), "captions": captioner_info}, teachers=records,
-                       label_names=catalog.label_names)
+                       config={**cfg.content(), "captions": captioner_info, "row_order": ROW_ORDER},
+                       teachers=records, label_names=catalog.label_names)
     return layout, attrs
 
 
@@ -176,7 +176,7 @@ def build_objects(url: str, cfg: ObjectBuildConfig, run: RunOptions = RunOptions
     """Build (or resume, or confirm) the objects cache at ``url``."""
     start = time.perf_counter()
     catalog = list_source(cfg.dataset, cfg.root, per_class=cfg.demo_per_class, seed=cfg.seed)
-    catalog = catalog.limited(cfg.max_per_class)
+    catalog = catalog.limited(cfg.max_per_class).shuffled(cfg.seed)  # rows in a random order, not class by class
     if not catalog.items:
         raise ValueError(f"dataset {cfg.dataset!r} at {cfg.root!r} lists no shapes")
     teachers = {n: cached_teacher(n, run.batch_size) for n in cfg.teachers}

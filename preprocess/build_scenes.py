@@ -2,8 +2,9 @@
 
 The coordinator (:func:`build_scenes`) lists the frames, loads the teachers
 for their records, creates or resumes the store, fits the optional PCA on the
-patch features of the first frames (stored at once, so a resumed build
-reduces with the same matrix) and hands every unfinished block of frames to
+patch features of the first frames in row order (a seeded random draw; stored
+at once, so a resumed build reduces with the same matrix), and hands every
+unfinished block of frames to
 :func:`build_block`, here or on Dask workers, through the machinery the object
 builder uses. A broken frame (missing image or calibration, truncated points,
 labels that do not match, no point inside any camera) becomes a failed row
@@ -30,6 +31,7 @@ from preprocess.dense_features import Pca, sample_at_pixels
 from preprocess.meshes import BadInput
 from preprocess.pairs import PairConfig, Pairs, pair_points
 from preprocess.render import choose_gl_platform
+from preprocess.sources import ROW_ORDER
 from preprocess.scene_sources import IGNORE_LABEL, Frame, FrameItem, SceneCatalog, list_scene_source, load_frame
 from preprocess.teachers import Dinov2Teacher
 
@@ -211,7 +213,8 @@ def scene_teacher_record(teacher: Dinov2Teacher, cfg: SceneBuildConfig) -> Teach
 
 
 def _fit_pca(teacher: Dinov2Teacher, catalog: SceneCatalog, cfg: SceneBuildConfig) -> tuple[Pca, float]:
-    """PCA of the patch features of the first ``pca_fit_frames`` frames that load; its relative error."""
+    """PCA of the patch features of the first ``pca_fit_frames`` frames that load, in row order (a seeded
+    random draw across the dataset, not its first scene); its relative error."""
     images = []
     for item in catalog.items:
         try:
@@ -232,7 +235,7 @@ def build_scenes(url: str, cfg: SceneBuildConfig, run: RunOptions = RunOptions()
     """Build (or resume, or confirm) the scenes cache at ``url``."""
     start = time.perf_counter()
     catalog = list_scene_source(cfg.dataset, cfg.root, version=cfg.version, sweeps=cfg.sweeps,
-                                frames=cfg.frames, seed=cfg.seed).limited(cfg.max_frames)
+                                frames=cfg.frames, seed=cfg.seed).limited(cfg.max_frames).shuffled(cfg.seed)
     if not catalog.items:
         raise ValueError(f"dataset {cfg.dataset!r} at {cfg.root!r} lists no frames")
     choose_gl_platform(run.gl_platform)
@@ -247,7 +250,8 @@ def build_scenes(url: str, cfg: SceneBuildConfig, run: RunOptions = RunOptions()
                            image_hw=(h, w), store_images=cfg.store_images)
     attrs = CacheAttrs(kind="scenes", dataset={"name": catalog.name, "source_root": catalog.source_root,
                                                "cameras": list(catalog.camera_names)},
-                       config=cfg.content(), teachers=records, label_names=catalog.label_names)
+                       config={**cfg.content(), "row_order": ROW_ORDER}, teachers=records,
+                       label_names=catalog.label_names)
     notes = list(catalog.notes)
     with CacheWriter.create(url, attrs, layout, overwrite=run.overwrite, max_block_rows=run.block_rows) as writer:
         if writer.is_finalized:

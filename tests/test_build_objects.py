@@ -125,3 +125,27 @@ def test_add_teacher_from_stored_renders_equals_a_full_build(tmp_path):
     assert "added teacher 'dinov2-tiny'" in message
     assert open_cache(url).fingerprint == both.fingerprint
     assert "already has" in add_teacher(url, "dinov2-tiny", progress=False)
+
+
+def test_rows_are_written_in_a_seeded_random_order_that_depends_on_the_ids_alone():
+    from preprocess.sources import MeshItem, row_order
+
+    listed = [MeshItem(f"class{c}/shape{i:03d}", c, "train") for c in range(8) for i in range(64)]  # class by class
+    rows = row_order(listed, seed=0)
+    assert row_order(list(reversed(listed)), seed=0) == rows  # not the listing order's
+    assert row_order(listed, seed=1) != rows
+    first_block = {item.label for item in rows[:64]}
+    assert len(first_block) >= 7  # a block of rows is a random draw, not one class
+
+
+def test_the_demo_cache_rows_are_not_class_by_class(small_demo_cache):
+    from cache_schema import open_cache
+    from preprocess.sources import list_source
+
+    cache = open_cache(small_demo_cache)
+    labels = np.asarray(cache.array("label")[:])
+    assert (np.diff(labels) != 0).sum() > len(labels) // 3  # the listing changes class only 9 times
+    listed = {item.id: item.label for item in list_source("demo", None, per_class=5, seed=0).items}
+    ids = [str(i) for i in cache.array("ids")[:]]
+    assert [listed[i] for i in ids] == labels.tolist()  # ids still map every row back to its source
+    assert cache.attrs.config["row_order"] == "sha256(seed:id)"

@@ -27,6 +27,14 @@ def reasons(cache) -> list[str]:
     return [str(r) for r in cache.array("frames/status_reason")[:]]
 
 
+def source_rows(cache, dataset: str, root: str) -> np.ndarray:
+    """The cache row of every frame the source lists, in listing order (rows are written shuffled)."""
+    row_of = {str(i): r for r, i in enumerate(cache.array("frames/ids")[:])}
+    rows = np.array([row_of[item.id] for item in list_scene_source(dataset, root).items])
+    assert sorted(rows.tolist()) == list(range(len(rows)))
+    return rows
+
+
 def test_nuscenes_build_records_every_bad_frame_and_goes_on(tmp_path):
     root = str(tmp_path / "nuscenes")
     broken = {1: "missing_image", 2: "truncated", 3: "label_mismatch", 4: "missing_calib",
@@ -36,7 +44,9 @@ def test_nuscenes_build_records_every_bad_frame_and_goes_on(tmp_path):
     summary = build_scenes(url, SceneBuildConfig("nuscenes", root, **TINY), RUN)
     assert summary.done == 2 and sum(summary.failed.values()) == 5
     cache = open_cache(url)
-    status, why = cache.status, reasons(cache)
+    rows = source_rows(cache, "nuscenes", root)
+    assert rows.tolist() != list(range(7))  # written in a seeded random order, not the listing's
+    status, why = cache.status[rows], [reasons(cache)[r] for r in rows]
     assert status.tolist() == [DONE, FAILED, FAILED, FAILED, FAILED, FAILED, DONE]
     assert why[1].startswith("missing camera image:") and "CAM_FRONT/frame1.jpg" in why[1]
     assert why[2].startswith("truncated point file:") and "frame2.pcd.bin" in why[2]
@@ -44,16 +54,17 @@ def test_nuscenes_build_records_every_bad_frame_and_goes_on(tmp_path):
     assert why[4].startswith("missing calibration entry:") and "CAM_BACK" in why[4]
     assert why[5].startswith("no points in any camera:")
     assert validate(url) == []
-    assert cache.split("train").tolist() == [0, 1, 2, 3, 4] and cache.split("val").tolist() == [5, 6]
+    assert sorted(cache.split("train").tolist()) == sorted(rows[:5].tolist())
+    assert sorted(cache.split("val").tolist()) == sorted(rows[5:].tolist())
 
     # what is stored for a good frame is what the sources and the teacher give
-    frame = load_frame(list_scene_source("nuscenes", root).items[0])
-    np.testing.assert_allclose(cache.array("points")[cache.offsets("points")[0]:cache.offsets("points")[1]],
+    frame, r = load_frame(list_scene_source("nuscenes", root).items[0]), int(rows[0])
+    np.testing.assert_allclose(cache.array("points")[cache.offsets("points")[r]:cache.offsets("points")[r + 1]],
                                frame.points)
-    np.testing.assert_array_equal(cache.ragged("labels", 0), frame.labels)
-    np.testing.assert_allclose(cache.array("cameras/T_lidar_to_cam")[0], [c.T_lidar_to_cam for c in frame.cameras],
+    np.testing.assert_array_equal(cache.ragged("labels", r), frame.labels)
+    np.testing.assert_allclose(cache.array("cameras/T_lidar_to_cam")[r], [c.T_lidar_to_cam for c in frame.cameras],
                                atol=1e-5)
-    point, camera, uv = (cache.ragged(p, 0) for p in ("pairs/point", "pairs/camera", "pairs/uv"))
+    point, camera, uv = (cache.ragged(p, r) for p in ("pairs/point", "pairs/camera", "pairs/uv"))
     assert len(point) > 100 and set(camera.tolist()) == set(range(6))
     for c in range(6):  # every pair is the projection of its point into its camera
         sel = camera == c
@@ -64,7 +75,7 @@ def test_nuscenes_build_records_every_bad_frame_and_goes_on(tmp_path):
     grid = teacher.encode_patch_grids([frame.cameras[2].image], (70, 42))[0]
     sel = camera == 2
     expected = sample_at_pixels(grid, uv[sel], (160, 90))
-    stored = cache.ragged("teachers/dinov2-tiny/pair_features", 0)[sel].astype(np.float32)
+    stored = cache.ragged("teachers/dinov2-tiny/pair_features", r)[sel].astype(np.float32)
     np.testing.assert_allclose(stored, expected, rtol=2e-3, atol=2e-3)  # float16 storage
 
 
@@ -75,14 +86,16 @@ def test_semantickitti_build_with_bad_frames_and_projection(tmp_path):
     summary = build_scenes(url, SceneBuildConfig("semantickitti", root, **TINY), RUN)
     assert summary.done == 1
     cache = open_cache(url)
-    why = reasons(cache)
+    rows = source_rows(cache, "semantickitti", root)
+    why = [reasons(cache)[r] for r in rows]
     assert why[1].startswith("label count mismatch:") and why[2].startswith("missing camera image:")
     assert why[3].startswith("missing calibration entry:")
-    pts = cache.ragged("points", 0)[:, :3].astype(np.float64)
-    point, uv = cache.ragged("pairs/point", 0), cache.ragged("pairs/uv", 0)
+    r = int(rows[0])
+    pts = cache.ragged("points", r)[:, :3].astype(np.float64)
+    point, uv = cache.ragged("pairs/point", r), cache.ragged("pairs/uv", r)
     homog = (KITTI_P2 @ np.vstack([KITTI_TR, [0, 0, 0, 1]]) @ np.column_stack([pts[point], np.ones(len(point))]).T).T
     np.testing.assert_allclose(uv, homog[:, :2] / homog[:, 2:], atol=1e-3)
-    assert len(point) > 20 and cache.array("cameras/image_size")[0, 0].tolist() == [160, 90]
+    assert len(point) > 20 and cache.array("cameras/image_size")[r, 0].tolist() == [160, 90]
     assert validate(url) == []
 
 

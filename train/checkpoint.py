@@ -17,7 +17,8 @@ import torch
 def rng_state() -> dict:
     np_state = np.random.get_state()
     cuda = {"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}
-    return {"torch": torch.get_rng_state(), **cuda, "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
+    return {"torch": torch.get_rng_state(), **cuda,
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
                                                       int(np_state[2]), int(np_state[3]), float(np_state[4])],
             "python": _to_lists(random.getstate())}
 

@@ -122,7 +122,8 @@ def stage1(
     seed: int = 0,
     ckpt_every: CkptEvery = 100,
     log_every: int = 10,
-    weight: Annotated[Optional[list[str]], typer.Option(help="Term weight, e.g. clip-vit-b16/text=1.0 (repeat).")] = None,
+    weight: Annotated[Optional[list[str]], typer.Option(
+        help="Term weight, e.g. clip-vit-b16/text=1.0 (repeat); the terms are the cache's.")] = None,
     precision: Precision = "auto",
     config: RunConfig = None,
     overwrite: Overwrite = False,
@@ -250,7 +251,8 @@ MaxPoints = Annotated[Optional[int], typer.Option(help="Random points kept per f
 
 @fusion_app.command("pretrain")
 def fusion_pretrain(
-    ctx: typer.Context, out: Out, cache: RunCache = None, steps: Steps = 200, batch_size: Frames = 2, lr: Lr = 2e-3, workers: Workers = 2,
+    ctx: typer.Context, out: Out, cache: RunCache = None, steps: Steps = 200, batch_size: Frames = 2, lr: Lr = 2e-3,
+    workers: Workers = 2,
     seed: int = 0, dim: Dim = 64, depth: Depth = 6, teacher: Teacher2d = None, max_points: MaxPoints = 16384,
     contrastive: Annotated[float, typer.Option(help="Weight of the 2D-3D InfoNCE over pairs (0: off).")] = 1.0,
     regression: Annotated[float, typer.Option(help="Weight of the ScaLR cosine regression (0: off).")] = 1.0,

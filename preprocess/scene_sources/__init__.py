@@ -13,6 +13,7 @@ catalog's ``label_names``; ``IGNORE_LABEL`` marks unlabelled points.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from preprocess.meshes import BadInput
-from preprocess.sources import rows_by_split
+from preprocess.sources import row_order, rows_by_split
 
 IGNORE_LABEL = 255
 
@@ -64,6 +65,10 @@ class SceneCatalog:
 
     def splits(self) -> dict[str, list[int]]:
         return rows_by_split(self.items)
+
+    def shuffled(self, seed: int) -> SceneCatalog:
+        """The frames in the cache's row order (a seeded random order, see ``row_order``)."""
+        return dataclasses.replace(self, items=row_order(self.items, seed))
 
     def limited(self, max_frames: int | None) -> SceneCatalog:
         """The first ``max_frames`` frames (for quick runs)."""

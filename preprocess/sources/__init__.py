@@ -6,6 +6,7 @@ Listing is cheap and happens in the build coordinator; loading a mesh
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,10 @@ class Catalog:
     def splits(self) -> dict[str, list[int]]:
         return rows_by_split(self.items)
 
+    def shuffled(self, seed: int) -> Catalog:
+        """The items in the cache's row order (see :func:`row_order`)."""
+        return dataclasses.replace(self, items=row_order(self.items, seed))
+
     def limited(self, max_shapes: int | None) -> Catalog:
         """The first ``max_shapes`` items per class (for quick runs), order kept."""
         if not max_shapes:
@@ -49,6 +54,21 @@ class Catalog:
                 seen[item.label] = seen.get(item.label, 0) + 1
                 keep.append(item)
         return Catalog(self.name, self.source_root, self.label_names, tuple(keep))
+
+
+ROW_ORDER = "sha256(seed:id)"
+
+
+def row_order(items, seed: int) -> tuple:
+    """Items (shapes or frames) in a seeded random order: by the hash of the seed and each item's id.
+
+    Sources list class after class or scene after scene; written in that order,
+    a block of rows would hold one class and a streamed batch a handful. In this
+    order any block is a random draw. It depends on the ids alone (not on the
+    listing order), so a rerun or a resumed build writes the same rows, and
+    ``ids`` maps every row back to its source.
+    """
+    return tuple(sorted(items, key=lambda it: hashlib.sha256(f"{seed}:{it.id}".encode()).digest()))
 
 
 def rows_by_split(items) -> dict[str, list[int]]:

@@ -49,7 +49,8 @@ class TokenMixing(nn.Module):
         c = x.shape[1]
         # sums and counts in fp32 whatever the autocast dtype: a bf16 count stops at 256
         sums = x.new_zeros(batch * h * w, c, dtype=torch.float32).index_add_(0, cell, x.float())
-        counts = x.new_zeros(batch * h * w, dtype=torch.float32).index_add_(0, cell, x.new_ones(len(x), dtype=torch.float32))
+        ones = x.new_ones(len(x), dtype=torch.float32)
+        counts = x.new_zeros(batch * h * w, dtype=torch.float32).index_add_(0, cell, ones)
         grid = (sums / counts.clamp(min=1)[:, None]).to(x.dtype).reshape(batch, h, w, c).permute(0, 3, 1, 2)
         mixed = self.mix(grid).permute(0, 2, 3, 1).reshape(batch * h * w, c)
         return x + mixed[cell]
