@@ -79,31 +79,33 @@ RUNS := runs
 DEMO_STAGE2_STEPS ?= 200
 # a CPU-sized fusion run: a narrower backbone, 8192 points per frame
 DEMO_FUSION_ARGS ?= --steps 150 --dim 32 --depth 4 --max-points 8192
+# a run folder that has a last.pt is resumed (a finished run then stops at once); rm -r it to train again
+resume_if = $$( [ -f $(1)/last.pt ] && echo --resume )
 demo: setup
 	@mkdir -p $(CACHES) $(RUNS)
 	$(MAKE) --no-print-directory cache DATASET=demo
 	$(VENV)/bin/cache info $(CACHES)/demo.zarr
 	$(VENV)/bin/cache validate $(CACHES)/demo.zarr
-	@if [ -f $(RUNS)/demo-s1/best.pt ]; then echo "stage-1 run $(RUNS)/demo-s1 exists (rm -r it to train again)"; \
-	else $(VENV)/bin/train stage1 --cache $(CACHES)/demo.zarr --out $(RUNS)/demo-s1; fi
-	@if [ -f $(RUNS)/demo-s2/best.pt ]; then echo "stage-2 run $(RUNS)/demo-s2 exists (rm -r it to train again)"; \
-	else $(VENV)/bin/train stage2 --cache $(CACHES)/demo.zarr --teacher $(RUNS)/demo-s1/best.pt \
-	  --out $(RUNS)/demo-s2 --steps $(DEMO_STAGE2_STEPS); fi
+	$(VENV)/bin/train stage1 --cache $(CACHES)/demo.zarr --out $(RUNS)/demo-s1 $(call resume_if,$(RUNS)/demo-s1)
+	$(VENV)/bin/train stage2 --cache $(CACHES)/demo.zarr --teacher $(RUNS)/demo-s1/last.pt \
+	  --out $(RUNS)/demo-s2 --steps $(DEMO_STAGE2_STEPS) $(call resume_if,$(RUNS)/demo-s2)
 	$(VENV)/bin/cache show $(CACHES)/demo.zarr --out $(RUNS)/demo-sheet.png
 	$(VENV)/bin/train report $(RUNS)/demo-s1
 	$(VENV)/bin/train report $(RUNS)/demo-s2
 	$(MAKE) --no-print-directory cache DATASET=demo-scenes
 	$(VENV)/bin/cache show $(CACHES)/demo-scenes.zarr --out $(RUNS)/demo-scenes-sheet.png --color-by label
-	@if [ -f $(RUNS)/demo-fusion-pre/best.pt ]; then echo "fusion run $(RUNS)/demo-fusion-pre exists"; \
-	else $(VENV)/bin/train fusion pretrain --cache $(CACHES)/demo-scenes.zarr --out $(RUNS)/demo-fusion-pre \
-	  $(DEMO_FUSION_ARGS); fi
-	@for init in $(RUNS)/demo-fusion-pre/best.pt random; do out=$(RUNS)/demo-fusion-1pc-$$( [ $$init = random ] && echo random || echo pretrained ); \
-	  if [ -f $$out/best.pt ]; then echo "fusion run $$out exists"; \
-	  else $(VENV)/bin/train fusion finetune --cache $(CACHES)/demo-scenes.zarr --out $$out --labels 1% --init $$init \
-	    $(DEMO_FUSION_ARGS) || exit 1; fi; done
+	$(VENV)/bin/train fusion pretrain --cache $(CACHES)/demo-scenes.zarr --out $(RUNS)/demo-fusion-pre \
+	  $(DEMO_FUSION_ARGS) $(call resume_if,$(RUNS)/demo-fusion-pre)
+	$(VENV)/bin/train fusion finetune --cache $(CACHES)/demo-scenes.zarr --out $(RUNS)/demo-fusion-1pc-pretrained \
+	  --labels 1% --init $(RUNS)/demo-fusion-pre/last.pt $(DEMO_FUSION_ARGS) \
+	  $(call resume_if,$(RUNS)/demo-fusion-1pc-pretrained)
+	$(VENV)/bin/train fusion finetune --cache $(CACHES)/demo-scenes.zarr --out $(RUNS)/demo-fusion-1pc-random \
+	  --labels 1% --init random $(DEMO_FUSION_ARGS) $(call resume_if,$(RUNS)/demo-fusion-1pc-random)
+	$(VENV)/bin/train report $(RUNS)/demo-fusion-1pc-pretrained
 	$(PY) scripts/demo_results.py $(RUNS)/demo-s1 $(RUNS)/demo-s2
 	$(PY) scripts/demo_seg_results.py $(CACHES)/demo-scenes.zarr $(RUNS)/demo-fusion-1pc-pretrained $(RUNS)/demo-fusion-1pc-random
-	@echo "pictures: $(RUNS)/demo-sheet.png, $(RUNS)/demo-scenes-sheet.png, $(RUNS)/demo-s1/report.html, $(RUNS)/demo-s2/report.html"
+	@echo "pictures: $(RUNS)/demo-sheet.png, $(RUNS)/demo-scenes-sheet.png, $(RUNS)/demo-s1/report.html, \
+	$(RUNS)/demo-s2/report.html, $(RUNS)/demo-fusion-1pc-pretrained/report.html"
 
 bench-chunks: setup
 	$(PY) scripts/bench_chunks.py
@@ -115,12 +117,12 @@ bench-scenes: setup
 	$(PY) scripts/bench_scenes.py
 
 bench-stage2: setup
-	@test -f $(RUNS)/demo-s1/best.pt || $(MAKE) --no-print-directory demo
-	$(PY) scripts/bench_stage2.py $(CACHES)/demo.zarr $(RUNS)/demo-s1/best.pt
+	@test -f $(RUNS)/demo-s1/last.pt || $(MAKE) --no-print-directory demo
+	$(PY) scripts/bench_stage2.py $(CACHES)/demo.zarr $(RUNS)/demo-s1/last.pt
 
 ablate-stage2: setup
-	@test -f $(RUNS)/demo-s1/best.pt || $(MAKE) --no-print-directory demo
-	$(PY) scripts/ablate_stage2.py $(CACHES)/demo.zarr $(RUNS)/demo-s1/best.pt
+	@test -f $(RUNS)/demo-s1/last.pt || $(MAKE) --no-print-directory demo
+	$(PY) scripts/ablate_stage2.py $(CACHES)/demo.zarr $(RUNS)/demo-s1/last.pt
 
 bench-train: setup
 	@test -d $(CACHES)/demo.zarr || $(MAKE) --no-print-directory cache DATASET=demo

@@ -1,6 +1,6 @@
 """Stage-2 ablations on the demo cache over several seeds, in the layout of the MMPD paper's Table 4.
 
-    .venv/bin/python scripts/ablate_stage2.py caches/demo.zarr runs/demo-s1/best.pt [--steps 100] [--seeds 3]
+    .venv/bin/python scripts/ablate_stage2.py caches/demo.zarr runs/demo-s1/last.pt [--steps 100] [--seeds 3]
     .venv/bin/python scripts/ablate_stage2.py ... --encoder-lr-scale 1 --variants full,no-token-shuffling \
         --out runs/ablate-stage2-full-lr        # the same variants with the encoder at the decoders' lr
 
@@ -84,7 +84,7 @@ def main() -> None:
             cfg = Stage2Config(cache=args.cache, out=out, teacher=args.stage1, steps=args.steps, seed=seed,
                                workers=args.workers, **overrides)
             train_stage2(cfg, progress=False)
-            runs.append({"seed": seed, **evaluate_run(cache, os.path.join(out, "best.pt"))})
+            runs.append({"seed": seed, **evaluate_run(cache, os.path.join(out, "last.pt"))})
             with open(results_path, "w") as f:
                 json.dump(results, f, indent=2)
             print(f"{name} seed {seed}: {runs[-1]}", flush=True)

@@ -1,6 +1,6 @@
 """Stage-2 step speed with the frozen teacher run every step vs. its features exported into the cache.
 
-    .venv/bin/python scripts/bench_stage2.py caches/demo.zarr runs/demo-s1/best.pt [--steps 20]
+    .venv/bin/python scripts/bench_stage2.py caches/demo.zarr runs/demo-s1/last.pt [--steps 20]
 
 Exports the stage-1 model's features into a temporary copy of the cache
 (timed), then trains the same number of stage-2 steps both ways, side by side

@@ -1,4 +1,4 @@
-"""Print the demo's evaluation table: every run's best.pt next to the random-init baseline.
+"""Print the demo's evaluation table: every run's last.pt next to the random-init baseline.
 
     .venv/bin/python scripts/demo_results.py runs/demo-s1 [runs/demo-s2 ...]
 
@@ -23,7 +23,7 @@ def main(run_dirs: list[str]) -> None:
         result = evaluation(run_dir, cache)
         if not rows:
             rows.append(("random", result["random init"]))
-        rows.append((os.path.join(run_dir, "best.pt"), result["this run"]))
+        rows.append((os.path.join(run_dir, "last.pt"), result["this run"]))
     print(f"{'encoder':<32} {'zero-shot top1':>15} {'top5':>7} {'linear':>8} {result['fewshot_setting']:>16}")
     for name, r in rows:
         print(f"{name:<32} {r['zeroshot']:>15.1%} {r['zeroshot_top5']:>7.1%} {r['linear']:>8.1%} "

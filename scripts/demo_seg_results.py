@@ -12,7 +12,7 @@ from train.stages.fusion import evaluate_seg
 
 
 def main(cache: str, run_dirs: list[str]) -> None:
-    results = [(d, evaluate_seg(os.path.join(d, "best.pt"), cache)) for d in run_dirs]
+    results = [(d, evaluate_seg(os.path.join(d, "last.pt"), cache)) for d in run_dirs]
     classes = list(results[0][1]["per_class_iou"])
     print(f"{cache}: LiDAR-only segmentation, validation split ({results[0][1]['num_frames']} frames), IoU in %")
     print(f"{'run':<36} {'mIoU':>6} {'acc':>6} " + " ".join(f"{c[:8]:>8}" for c in classes))

@@ -38,16 +38,16 @@ def main() -> None:
     path = os.path.join(args.out, "results.json")
     results = json.load(open(path)) if os.path.exists(path) else {"pretrained": [], "random init": []}
     pre = os.path.join(args.out, "pretrain")
-    if not os.path.exists(os.path.join(pre, "best.pt")):
+    if not os.path.exists(os.path.join(pre, "last.pt")):
         train_fusion(FusionRunConfig(cache=args.cache, out=pre, steps=args.pretrain_steps, **model), progress=False)
     for seed in range(args.seeds):
-        for name, init in (("pretrained", os.path.join(pre, "best.pt")), ("random init", "random")):
+        for name, init in (("pretrained", os.path.join(pre, "last.pt")), ("random init", "random")):
             if len(results[name]) > seed:
                 continue
             out = os.path.join(args.out, f"{'pre' if init != 'random' else 'rand'}-seed{seed}")
             train_fusion(FusionRunConfig(cache=args.cache, out=out, mode="finetune", labels=args.labels, init=init,
                                          steps=args.finetune_steps, seed=seed, **model), progress=False)
-            results[name].append({"seed": seed, **evaluate_seg(os.path.join(out, "best.pt"), args.cache)})
+            results[name].append({"seed": seed, **evaluate_seg(os.path.join(out, "last.pt"), args.cache)})
             with open(path, "w") as f:
                 json.dump(results, f, indent=2)
             print(f"{name} seed {seed}: mIoU {results[name][-1]['miou']:.3f}", flush=True)

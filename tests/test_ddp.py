@@ -50,7 +50,7 @@ def stage1_ckpt(small_demo_cache, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("s1") / "run")
     train_stage1(Stage1Config(cache=small_demo_cache, out=out, steps=2, batch_size=4, num_points=128, workers=0),
                  progress=False)
-    return os.path.join(out, "best.pt")
+    return os.path.join(out, "last.pt")
 
 
 @pytest.fixture(scope="module")

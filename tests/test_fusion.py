@@ -67,13 +67,13 @@ def test_finetune_on_a_share_of_labels_from_a_checkpoint_and_eval_seg(scenes_cac
     fine = str(tmp_path / "fine")
     runner = CliRunner()
     result = runner.invoke(app, ["fusion", "finetune", "--cache", scenes_cache, "--out", fine, "--labels", "40%",
-                                 "--init", os.path.join(pre, "best.pt"), "--steps", "2", "--dim", "16", "--depth", "2",
+                                 "--init", os.path.join(pre, "last.pt"), "--steps", "2", "--dim", "16", "--depth", "2",
                                  "--workers", "0", "--no-progress"])
     assert result.exit_code == 0, result.output
     config = json.load(open(os.path.join(fine, "config.json")))
     assert len(config["labelled_frames"]) == 2   # 40% of the 5 training frames (the last of 6 is val)
     assert {"loss/ce", "loss/ce_fused", "loss/consistency"} <= set(json.loads(result.output.strip().splitlines()[-1]))
-    result = runner.invoke(app, ["eval", "seg", "--cache", scenes_cache, "--ckpt", os.path.join(fine, "best.pt"),
+    result = runner.invoke(app, ["eval", "seg", "--cache", scenes_cache, "--ckpt", os.path.join(fine, "last.pt"),
                                  "--json"])
     assert result.exit_code == 0, result.output
     seg = json.loads(result.output)
@@ -81,7 +81,7 @@ def test_finetune_on_a_share_of_labels_from_a_checkpoint_and_eval_seg(scenes_cac
                                                                    "barrel"}
     assert seg["num_frames"] == 1 and seg["num_points"] > 10_000
     bad = runner.invoke(app, ["fusion", "finetune", "--cache", scenes_cache, "--out", str(tmp_path / "x"),
-                              "--init", os.path.join(fine, "best.pt"), "--workers", "0"])
+                              "--init", os.path.join(fine, "last.pt"), "--workers", "0"])
     assert bad.exit_code == 2 and "needs a `train fusion pretrain` one" in bad.output
 
 

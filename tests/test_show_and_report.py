@@ -88,8 +88,9 @@ def test_train_report_png_and_html(small_demo_cache, tmp_path):
     page = open(os.path.join(run, "report.html")).read()
     assert '<img src="report.png"' in page and "linear SVM" in page and '&quot;steps&quot;: 4' in page
     evaluation = json.load(open(os.path.join(run, "eval.json")))
-    assert set(evaluation) == {"fewshot_setting", "random init", "this run"}
-    assert evaluation["fewshot_setting"] == "5-way 4-shot" and 0 <= evaluation["this run"]["linear"] <= 1
+    assert set(evaluation) == {"checkpoint", "setting", "random init", "this run"}
+    assert evaluation["checkpoint"] == "last.pt"  # the run did not validate: no best.pt
+    assert evaluation["setting"] == "test split; few-shot 5-way 4-shot" and 0 <= evaluation["this run"]["linear"] <= 1
     missing = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert missing.exit_code == 2 and ("config.json" in missing.output or "metrics.csv" in missing.output)
 

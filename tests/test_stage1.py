@@ -122,7 +122,7 @@ def test_torchrun_two_processes_on_cpu(small_cache, tmp_path):
     rows = _metrics(run)
     assert len(rows) == 3 and all(int(float(r["global_batch"])) == 8 for r in rows)
     assert json.load(open(os.path.join(run, "config.json")))["world_size"] == 2
-    assert os.path.exists(os.path.join(run, "best.pt"))
+    assert os.path.exists(os.path.join(run, "last.pt")) and not os.path.exists(os.path.join(run, "best.pt"))
 
 
 def test_zeroshot_and_linear_on_a_constructed_case(small_cache, tmp_path):

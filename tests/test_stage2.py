@@ -158,7 +158,7 @@ def stage1_run(small_demo_cache, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("s1") / "run")
     train_stage1(Stage1Config(cache=small_demo_cache, out=out, steps=2, batch_size=4, num_points=128, workers=0),
                  progress=False)
-    return os.path.join(out, "best.pt")
+    return os.path.join(out, "last.pt")
 
 
 def _metrics(run_dir):
@@ -193,7 +193,7 @@ def test_teacher_gets_no_gradient_and_stays_in_eval_mode(small_demo_cache, stage
     assert sum(len(g["params"]) for g in encoder) == sum(p.requires_grad for p in task.module.student.parameters())
     assert Stage2Config(cache=cfg.cache, out=cfg.out, init="random").encoder_lr_scale == 1.0  # nothing to protect
     # the student did move away from its stage-1 initialisation
-    state = torch.load(os.path.join(cfg.out, "best.pt"), weights_only=True)
+    state = torch.load(os.path.join(cfg.out, "last.pt"), weights_only=True)
     s1 = torch.load(stage1_run, weights_only=True)
     assert not torch.equal(state["model"]["encoder.pos_embed.0.weight"], s1["model"]["encoder.pos_embed.0.weight"])
     torch.testing.assert_close(state["model"]["heads.clip-tiny.proj.weight"], s1["model"]["heads.clip-tiny.proj.weight"])
@@ -241,7 +241,7 @@ def test_stage2_resumes_exactly_and_its_checkpoint_evaluates(small_demo_cache, s
     assert len(a) == len(b) == 4
     np.testing.assert_allclose(b, a, rtol=1e-5)
     cache = open_cache(small_demo_cache)
-    student = evaluate.load_student(os.path.join(full, "best.pt"), cache)
+    student = evaluate.load_student(os.path.join(full, "last.pt"), cache)
     assert 0 <= evaluate.linear_probe(student, cache, num_points=128)["accuracy"] <= 1
     assert evaluate.zeroshot(student, cache, num_points=128)["num_classes"] == 10
 
@@ -270,4 +270,4 @@ def test_stage2_under_torchrun(small_demo_cache, stage1_run, tmp_path):
            "--batch-size", "4", "--num-points", "128", "--workers", "0", "--log-every", "1", "--no-progress"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
-    assert len(_metrics(run_dir)) == 2 and os.path.exists(os.path.join(run_dir, "best.pt"))
+    assert len(_metrics(run_dir)) == 2 and os.path.exists(os.path.join(run_dir, "last.pt"))

@@ -76,7 +76,7 @@ def test_garbage_and_wrong_kind_checkpoints_are_one_line(small_demo_cache, s1_ru
     garbage = str(tmp_path / "garbage.pt")
     with open(garbage, "wb") as f:
         f.write(os.urandom(2000))
-    s1 = os.path.join(s1_run, "best.pt")
+    s1 = os.path.join(s1_run, "last.pt")
     _one_line_error(_invoke("stage2", "--cache", small_demo_cache, "--teacher", garbage, "--out",
                             str(tmp_path / "a"), *FAST), garbage, "not a readable checkpoint")
     _one_line_error(_invoke("eval", "linear", "--cache", small_demo_cache, "--ckpt", garbage), garbage)
@@ -88,7 +88,7 @@ def test_garbage_and_wrong_kind_checkpoints_are_one_line(small_demo_cache, s1_ru
                     "`train fusion finetune`")
     s2 = str(tmp_path / "s2")
     assert _invoke("stage2", "--cache", small_demo_cache, "--teacher", s1, "--out", s2, *FAST).exit_code == 0
-    _one_line_error(_invoke("stage2", "--cache", small_demo_cache, "--teacher", os.path.join(s2, "best.pt"),
+    _one_line_error(_invoke("stage2", "--cache", small_demo_cache, "--teacher", os.path.join(s2, "last.pt"),
                             "--out", str(tmp_path / "c"), *FAST), "`train stage2`", "needs a `train stage1` one")
     assert not glob.glob(str(tmp_path / "[ac]"))
 

@@ -1,12 +1,12 @@
 """`train`: stage commands and evaluation. Commands are thin; they call library functions.
 
     train stage1 --cache caches/demo.zarr --out runs/s1
-    train stage2 --cache caches/demo.zarr --teacher runs/s1/best.pt --out runs/s2
-    train export-teacher --ckpt runs/s1/best.pt --cache caches/demo.zarr
+    train stage2 --cache caches/demo.zarr --teacher runs/s1/last.pt --out runs/s2
+    train export-teacher --ckpt runs/s1/last.pt --cache caches/demo.zarr
     train fusion pretrain --cache caches/demo-scenes.zarr --out runs/f-pre
-    train fusion finetune --cache caches/demo-scenes.zarr --out runs/f-1pc --labels 1% --init runs/f-pre/best.pt
-    train eval seg --cache caches/demo-scenes.zarr --ckpt runs/f-1pc/best.pt --json
-    train eval zeroshot --cache caches/demo.zarr --ckpt runs/s1/best.pt --json
+    train fusion finetune --cache caches/demo-scenes.zarr --out runs/f-1pc --labels 1% --init runs/f-pre/last.pt
+    train eval seg --cache caches/demo-scenes.zarr --ckpt runs/f-1pc/last.pt --json
+    train eval zeroshot --cache caches/demo.zarr --ckpt runs/s1/last.pt --json
     train eval linear --cache caches/demo.zarr --ckpt random
 """
 
@@ -45,6 +45,11 @@ RunCache = Annotated[Optional[str], typer.Option(help="Cache path or fsspec URL 
 Precision = Annotated[str, typer.Option(help="fp32, bf16, fp16 (with loss scaling) or auto: bf16 on a GPU that "
                                              "has it, fp16 on older GPUs, fp32 on a CPU.")]
 Overwrite = Annotated[bool, typer.Option(help="Start afresh in a non-empty --out (its files are deleted).")]
+ValSplit = Annotated[Optional[str], typer.Option(
+    help="Validate on this split every --val-every steps; best.pt is the best validated checkpoint (without "
+         "validation there is no best.pt, only last.pt).")]
+ValCache = Annotated[Optional[str], typer.Option(help="The cache --val-split is in (default: --cache).")]
+ValEvery = Annotated[Optional[int], typer.Option(help="Steps between validations (default: --ckpt-every).")]
 RunConfig = Annotated[Optional[str], typer.Option(
     "--config", help="A run's config.json: train again with its settings; options given here override them.")]
 
@@ -125,6 +130,9 @@ def stage1(
     weight: Annotated[Optional[list[str]], typer.Option(
         help="Term weight, e.g. clip-vit-b16/text=1.0 (repeat); the terms are the cache's.")] = None,
     precision: Precision = "auto",
+    val_split: ValSplit = None,
+    val_cache: ValCache = None,
+    val_every: ValEvery = None,
     config: RunConfig = None,
     overwrite: Overwrite = False,
     resume: Resume = False,
@@ -137,7 +145,8 @@ def stage1(
     values = dict(cache=cache, out=out, model=model, steps=steps, batch_size=batch_size, lr=lr,
                   weight_decay=weight_decay, warmup_steps=warmup_steps, grad_clip=grad_clip, num_points=num_points,
                   sampling=sampling, workers=workers, seed=seed, ckpt_every=ckpt_every, log_every=log_every,
-                  precision=precision, overwrite=overwrite, term_weights=_term_weights(weight))
+                  precision=precision, overwrite=overwrite, term_weights=_term_weights(weight),
+                  val_split=val_split, val_cache=val_cache, val_every=val_every)
     cfg = _run_config(ctx, Stage1Config, "stage1", values, config, {"term_weights": ("weight",)})
     _train(lambda: train_stage1(cfg, resume=resume, progress=progress, stop_at=stop_at), out)
 
@@ -176,6 +185,9 @@ def stage2(
     ckpt_every: CkptEvery = 100,
     log_every: int = 10,
     precision: Precision = "auto",
+    val_split: ValSplit = None,
+    val_cache: ValCache = None,
+    val_every: ValEvery = None,
     config: RunConfig = None,
     overwrite: Overwrite = False,
     resume: Resume = False,
@@ -190,7 +202,8 @@ def stage2(
                   workers=workers, seed=seed, mask_ratio=mask_ratio, shuffle=shuffle, local=local,
                   use_global=use_global, target=target, init=init, teacher_source=teacher_source,
                   decoder_depth=decoder_depth, encoder_lr_scale=encoder_lr_scale, ckpt_every=ckpt_every,
-                  log_every=log_every, precision=precision, overwrite=overwrite)
+                  log_every=log_every, precision=precision, overwrite=overwrite, val_split=val_split,
+                  val_cache=val_cache, val_every=val_every)
     cfg = _run_config(ctx, Stage2Config, "stage2", values, config)
     _train(lambda: train_stage2(cfg, resume=resume, progress=progress, stop_at=stop_at), out)
 
@@ -214,10 +227,11 @@ def export_teacher(
 
 @app.command("report")
 def report_cmd(
-    run_dir: Annotated[str, typer.Argument(help="A run directory of train stage1 / stage2.")],
+    run_dir: Annotated[str, typer.Argument(help="A run directory of train stage1, stage2 or fusion.")],
     out: Annotated[Optional[str], typer.Option(help="PNG to write (default RUN_DIR/report.png); the HTML page "
                                                     "goes beside it.")] = None,
-    with_eval: Annotated[bool, typer.Option("--eval/--no-eval", help="Evaluate best.pt (kept in eval.json).")]
+    with_eval: Annotated[bool, typer.Option(
+        "--eval/--no-eval", help="Evaluate best.pt, or last.pt without validation (kept in eval.json).")]
     = True,
 ) -> None:
     """Draw a run's loss curves, learning rate, data wait, samples/s and evaluation (PNG + HTML)."""
@@ -258,13 +272,15 @@ def fusion_pretrain(
     regression: Annotated[float, typer.Option(help="Weight of the ScaLR cosine regression (0: off).")] = 1.0,
     occupancy: Annotated[float, typer.Option(help="Weight of CMCR occupancy estimation (0: off).")] = 0.0,
     codebook: Annotated[float, typer.Option(help="Weight of the CMCR shared codebook (0: off).")] = 0.0,
-    ckpt_every: CkptEvery = 50, log_every: int = 10, precision: Precision = "auto", config: RunConfig = None,
+    ckpt_every: CkptEvery = 50, log_every: int = 10, precision: Precision = "auto", val_split: ValSplit = None,
+    val_cache: ValCache = None, val_every: ValEvery = None, config: RunConfig = None,
     overwrite: Overwrite = False, resume: Resume = False, stop_at: StopAt = None, progress: Progress = True,
 ) -> None:
     """Pre-train a LiDAR backbone on the cache's point-pixel pairs (no labels needed)."""
     _fusion(ctx, "pretrain", config, resume, stop_at, progress, cache=cache, out=out, steps=steps,
             batch_size=batch_size, lr=lr, workers=workers, seed=seed, dim=dim, depth=depth, ckpt_every=ckpt_every,
             log_every=log_every, precision=precision, overwrite=overwrite, teacher=teacher, max_points=max_points,
+            val_split=val_split, val_cache=val_cache, val_every=val_every,
             weights={"contrastive": contrastive, "regression": regression, "occupancy": occupancy,
                      "codebook": codebook})
 
@@ -278,13 +294,15 @@ def fusion_finetune(
                                               help="Fused head + KL(fused || LiDAR-only) (xModel-KD).")] = True,
     steps: Steps = 200, batch_size: Frames = 2, lr: Lr = 2e-3, workers: Workers = 2, seed: int = 0,
     dim: Dim = 64, depth: Depth = 6, teacher: Teacher2d = None, max_points: MaxPoints = 16384,
-    ckpt_every: CkptEvery = 50, log_every: int = 10, precision: Precision = "auto", config: RunConfig = None,
+    ckpt_every: CkptEvery = 50, log_every: int = 10, precision: Precision = "auto", val_split: ValSplit = None,
+    val_cache: ValCache = None, val_every: ValEvery = None, config: RunConfig = None,
     overwrite: Overwrite = False, resume: Resume = False, stop_at: StopAt = None, progress: Progress = True,
 ) -> None:
     """Fine-tune for per-point segmentation on a share of the labelled frames."""
     _fusion(ctx, "finetune", config, resume, stop_at, progress, cache=cache, out=out, steps=steps,
             batch_size=batch_size, lr=lr, workers=workers, seed=seed, dim=dim, depth=depth, ckpt_every=ckpt_every,
             log_every=log_every, precision=precision, overwrite=overwrite, teacher=teacher, max_points=max_points,
+            val_split=val_split, val_cache=val_cache, val_every=val_every,
             labels=labels, init=init, consistency=consistency)
 
 

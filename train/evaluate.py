@@ -39,8 +39,9 @@ def embed(model: Student, cache, rows: np.ndarray, num_points: int = 1024, batch
         pts = cache.points(chunk)
         idx = np.stack([np.random.default_rng(int(r)).permutation(pts.shape[1])[:num_points] for r in chunk])
         pts = np.take_along_axis(pts, idx[..., None], axis=1)
-        for k, v in model(torch.from_numpy(pts)).items():
-            out.setdefault(k, []).append(v.float().numpy())
+        device = next(model.parameters()).device  # a training run validates its model where it trains
+        for k, v in model(torch.from_numpy(pts).to(device)).items():
+            out.setdefault(k, []).append(v.float().cpu().numpy())
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
@@ -77,8 +78,9 @@ def _features(model, cache, rows, num_points):
     return f / np.linalg.norm(f, axis=1, keepdims=True)
 
 
-def linear_probe(model: Student, cache, num_points: int = 1024, c: float = 1.0) -> dict:
-    train, test = _rows(cache, "train"), _rows(cache, "test")
+def linear_probe(model: Student, cache, num_points: int = 1024, c: float = 1.0, split: str = "test") -> dict:
+    """A linear SVM on frozen global features of the train split, scored on ``split``."""
+    train, test = _rows(cache, "train"), _rows(cache, split)
     svm = LinearSVC(C=c, max_iter=20000).fit(_features(model, cache, train, num_points), cache.labels[train])
     acc = float((svm.predict(_features(model, cache, test, num_points)) == cache.labels[test]).mean())
     return {"accuracy": acc, "num_train": len(train), "num_test": len(test)}
@@ -109,3 +111,18 @@ def open_for_eval(url: str):
     if cache.kind != "objects":
         raise ValueError(f"{url} is a {cache.kind} cache; these evaluations need an objects cache")
     return cache
+
+
+def validate_student(model: Student, url: str, split: str, num_points: int, prefer: str) -> dict[str, float]:
+    """A training run's validation: zero-shot top-1 (``prefer="zeroshot"``, when the cache has class prompts
+    and the student their head) or linear-probe accuracy on ``split``; ``score`` is the one used."""
+    cache = open_for_eval(url)
+    with torch.inference_mode():
+        if prefer == "zeroshot":
+            try:
+                top1 = zeroshot(model, cache, split, num_points)["top1"]
+                return {"score": top1, "zeroshot_top1": top1}
+            except ValueError:
+                pass  # no class prompts or no text head: the linear probe instead
+        acc = linear_probe(model, cache, num_points, split=split)["accuracy"]
+    return {"score": acc, "linear_accuracy": acc}

@@ -55,6 +55,9 @@ class LoopConfig:
     ckpt_every: int = 100
     log_every: int = 10
     precision: str = "auto"  # fp32, bf16, fp16 or auto (bf16/fp16 on CUDA, fp32 on CPU)
+    val_split: str | None = None  # validate on this split every val_every steps; best.pt = the best validated
+    val_cache: str | None = None  # the cache val_split is in (default: the training cache)
+    val_every: int | None = None  # default: ckpt_every
     overwrite: bool = False  # start afresh in a non-empty --out
 
     def to_dict(self) -> dict:
@@ -62,6 +65,10 @@ class LoopConfig:
 
     def validate(self) -> None:
         """Every option checked at the boundary: a one-line error naming it."""
+        if self.val_cache and not self.val_split:
+            raise ValueError("--val-cache needs --val-split: the split of that cache to validate on")
+        if self.val_every is not None and self.val_every <= 0:
+            raise ValueError(f"--val-every must be positive, got {self.val_every}")
         for name in ("steps", "batch_size", "num_points", "ckpt_every", "log_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -149,6 +156,10 @@ class Task:
     def log_metrics(self) -> dict[str, float]:
         return {}
 
+    def validate(self, url: str, split: str) -> dict[str, float]:
+        """Scores of the model as it is on a held-out split; ``score`` (higher is better) picks ``best.pt``."""
+        raise NotImplementedError(f"{self.stage} has no validation")
+
     def describe(self) -> dict:
         """Saved in ``config.json`` beside the checkpoints."""
         return {}
@@ -216,6 +227,11 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
         scaler.load_state_dict(state.get("scaler", {}) or scaler.state_dict())
         step, epoch, batches_done = state["step"], state["data"]["epoch"], state["data"]["batches_done"]
         _set_rank_rng(task, state["rng"][rank % len(state["rng"])])
+    if cfg.val_split is not None:  # before any folder is made: a validation that cannot run fails the start
+        val_cache = open_cache(cfg.val_cache) if cfg.val_cache else cache
+        if cfg.val_split not in val_cache.split_names:
+            raise ValueError(f"--val-split {cfg.val_split!r}: {val_cache.loc.url} has the splits "
+                             f"{', '.join(val_cache.split_names)}")
     stream.set_position(epoch, batches_done, cfg.batch_size, drop_last=True, num_workers=cfg.workers)
     per_epoch = stream.batches_per_epoch()
     if per_epoch == 0:
@@ -226,6 +242,8 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
     os.makedirs(cfg.out, exist_ok=True)  # only now: a failed start leaves no empty run folder, nor clears one
     ddp = DistributedDataParallel(module) if world > 1 else module
     log = RunLog(cfg.out, enabled=dist_info.is_main)
+    val_log = RunLog(cfg.out, enabled=dist_info.is_main and cfg.val_split is not None, csv_name="validation.csv",
+                     tensorboard=False)
     if dist_info.is_main:
         with open(os.path.join(cfg.out, "config.json"), "w") as f:
             json.dump({"stage": task.stage, "config": cfg.to_dict(), **task.describe(), "cache": identity,
@@ -242,6 +260,27 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
                 "data": {"epoch": epoch, "batches_done": batches_done, "seed": cfg.seed},
                 "rng": rngs, "config": cfg.to_dict(), "cache": identity, "world_size": world})
+
+    val_every = cfg.val_every or cfg.ckpt_every
+    best_path, best_record = os.path.join(cfg.out, "best.pt"), os.path.join(cfg.out, "best.json")
+    best = json.load(open(best_record)) if resume and os.path.exists(best_record) else None
+
+    def validate() -> None:
+        """On rank 0, after a save: score last.pt's model; keep it as best.pt if it beats the best so far."""
+        nonlocal best
+        module.eval()
+        try:
+            scores = task.validate(cfg.val_cache or cfg.cache, cfg.val_split)
+        finally:
+            module.train()
+        val_log.log(step, scores)
+        bar.write(f"step {step}: validation on {cfg.val_split!r}: "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        if best is None or scores["score"] > best["score"]:
+            best = {"step": step, **scores}
+            shutil.copyfile(last_path, best_path)
+            with open(best_record, "w") as f:
+                json.dump(best, f, indent=2)
 
     bar = tqdm(total=cfg.steps, initial=step, desc=task.stage, unit="step",
                disable=not (progress and dist_info.is_main),
@@ -289,11 +328,14 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
             bar.update(1)
             if batches_done == per_epoch:  # every rank ends its epoch here, together
                 epoch, batches_done, epoch_done = epoch + 1, 0, True
-            if step % cfg.ckpt_every == 0 or step == end:
-                save(last_path)
+            due_val = cfg.val_split is not None and (step % val_every == 0 or step == cfg.steps)
+            if step % cfg.ckpt_every == 0 or step == end or due_val:
+                save(last_path)  # every rank: the save gathers their random states
+            if due_val and dist_info.is_main:
+                validate()
     bar.close()
     log.close()
-    if dist_info.is_main and step == cfg.steps:
-        shutil.copyfile(last_path, os.path.join(cfg.out, "best.pt"))  # no validation split yet: best = last
     close_distributed()
+    if best is not None:
+        metrics = {**metrics, **{f"best/{k}": v for k, v in best.items()}}
     return metrics

@@ -1,9 +1,12 @@
 """`train report RUN_DIR`: a PNG of a run's curves and evaluation, and an HTML page with them and its config.
 
 Curves come from ``metrics.csv`` (every loss term, learning rate, data-wait %,
-samples/s per logging window); the evaluation table is the run's ``best.pt``
-(zero-shot, linear probe, few-shot) on the cache it was trained on, computed
-once and kept in ``RUN_DIR/eval.json``.
+samples/s per logging window) and ``validation.csv`` when the run validated.
+The evaluation table is the run's ``best.pt`` (its ``last.pt`` when it did not
+validate) on the cache it was trained on: zero-shot, linear probe and few-shot
+next to a random-init encoder for stage-1/2 runs, validation-split mIoU and
+accuracy for fusion fine-tuning; a fusion pre-training run has no head to
+score. It is computed once and kept in ``RUN_DIR/eval.json``.
 """
 
 from __future__ import annotations
@@ -27,10 +30,10 @@ def _pyplot():
     return plt
 
 
-def read_metrics(run_dir: str) -> dict[str, np.ndarray]:
-    path = os.path.join(run_dir, "metrics.csv")
+def read_metrics(run_dir: str, name: str = "metrics.csv") -> dict[str, np.ndarray]:
+    path = os.path.join(run_dir, name)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{run_dir} has no metrics.csv: is it a run directory of `train stage1/stage2`?")
+        raise FileNotFoundError(f"{run_dir} has no {name}: is it a run directory of `train`?")
     with open(path) as f:
         rows = list(csv.DictReader(f))
     if not rows:
@@ -38,21 +41,47 @@ def read_metrics(run_dir: str) -> dict[str, np.ndarray]:
     return {k: np.array([float(r[k]) if r.get(k) not in (None, "") else np.nan for r in rows]) for k in rows[0]}
 
 
-def evaluation(run_dir: str, cache: str, refresh: bool = False) -> dict:
-    """Zero-shot, linear and few-shot of the run's best.pt (cached in eval.json)."""
+OBJECT_COLUMNS = (("zeroshot", "zero-shot top-1"), ("linear", "linear SVM"), ("fewshot", "few-shot"))
+SEG_COLUMNS = (("miou", "mIoU"), ("accuracy", "point accuracy"))
+
+
+def run_checkpoint(run_dir: str) -> str:
+    """best.pt when the run validated, else last.pt."""
+    for name in ("best.pt", "last.pt"):
+        if os.path.exists(os.path.join(run_dir, name)):
+            return os.path.join(run_dir, name)
+    raise FileNotFoundError(f"{run_dir} has no checkpoint yet; use --no-eval")
+
+
+def evaluation(run_dir: str, cache: str, refresh: bool = False, stage: str = "stage1") -> dict:
+    """The evaluation table of the run's checkpoint (cached in eval.json); ``{}`` for fusion pre-training."""
     path = os.path.join(run_dir, "eval.json")
     if os.path.exists(path) and not refresh:
         with open(path) as f:
             return json.load(f)
+    ckpt = run_checkpoint(run_dir)
+    if stage == "fusion-pretrain":
+        return {}
+    if stage == "fusion-finetune":
+        from train.stages.fusion import evaluate_seg
+
+        seg = evaluate_seg(ckpt, cache, "val")
+        result = {"checkpoint": os.path.basename(ckpt), "setting": "val split",
+                  "this run": {"miou": seg["miou"], "accuracy": seg["accuracy"]}}
+    else:
+        result = _object_evaluation(ckpt, cache)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+def _object_evaluation(ckpt: str, cache: str) -> dict:
     from train import evaluate
 
-    ckpt = os.path.join(run_dir, "best.pt")
-    if not os.path.exists(ckpt):
-        raise FileNotFoundError(f"{run_dir} has no best.pt yet (the run has not finished); use --no-eval")
     c = evaluate.open_for_eval(cache)
     train_labels = c.labels[c.split("train")]
     shots = int(min(10, np.bincount(train_labels).min()))  # 10-shot, or what the smallest class allows
-    result: dict = {"fewshot_setting": f"5-way {shots}-shot"}
+    result: dict = {"checkpoint": os.path.basename(ckpt), "setting": f"test split; few-shot 5-way {shots}-shot"}
     for name in ("random", ckpt):
         model = evaluate.load_student(name, c)
         few = evaluate.fewshot(model, c, n_way=min(5, len(np.unique(train_labels))), m_shot=shots)
@@ -64,8 +93,6 @@ def evaluation(run_dir: str, cache: str, refresh: bool = False) -> dict:
         except ValueError:  # no text teacher
             pass
         result["random init" if name == "random" else "this run"] = row
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
     return result
 
 
@@ -77,10 +104,11 @@ def report(run_dir: str, out: str | None = None, with_eval: bool = True, dpi: in
         config = json.load(f)
     m = read_metrics(run_dir)
     step = m["step"]
-    table = dict(evaluation(run_dir, config["config"]["cache"])) if with_eval else {}
-    few_label = table.pop("fewshot_setting", "5-way 10-shot")
-    fig, axes = plt.subplots(2, 3, figsize=(16, 9), dpi=dpi)
     stage = config.get("stage", "?")
+    table = dict(evaluation(run_dir, config["config"]["cache"], stage=stage)) if with_eval else {}
+    setting, ckpt_name = table.pop("setting", ""), table.pop("checkpoint", "")
+    columns = SEG_COLUMNS if stage.startswith("fusion") else OBJECT_COLUMNS
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9), dpi=dpi)
     fig.suptitle(f"{run_dir}: {stage}, {int(step[-1])} steps, cache {config['cache']['url']} "
                  f"({str(config['cache'].get('fingerprint'))[:19]}...)", fontsize=12)
     ax = axes[0, 0]
@@ -88,6 +116,12 @@ def report(run_dir: str, out: str | None = None, with_eval: bool = True, dpi: in
         ax.plot(step, m[k], label=k[5:], lw=2 if k == "loss/total" else 1.2)
     ax.set_yscale("log")
     ax.set(title="loss per term", xlabel="step", ylabel="loss (log scale)")
+    val = read_metrics(run_dir, "validation.csv") if os.path.exists(os.path.join(run_dir, "validation.csv")) else {}
+    if val:  # the validation score on a second axis
+        twin = ax.twinx()
+        twin.plot(val["step"], val["score"], "k--o", ms=3, label="validation score")
+        twin.set_ylabel(f"validation score ({config['config'].get('val_split')})")
+        twin.legend(loc="lower left", fontsize=8)
     ax.legend(fontsize=8)
     for ax, key, title, ylabel in ((axes[0, 1], "lr", "learning rate", "learning rate (largest param group)"),
                                    (axes[0, 2], "data_wait_pct", "data wait", "% of step time waiting for data"),
@@ -99,11 +133,13 @@ def report(run_dir: str, out: str | None = None, with_eval: bool = True, dpi: in
     axes[0, 0].grid(alpha=0.3)
     ax = axes[1, 1]
     ax.axis("off")
-    ax.set_title("evaluation (test split)" if table else "evaluation (skipped: --no-eval)")
+    ax.set_title(f"evaluation of {ckpt_name} ({setting})" if table else
+                 "evaluation: none (fusion pre-training has no head; fine-tune it)" if stage == "fusion-pretrain"
+                 else "evaluation (skipped: --no-eval)")
     if table:
-        cells = [[name] + [("-" if r[k] is None else f"{100 * r[k]:.1f}%") for k in ("zeroshot", "linear", "fewshot")]
+        cells = [[name] + [("-" if r.get(k) is None else f"{100 * r[k]:.1f}%") for k, _ in columns]
                  for name, r in table.items()]
-        t = ax.table(cellText=cells, colLabels=["encoder", "zero-shot top-1", "linear SVM", few_label],
+        t = ax.table(cellText=cells, colLabels=["encoder"] + [label for _, label in columns],
                      loc="center", cellLoc="center")
         t.auto_set_font_size(False)
         t.set_fontsize(10)
@@ -115,8 +151,9 @@ def report(run_dir: str, out: str | None = None, with_eval: bool = True, dpi: in
     lines = [f"{k}: {cfg[k]}" for k in ("model", "steps", "batch_size", "lr", "num_points", "workers", "seed")
              if k in cfg]
     lines += [f"{k}: {cfg[k]}" for k in ("teacher", "mask_ratio", "shuffle", "local", "use_global", "target", "init",
-                                         "teacher_source", "encoder_lr_scale", "decoder_depth") if k in cfg]
-    lines.append(f"world size: {config.get('world_size', 1)}")
+                                         "teacher_source", "encoder_lr_scale", "decoder_depth", "mode", "dim",
+                                         "depth", "labels", "max_points", "weights", "val_split") if k in cfg]
+    lines.append(f"world size: {config.get('world_size', 1)}, precision: {config.get('precision', 'fp32')}")
     ax.text(0, 1, "\n".join(lines), va="top", family="monospace", fontsize=9, transform=ax.transAxes)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -124,16 +161,17 @@ def report(run_dir: str, out: str | None = None, with_eval: bool = True, dpi: in
     plt.close(fig)
     page = os.path.splitext(out)[0] + ".html"
     rows = "".join(f"<tr><td>{html.escape(n)}</td>" + "".join(
-        f"<td>{'-' if r[k] is None else f'{100 * r[k]:.1f}%'}</td>" for k in ("zeroshot", "linear", "fewshot"))
+        f"<td>{'-' if r.get(k) is None else f'{100 * r[k]:.1f}%'}</td>" for k, _ in columns)
         + "</tr>" for n, r in table.items())
+    header = "".join(f"<th>{html.escape(label)}</th>" for _, label in columns)
     with open(page, "w") as f:
         f.write(f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(run_dir)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 10px}} pre{{background:#f6f6f6;padding:1em}}</style></head><body>
 <h1>{html.escape(run_dir)} ({html.escape(stage)})</h1>
 <img src="{html.escape(os.path.basename(out))}" alt="curves and evaluation" style="max-width:100%">
-<h2>Evaluation</h2>
-<table><tr><th>encoder</th><th>zero-shot top-1</th><th>linear SVM</th><th>{few_label}</th></tr>{rows}</table>
+<h2>Evaluation {html.escape(f"of {ckpt_name} ({setting})" if table else "")}</h2>
+<table><tr><th>encoder</th>{header}</tr>{rows}</table>
 <h2>Configuration</h2><pre>{html.escape(json.dumps(config, indent=2))}</pre></body></html>
 """)
     return out, page

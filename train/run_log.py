@@ -1,4 +1,5 @@
-"""Run logs: one CSV row per logged step (``metrics.csv``) and the same scalars in TensorBoard."""
+"""Run logs: one CSV row per logged step (``metrics.csv``; validations in ``validation.csv``) and the same
+scalars in TensorBoard."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import os
 
 
 class RunLog:
-    def __init__(self, out_dir: str, enabled: bool = True) -> None:
+    def __init__(self, out_dir: str, enabled: bool = True, csv_name: str = "metrics.csv",
+                 tensorboard: bool = True) -> None:
         self.enabled = enabled
-        self.path = os.path.join(out_dir, "metrics.csv")
+        self.path = os.path.join(out_dir, csv_name)
         self._fields: list[str] | None = None
         self._tb = None
-        if enabled:
+        if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 

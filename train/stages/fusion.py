@@ -1,8 +1,8 @@
 """Image-to-LiDAR fusion distillation from a `scenes` cache: pre-training and label-efficient fine-tuning.
 
     train fusion pretrain --cache caches/demo-scenes.zarr --out runs/f-pre
-    train fusion finetune --cache caches/demo-scenes.zarr --out runs/f-1pc --labels 1% --init runs/f-pre/best.pt
-    train eval seg --cache caches/demo-scenes.zarr --ckpt runs/f-1pc/best.pt --json
+    train fusion finetune --cache caches/demo-scenes.zarr --out runs/f-1pc --labels 1% --init runs/f-pre/last.pt
+    train eval seg --cache caches/demo-scenes.zarr --ckpt runs/f-1pc/last.pt --json
 
 Batches are frames (ragged, see ``train/data/scenes.py``); every frame is
 rotated by a random yaw (pairs index points, so they survive). The loop,
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from cache_schema import DONE, open_cache
 from train import checkpoint
@@ -99,6 +100,7 @@ class FusionTask(Task):
         self.model = FusionModel(config, self.teacher_dim, len(self.label_names))
         if self.init_state is not None:
             self.model.load_state_dict(self.init_state["model"])
+        self.device = device
         self.objective = FusionObjective(self.model, self.cfg.mode, self.cfg.weights, self.cfg.consistency,
                                          self.generator).to(device)
         return self.objective
@@ -123,6 +125,32 @@ class FusionTask(Task):
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
 
+    def validate(self, url: str, split: str) -> dict[str, float]:
+        """Fine-tuning: mIoU of the LiDAR-only head. Pre-training: how well the 3D features predict the 2D
+        teacher's at the split's pairs (cosine of the regression head, or pair-matching accuracy of the
+        contrastive projections when regression is off)."""
+        if self.cfg.mode == "finetune":
+            miou = segmentation_scores(self.model, url, split)["miou"]
+            return {"score": miou, "miou": miou}
+        stream = SceneStream(url, SceneStreamConfig(split, self.cfg.teacher, max_points=self.cfg.max_points))
+        cos, hits, pairs = 0.0, 0, 0
+        with torch.inference_mode():
+            for frame in stream:
+                frame = {k: v.to(self.device) for k, v in frame.items()}
+                f = self.model.backbone(frame["points"], frame["batch_index"])[frame["pair_point"]]
+                teacher = frame["pair_features"]
+                if self.cfg.weights.get("regression", 0):
+                    cos += float(F.cosine_similarity(self.model.head3d(f), teacher, dim=-1).sum())
+                else:
+                    pick = torch.arange(min(len(f), self.model.config.pairs_per_batch), device=self.device)
+                    z3 = F.normalize(self.model.proj3d(f[pick]), dim=-1)
+                    z2 = F.normalize(self.model.proj2d(teacher[pick]), dim=-1)
+                    hits += int(((z3 @ z2.t()).argmax(1) == pick).sum())
+                pairs += len(f) if self.cfg.weights.get("regression", 0) else len(pick)
+        if self.cfg.weights.get("regression", 0):
+            return {"score": cos / max(pairs, 1), "pair_cosine": cos / max(pairs, 1)}
+        return {"score": hits / max(pairs, 1), "pair_match_top1": hits / max(pairs, 1)}
+
     def describe(self) -> dict:
         return {"fusion": dataclasses.asdict(self.model.config),
                 "labelled_frames": self.rows.tolist() if self.cfg.mode == "finetune" else None}
@@ -143,15 +171,23 @@ def load_fusion(ckpt: str, stages: tuple[str, ...] = ("fusion-pretrain", "fusion
     return model.eval()
 
 
-@torch.inference_mode()
 def evaluate_seg(ckpt: str, url: str, split: str = "val") -> dict:
+    """mIoU, per-class IoU and accuracy of a fine-tuned checkpoint's LiDAR-only path on a split."""
+    return segmentation_scores(load_fusion(ckpt, stages=("fusion-finetune",)), url, split)  # pre-training: no head
+
+
+@torch.inference_mode()
+def segmentation_scores(model: FusionModel, url: str, split: str = "val") -> dict:
     """mIoU, per-class IoU and accuracy of the LiDAR-only path on a split (ignore index 255 skipped)."""
-    model = load_fusion(ckpt, stages=("fusion-finetune",))  # a pre-training checkpoint has no trained head
+    was_training = model.training
+    model.eval()
     cache = open_cache(url)
     names = tuple(cache.attrs.label_names)
     stream = SceneStream(url, SceneStreamConfig(split))
     conf = np.zeros((len(names), len(names)), np.int64)
+    device = next(model.parameters()).device
     for frame in stream:  # batches of one frame
-        logits = model(frame["points"], frame["batch_index"])
-        conf += confusion_matrix(logits.argmax(1).numpy(), frame["labels"].numpy(), len(names))
+        logits = model(frame["points"].to(device), frame["batch_index"].to(device))
+        conf += confusion_matrix(logits.argmax(1).cpu().numpy(), frame["labels"].numpy(), len(names))
+    model.train(was_training)
     return {**iou_scores(conf, names), "split": split, "num_frames": len(stream)}

@@ -18,6 +18,7 @@ from torch import nn
 
 from train.data.objects import StreamConfig
 from train.loop import CacheMismatchError, LoopConfig, Task, cache_identity, check_same_cache, lr_at, run
+from train.evaluate import validate_student
 from train.losses import MultiTeacherLoss
 from train.models.point_mae import PointMAEConfig
 from train.models.student import Student
@@ -84,6 +85,9 @@ class Stage1Task(Task):
 
     def describe(self) -> dict:
         return {"model": self.model.encoder.config.to_dict()}
+
+    def validate(self, url: str, split: str) -> dict[str, float]:
+        return validate_student(self.model, url, split, self.cfg.num_points, prefer="zeroshot")
 
 
 def train_stage1(cfg: Stage1Config, resume: bool = False, progress: bool = True,

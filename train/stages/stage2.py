@@ -1,7 +1,7 @@
 """Stage-2: masked point modelling with local/global distillation from the frozen stage-1 model (MMPD 3.2).
 
-    train stage2 --cache caches/demo.zarr --teacher runs/s1/best.pt --out runs/s2
-    train export-teacher --ckpt runs/s1/best.pt --cache caches/demo.zarr     # then --teacher-source cache
+    train stage2 --cache caches/demo.zarr --teacher runs/s1/last.pt --out runs/s2
+    train export-teacher --ckpt runs/s1/last.pt --cache caches/demo.zarr     # then --teacher-source cache
 
 The student starts from the stage-1 checkpoint (``--init random``: from
 scratch, the paper's Table 9 baseline); a frozen copy of the stage-1 encoder
@@ -20,6 +20,7 @@ from torch import nn
 
 from train import checkpoint
 from train.data.objects import StreamConfig
+from train.evaluate import validate_student
 from train.loop import LoopConfig, Task, run
 from train.models.masked_distillation import MaskedDistillation, MaskedDistillationConfig
 from train.models.point_mae import PointMAEConfig, PointMAEEncoder
@@ -150,6 +151,9 @@ class Stage2Task(Task):
 
     def load_state(self, state: dict) -> None:
         self.module.load_state_dict({**{f"student.{k}": v for k, v in state["model"].items()}, **state["decoders"]})
+
+    def validate(self, url: str, split: str) -> dict[str, float]:
+        return validate_student(self.module.student, url, split, self.cfg.num_points, prefer="linear")
 
     def describe(self) -> dict:
         return {"model": self.module.student.encoder.config.to_dict(),
