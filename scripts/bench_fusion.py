@@ -55,7 +55,7 @@ def run_mode(mode: str, url: str, steps: int) -> dict:
 
     from cache_schema import open_cache
     from preprocess.teachers import load_teacher
-    from train.data.scenes import SceneStream, collate_frames
+    from train.data.scenes import SceneStream
     from train.models.fusion import FusionConfig, FusionModel, pretrain_losses
 
     cache = open_cache(url)
@@ -65,11 +65,11 @@ def run_mode(mode: str, url: str, steps: int) -> dict:
     model = FusionModel(FusionConfig(), cache.teachers[teacher_name].dim, len(cache.attrs.label_names))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     stream = SceneStream(url)
-    stream.set_position(0, 0, 2, 0)
+    stream.set_position(0, 0, 2)
     wait = total = 0.0
     done = 0
     while done < steps:
-        batches = iter(DataLoader(stream, batch_size=2, collate_fn=collate_frames, drop_last=True))
+        batches = iter(DataLoader(stream, batch_size=None))
         while done < steps:
             t0 = time.perf_counter()
             batch = next(batches, None)

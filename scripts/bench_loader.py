@@ -1,13 +1,17 @@
-"""Streaming reader vs. one file per shape (OpenShape style), same content, side by side.
+"""Streaming reader vs. one file per shape (OpenShape style), same content, side by side; 0 vs 2 workers.
 
     .venv/bin/python scripts/bench_loader.py caches/demo.zarr [--epochs 2] [--drop-caches]
     .venv/bin/python scripts/bench_loader.py --synthetic 4096   # a ShapeNet-sized shard, 256-row blocks
+    .venv/bin/python scripts/bench_loader.py caches/demo.zarr --scenes caches/demo-scenes.zarr   # + LiDAR, FPS
 
 The baseline writes every shape of the train split as one pickled dict in a
 ``.npy`` (points and float32 teacher features, what OpenShape ships) and reads
 it with a map-style Dataset doing the same per-sample work (subsample, augment,
 pick a view and a caption). Both are read through DataLoaders with the same
-batch size and workers; samples/s and bytes on disk are printed with ratios.
+batch size and workers (the stream assembles whole batches in its workers, as
+the trainer reads it); samples/s and bytes on disk are printed with ratios.
+``--scenes`` adds the LiDAR frame stream in-process vs 2 workers, and FPS on a
+CPU (the PyTorch loop vs fpsample) for one 8,192-point cloud.
 """
 
 from __future__ import annotations
@@ -92,6 +96,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--drop-caches", action="store_true", help="drop the page cache before every epoch (root)")
+    ap.add_argument("--scenes", help="also a scenes cache: its frame stream with 0 vs 2 workers, and FPS speed")
     ap.add_argument("--s3", action="store_true",
                     help="serve both copies from an S3-compatible server on loopback (moto) and read through s3://")
     args = ap.parse_args()
@@ -134,10 +139,9 @@ def main_local(args) -> None:
         results = []
         for workers in (0, 2):
             stream = ObjectStream(args.cache, StreamConfig())
-            stream.set_position(0, 0, args.batch_size, workers)
+            stream.set_position(0, 0, args.batch_size, num_workers=workers)
             keep = {"persistent_workers": workers > 0}  # worker start-up is not what is measured
-            s = rate(DataLoader(stream, batch_size=args.batch_size, num_workers=workers, drop_last=True, **keep),
-                     args.epochs, args.drop_caches)
+            s = rate(DataLoader(stream, batch_size=None, num_workers=workers, **keep), args.epochs, args.drop_caches)
             b = rate(DataLoader(PerShapeFiles(folder, rows.tolist(), terms), batch_size=args.batch_size,
                                 num_workers=workers, shuffle=True, drop_last=True, **keep), args.epochs,
                      args.drop_caches)
@@ -149,9 +153,46 @@ def main_local(args) -> None:
     cache_kib, baseline_kib = cache_bytes / cache.num_rows / 1024, baseline_bytes / len(rows) / 1024
     print(f"bytes on disk per shape (points + teacher arrays): cache {cache_kib:.1f} KiB, "
           f"per-shape .npy {baseline_kib:.1f} KiB ({baseline_kib / cache_kib:.2f}x)")
-    print(f"{'workers':>7} {'stream samples/s':>17} {'per-shape samples/s':>20} {'ratio':>6}")
+    print(f"{'workers':>7} {'stream samples/s':>17} {'per-shape samples/s':>20} {'ratio':>6} "
+          f"{'stream vs 0 workers':>20}")
     for workers, s, b in results:
-        print(f"{workers:>7} {s:>17.0f} {b:>20.0f} {s / b:>6.2f}")
+        print(f"{workers:>7} {s:>17.0f} {b:>20.0f} {s / b:>6.2f} {s / results[0][1]:>19.2f}x")
+    if args.scenes:
+        scenes_and_fps(args)
+
+
+def scenes_and_fps(args) -> None:
+    """LiDAR frames/s in-process vs 2 DataLoader workers, and per-cloud FPS: PyTorch loop vs fpsample."""
+    from train.data.scenes import SceneStream, SceneStreamConfig
+    from train.ops import farthest_point_sample
+
+    rates = []
+    for workers in (0, 2):
+        stream = SceneStream(args.scenes, SceneStreamConfig(max_points=16384))
+        stream.set_position(0, 0, 2, num_workers=workers)
+        loader = DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
+        for _ in loader:  # warm-up epoch
+            pass
+        n, t = 0, time.perf_counter()
+        for _ in range(args.epochs):
+            for batch in loader:
+                n += len(batch["row"])
+        rates.append(n / (time.perf_counter() - t))
+    print(f"\n{args.scenes}: {len(stream)} train frames, batch 2, 16,384 points per frame, {args.epochs} epochs")
+    print(f"{'workers':>7} {'frames/s':>9} {'vs 0 workers':>13}")
+    for workers, r in zip((0, 2), rates):
+        print(f"{workers:>7} {r:>9.1f} {r / rates[0]:>12.2f}x")
+    cloud = torch.rand(1, 8192, 3, generator=torch.Generator().manual_seed(0))
+    times = {}
+    for name, kw in (("PyTorch loop", {"use_fpsample": False}), ("fpsample", {})):
+        farthest_point_sample(cloud, 1024, use_pytorch3d=False, **kw)  # warm-up
+        t = time.perf_counter()
+        for _ in range(5):
+            farthest_point_sample(cloud, 1024, use_pytorch3d=False, **kw)
+        times[name] = (time.perf_counter() - t) / 5
+    ratio = times["PyTorch loop"] / times["fpsample"]
+    print("\nFPS 8,192 -> 1,024 points, one cloud, CPU: " + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in times.items())
+          + f" (loop / fpsample {ratio:.1f}x; training uses fpsample when the fps extra is installed)")
 
 
 def main_s3(args) -> None:
@@ -187,9 +228,8 @@ def main_s3(args) -> None:
         for workers in (0, 2):
             keep = {"persistent_workers": workers > 0}
             stream = ObjectStream("s3://bench/cache.zarr", StreamConfig())
-            stream.set_position(0, 0, args.batch_size, workers)
-            s = rate(DataLoader(stream, batch_size=args.batch_size, num_workers=workers, drop_last=True, **keep),
-                     args.epochs, False)
+            stream.set_position(0, 0, args.batch_size, num_workers=workers)
+            s = rate(DataLoader(stream, batch_size=None, num_workers=workers, **keep), args.epochs, False)
             b = rate(DataLoader(PerShapeFiles("s3://bench/per-shape", rows.tolist(), terms),
                                 batch_size=args.batch_size, num_workers=workers, shuffle=True, drop_last=True, **keep),
                      args.epochs, False)

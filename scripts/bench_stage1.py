@@ -30,11 +30,10 @@ from train.ops import farthest_point_sample
 
 def _epochs(stream: ObjectStream, batch: int):
     """Batches over as many epochs as asked for, as the trainer reads them."""
-    epoch = 0
+    stream.set_position(0, 0, batch, num_workers=2)
+    loader = DataLoader(stream, batch_size=None, num_workers=2, persistent_workers=True)  # the trainer's loader
     while True:
-        stream.set_position(epoch, 0, batch, 2)
-        yield from DataLoader(stream, batch_size=batch, num_workers=2, drop_last=True)
-        epoch += 1
+        yield from loader
 
 
 def run(url: str, steps: int, batch: int, model_name: str, online: bool) -> dict:

@@ -14,11 +14,24 @@ def assert_close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> None:
     assert diff.max() <= tol, f"largest difference {diff.max():.3g} at {tuple(int(i) for i in torch.nonzero(diff == diff.max())[0])}"
 
 
+@pytest.mark.parametrize("use_fpsample", [False, True])
 @pytest.mark.parametrize("b,n,k", [(1, 7, 3), (2, 40, 10), (3, 65, 16)])
-def test_fps_matches_the_naive_loop(b, n, k):
+def test_fps_matches_the_naive_loop(b, n, k, use_fpsample):
+    if use_fpsample:
+        pytest.importorskip("fpsample", reason="the fps extra is not installed")  # `make setup` installs it
     pts = torch.randn(b, n, 3, generator=torch.Generator().manual_seed(n))
-    assert torch.equal(farthest_point_sample(pts, k, use_pytorch3d=False), fps_naive(pts, k))
-    assert torch.equal(farthest_point_sample(pts, k, start=2, use_pytorch3d=False), fps_naive(pts, k, start=2))
+    fps = lambda **kw: farthest_point_sample(pts, k, use_pytorch3d=False, use_fpsample=use_fpsample, **kw)  # noqa: E731
+    assert torch.equal(fps(), fps_naive(pts, k))
+    assert torch.equal(fps(start=2), fps_naive(pts, k, start=2))
+
+
+def test_fpsample_and_the_torch_loop_agree_on_a_shapenet_sized_cloud():
+    pytest.importorskip("fpsample", reason="the fps extra is not installed")
+    pts = torch.rand(2, 8192, 3, generator=torch.Generator().manual_seed(0))
+    for start in (0, 77):
+        compiled = farthest_point_sample(pts, 1024, start=start, use_pytorch3d=False)
+        looped = farthest_point_sample(pts, 1024, start=start, use_pytorch3d=False, use_fpsample=False)
+        assert torch.equal(compiled, looped) and compiled[0, 0] == start
 
 
 @pytest.mark.parametrize("b,m,n,k", [(1, 5, 9, 1), (2, 11, 37, 4), (2, 8, 64, 8)])

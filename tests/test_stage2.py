@@ -1,13 +1,12 @@
 """Stage-2: token shuffling and its targets, positions after the shuffle, the global decoder's input,
-masking, the frozen teacher, exported features, exact resume, torchrun and evaluation of its checkpoints."""
+masking, the frozen teacher, exported features, exact resume and evaluation of its checkpoints
+(torchrun: tests/test_ddp.py)."""
 
 from __future__ import annotations
 
 import csv
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -256,18 +255,3 @@ def test_stage2_refuses_bad_settings(small_demo_cache, stage1_run, tmp_path):
         train_stage2(Stage2Config(teacher=stage1_run, local=False, use_global=False, **base), progress=False)
     with pytest.raises(ValueError, match="export-teacher"):
         train_stage2(Stage2Config(teacher=stage1_run, teacher_source="cache", **base), progress=False)
-
-
-def test_stage2_under_torchrun(small_demo_cache, stage1_run, tmp_path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    run_dir = str(tmp_path / "ddp")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", "train",
-           "stage2", "--cache", small_demo_cache, "--teacher", stage1_run, "--out", run_dir, "--steps", "2",
-           "--batch-size", "4", "--num-points", "128", "--workers", "0", "--log-every", "1", "--no-progress"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert len(_metrics(run_dir)) == 2 and os.path.exists(os.path.join(run_dir, "last.pt"))

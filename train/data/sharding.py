@@ -5,10 +5,10 @@
     ranks         contiguous, balanced ranges of that order (sizes differ by at most one row), so a rank
                   reads whole blocks but for the two at its range's ends, and caches smaller than
                   ranks x workers x block still give every rank its share
-    windows       each rank's range cut into shuffle windows of ``window_rows`` (whole blocks' worth); a
-                  window's rows are permuted, so a batch is drawn from many random blocks. Windows are dealt
-                  round-robin to the rank's DataLoader workers; a rank with fewer windows than workers (a
-                  small cache) lets every worker read each window and take every W-th of its permuted rows
+    windows       each rank's range cut into shuffle windows of ``window_rows``, but no more than a worker's
+                  share of the rank's rows (so every worker has work on a small cache), rounded up to whole
+                  blocks; a window's rows are permuted, so a batch is drawn from many random blocks. Windows
+                  are dealt round-robin to the rank's DataLoader workers: no two workers read the same chunks
     batches       a worker cuts its rows, window after window, into batches (a batch may span two windows);
                   every rank takes the same number of batches per epoch: the smallest any rank has
 
@@ -57,36 +57,28 @@ def rank_rows(order: np.ndarray, world_size: int, rank: int) -> np.ndarray:
     return np.array_split(order, world_size)[rank]
 
 
-def window_size(block_rows: int, window_rows: int) -> int:
-    """Rows per shuffle window: ``window_rows`` rounded up to whole blocks."""
-    return block_rows * max(1, -(-window_rows // block_rows))
+def window_size(block_rows: int, window_rows: int, rank_rows: int, workers: int) -> int:
+    """Rows per shuffle window: ``window_rows``, but no more than a worker's share of the rank's rows,
+    rounded up to whole blocks."""
+    rows = min(window_rows, max(1, -(-rank_rows // workers)))
+    return block_rows * max(1, -(-rows // block_rows))
 
 
 def worker_windows(rows: np.ndarray, size: int, workers: int, worker: int, seed: int, epoch: int,
                    rank: int) -> list[tuple[int, np.ndarray]]:
-    """(window index, this worker's rows of it in yield order): windows permuted, then dealt round-robin,
-    or shared row by row when there are fewer windows than workers."""
-    num_windows = -(-len(rows) // size)
-    shared = num_windows < workers
+    """(window index, its rows in yield order) for one worker: windows dealt round-robin, rows permuted."""
     out = []
-    for w in range(num_windows) if shared else range(worker, num_windows, workers):
+    for w in range(worker, -(-len(rows) // size), workers):
         window = rows[w * size:(w + 1) * size]
-        window = window[np.random.default_rng([seed, epoch, rank, w, 0x5EED]).permutation(len(window))]
-        out.append((w, window[worker::workers] if shared else window))
+        out.append((w, window[np.random.default_rng([seed, epoch, rank, w, 0x5EED]).permutation(len(window))]))
     return out
 
 
 def worker_row_counts(num_rows: int, size: int, workers: int) -> list[int]:
-    """Rows each worker yields from a rank's ``num_rows`` (as :func:`worker_windows` deals them)."""
+    """Rows each worker yields from a rank's ``num_rows`` (windows of ``size`` dealt round-robin)."""
     counts = [0] * workers
-    num_windows = -(-num_rows // size)
-    for w in range(num_windows):
-        n = min(size, num_rows - w * size)
-        if num_windows < workers:
-            for k in range(workers):
-                counts[k] += len(range(k, n, workers))
-        else:
-            counts[w % workers] += n
+    for w in range(-(-num_rows // size)):
+        counts[w % workers] += min(size, num_rows - w * size)
     return counts
 
 
@@ -97,9 +89,8 @@ def batches_available(counts: list[int], batch_size: int, drop_last: bool) -> li
 def batches_per_epoch(num_selected: int, block_rows: int, s: Sharding) -> int:
     """Batches every rank takes per epoch: the fewest any rank has, so ranks step through epochs together."""
     shares = [len(part) for part in np.array_split(np.zeros(num_selected), s.world_size)]
-    size = window_size(block_rows, s.window_rows)
-    return min(sum(batches_available(worker_row_counts(n, size, s.slots), s.batch_size, s.drop_last))
-               for n in shares)
+    return min(sum(batches_available(worker_row_counts(n, window_size(block_rows, s.window_rows, n, s.slots),
+                                                       s.slots), s.batch_size, s.drop_last)) for n in shares)
 
 
 def batches_per_slot(batches_done: int, batches_available: list[int]) -> tuple[list[int], int]:
@@ -135,7 +126,7 @@ def slot_plan(selected: np.ndarray, block_rows: int, s: Sharding, worker_id: int
     """The plan of the DataLoader worker ``worker_id`` (0 in-process) resuming ``batches_done`` into ``epoch``."""
     order = epoch_order(selected, block_rows, seed, epoch)
     mine = rank_rows(order, s.world_size, s.rank)
-    size = window_size(block_rows, s.window_rows)
+    size = window_size(block_rows, s.window_rows, len(mine), s.slots)
     available = batches_available(worker_row_counts(len(mine), size, s.slots), s.batch_size, s.drop_last)
     taken, next_slot = batches_per_slot(batches_done, available)
     worker = (next_slot + worker_id) % s.slots
