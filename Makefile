@@ -126,7 +126,8 @@ ablate-stage2: setup
 
 bench-train: setup
 	@test -d $(CACHES)/demo.zarr || $(MAKE) --no-print-directory cache DATASET=demo
-	$(PY) scripts/bench_loader.py $(CACHES)/demo.zarr
+	@test -d $(CACHES)/demo-scenes.zarr || $(MAKE) --no-print-directory cache DATASET=demo-scenes
+	$(PY) scripts/bench_loader.py $(CACHES)/demo.zarr --scenes $(CACHES)/demo-scenes.zarr --epochs 20
 	$(PY) scripts/bench_stage1.py $(CACHES)/demo.zarr
 
 clean:
