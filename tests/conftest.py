@@ -53,3 +53,28 @@ def small_demo_cache(tmp_path_factory):
                             teachers=("clip-tiny", "dinov2-tiny"), num_captions=2, demo_per_class=5)
     build_objects(url, cfg, RunOptions(progress=False, block_rows=4))
     return url
+
+
+@pytest.fixture(scope="session")
+def small_scenes_cache(tmp_path_factory):
+    """A built demo-scenes cache (6 frames, tiny DINOv2, 3 blocks of 2 frames: both torchrun ranks get frames)."""
+    from preprocess.build_common import RunOptions
+    from preprocess.build_scenes import SceneBuildConfig, build_scenes
+
+    url = str(tmp_path_factory.mktemp("scenes") / "demo-scenes.zarr")
+    build_scenes(url, SceneBuildConfig("demo-scenes", frames=6, teachers=("dinov2-tiny",), feature_size=(70, 42)),
+                 RunOptions(progress=False, block_rows=2))
+    return url
+
+
+@pytest.fixture(scope="session")
+def stage1_ckpt(small_demo_cache, tmp_path_factory):
+    """A 2-step stage-1 run's last.pt on the small demo cache."""
+    import os
+
+    from train.stages.stage1 import Stage1Config, train_stage1
+
+    out = str(tmp_path_factory.mktemp("s1") / "run")
+    train_stage1(Stage1Config(cache=small_demo_cache, out=out, steps=2, batch_size=4, num_points=128, workers=0),
+                 progress=False)
+    return os.path.join(out, "last.pt")

@@ -43,27 +43,6 @@ def _losses(out: str) -> list[dict]:
         return [{k: v for k, v in r.items() if k.startswith("loss/")} for r in csv.DictReader(f)]
 
 
-@pytest.fixture(scope="module")
-def stage1_ckpt(small_demo_cache, tmp_path_factory):
-    from train.stages.stage1 import Stage1Config, train_stage1
-
-    out = str(tmp_path_factory.mktemp("s1") / "run")
-    train_stage1(Stage1Config(cache=small_demo_cache, out=out, steps=2, batch_size=4, num_points=128, workers=0),
-                 progress=False)
-    return os.path.join(out, "last.pt")
-
-
-@pytest.fixture(scope="module")
-def scenes_cache(tmp_path_factory):
-    from preprocess.build_common import RunOptions
-    from preprocess.build_scenes import SceneBuildConfig, build_scenes
-
-    url = str(tmp_path_factory.mktemp("scenes") / "demo-scenes.zarr")
-    build_scenes(url, SceneBuildConfig("demo-scenes", frames=6, teachers=("dinov2-tiny",), feature_size=(70, 42)),
-                 RunOptions(progress=False, block_rows=2))
-    return url
-
-
 def test_stage1_ranks_hold_identical_weights(small_demo_cache, tmp_path):
     out = str(tmp_path / "s1")
     _torchrun("stage1", cache=small_demo_cache, out=out, steps=3, batch_size=4, num_points=128, workers=0,
@@ -81,17 +60,18 @@ def test_stage2_ranks_hold_identical_weights(small_demo_cache, stage1_ckpt, tmp_
 
 
 @pytest.mark.parametrize("mode", ["pretrain", "finetune"])
-def test_fusion_ranks_hold_identical_weights(scenes_cache, tmp_path, mode):
+def test_fusion_ranks_hold_identical_weights(small_scenes_cache, tmp_path, mode):
     out = str(tmp_path / mode)
     weights = {"contrastive": 1.0, "regression": 1.0, "occupancy": 0.5, "codebook": 0.5}
-    _torchrun("fusion", cache=scenes_cache, out=out, mode=mode, steps=3, batch_size=1, dim=16, depth=2, workers=0,
+    _torchrun("fusion", cache=small_scenes_cache, out=out, mode=mode, steps=3, batch_size=1, dim=16, depth=2, workers=0,
               log_every=1, warmup_steps=1, weights=weights)
     _assert_identical(out)
     config = json.load(open(os.path.join(out, "config.json")))
     assert config["world_size"] == 2
 
 
-def test_a_2_rank_run_stopped_and_resumed_repeats_the_uninterrupted_one(small_demo_cache, stage1_ckpt, tmp_path):
+def test_a_2_rank_run_stopped_and_resumed_repeats_the_uninterrupted_one(small_demo_cache, stage1_ckpt,
+                                                                        tmp_path):
     common = dict(cache=small_demo_cache, teacher=stage1_ckpt, steps=6, batch_size=2, num_points=128, workers=1,
                   log_every=1, warmup_steps=1, ckpt_every=100)
     full, part = str(tmp_path / "full"), str(tmp_path / "part")

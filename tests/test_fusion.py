@@ -10,24 +10,12 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import torch
 
 from train.models.fusion import mean_pair_features
 
 SMALL = dict(dim=16, depth=2, batch_size=2, workers=0, log_every=1)
 ALL_TERMS = {"contrastive": 1.0, "regression": 1.0, "occupancy": 0.5, "codebook": 0.5}
-
-
-@pytest.fixture(scope="module")
-def scenes_cache(tmp_path_factory):
-    from preprocess.build_common import RunOptions
-    from preprocess.build_scenes import SceneBuildConfig, build_scenes
-
-    url = str(tmp_path_factory.mktemp("scenes") / "demo-scenes.zarr")
-    build_scenes(url, SceneBuildConfig("demo-scenes", frames=6, teachers=("dinov2-tiny",), feature_size=(70, 42)),
-                 RunOptions(progress=False, block_rows=2))  # 3 blocks: both torchrun ranks get frames
-    return url
 
 
 def _losses(run_dir: str, key: str = "loss/total") -> list[float]:
@@ -43,10 +31,10 @@ def test_a_points_2d_feature_is_the_mean_of_its_own_pairs():
     assert paired.tolist() == [True, False, True, True, False]
 
 
-def test_pretraining_with_every_term_resumes_exactly(scenes_cache, tmp_path):
+def test_pretraining_with_every_term_resumes_exactly(small_scenes_cache, tmp_path):
     from train.stages.fusion import FusionRunConfig, train_fusion
 
-    common = dict(cache=scenes_cache, steps=4, ckpt_every=2, warmup_steps=1, weights=ALL_TERMS, **SMALL)
+    common = dict(cache=small_scenes_cache, steps=4, ckpt_every=2, warmup_steps=1, weights=ALL_TERMS, **SMALL)
     full, part = str(tmp_path / "full"), str(tmp_path / "part")
     metrics = train_fusion(FusionRunConfig(out=full, **common), progress=False)
     assert all(metrics[f"loss/{k}"] > 0 for k in ALL_TERMS)
@@ -56,36 +44,36 @@ def test_pretraining_with_every_term_resumes_exactly(scenes_cache, tmp_path):
     assert len(_losses(full)) == 4
 
 
-def test_finetune_on_a_share_of_labels_from_a_checkpoint_and_eval_seg(scenes_cache, tmp_path):
+def test_finetune_on_a_share_of_labels_from_a_checkpoint_and_eval_seg(small_scenes_cache, tmp_path):
     from typer.testing import CliRunner
 
     from train.cli import app
     from train.stages.fusion import FusionRunConfig, train_fusion
 
     pre = str(tmp_path / "pre")
-    train_fusion(FusionRunConfig(cache=scenes_cache, out=pre, steps=2, **SMALL), progress=False)
+    train_fusion(FusionRunConfig(cache=small_scenes_cache, out=pre, steps=2, **SMALL), progress=False)
     fine = str(tmp_path / "fine")
     runner = CliRunner()
-    result = runner.invoke(app, ["fusion", "finetune", "--cache", scenes_cache, "--out", fine, "--labels", "40%",
+    result = runner.invoke(app, ["fusion", "finetune", "--cache", small_scenes_cache, "--out", fine, "--labels", "40%",
                                  "--init", os.path.join(pre, "last.pt"), "--steps", "2", "--dim", "16", "--depth", "2",
                                  "--workers", "0", "--no-progress"])
     assert result.exit_code == 0, result.output
     config = json.load(open(os.path.join(fine, "config.json")))
     assert len(config["labelled_frames"]) == 2   # 40% of the 5 training frames (the last of 6 is val)
     assert {"loss/ce", "loss/ce_fused", "loss/consistency"} <= set(json.loads(result.output.strip().splitlines()[-1]))
-    result = runner.invoke(app, ["eval", "seg", "--cache", scenes_cache, "--ckpt", os.path.join(fine, "last.pt"),
+    result = runner.invoke(app, ["eval", "seg", "--cache", small_scenes_cache, "--ckpt", os.path.join(fine, "last.pt"),
                                  "--json"])
     assert result.exit_code == 0, result.output
     seg = json.loads(result.output)
     assert 0 <= seg["miou"] <= 1 and set(seg["per_class_iou"]) == {"ground", "building", "wall", "car", "pole",
                                                                    "barrel"}
     assert seg["num_frames"] == 1 and seg["num_points"] > 10_000
-    bad = runner.invoke(app, ["fusion", "finetune", "--cache", scenes_cache, "--out", str(tmp_path / "x"),
+    bad = runner.invoke(app, ["fusion", "finetune", "--cache", small_scenes_cache, "--out", str(tmp_path / "x"),
                               "--init", os.path.join(fine, "last.pt"), "--workers", "0"])
     assert bad.exit_code == 2 and "needs a `train fusion pretrain` one" in bad.output
 
 
-def test_fusion_under_torchrun(scenes_cache, tmp_path):
+def test_fusion_under_torchrun(small_scenes_cache, tmp_path):
     import socket
 
     with socket.socket() as s:
@@ -93,7 +81,7 @@ def test_fusion_under_torchrun(scenes_cache, tmp_path):
         port = s.getsockname()[1]
     run_dir = str(tmp_path / "ddp")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", "train",
-           "fusion", "pretrain", "--cache", scenes_cache, "--out", run_dir, "--steps", "2", "--batch-size", "1",
+           "fusion", "pretrain", "--cache", small_scenes_cache, "--out", run_dir, "--steps", "2", "--batch-size", "1",
            "--dim", "16", "--depth", "2", "--workers", "0", "--log-every", "1", "--no-progress"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]

@@ -150,26 +150,16 @@ def test_points_target_reconstructs_the_masked_patches():
 # ---------------------------------------------------------------- runs on a real cache
 
 
-@pytest.fixture(scope="module")
-def stage1_run(small_demo_cache, tmp_path_factory):
-    from train.stages.stage1 import Stage1Config, train_stage1
-
-    out = str(tmp_path_factory.mktemp("s1") / "run")
-    train_stage1(Stage1Config(cache=small_demo_cache, out=out, steps=2, batch_size=4, num_points=128, workers=0),
-                 progress=False)
-    return os.path.join(out, "last.pt")
-
-
 def _metrics(run_dir):
     with open(os.path.join(run_dir, "metrics.csv")) as f:
         return list(csv.DictReader(f))
 
 
-def test_teacher_gets_no_gradient_and_stays_in_eval_mode(small_demo_cache, stage1_run, tmp_path):
+def test_teacher_gets_no_gradient_and_stays_in_eval_mode(small_demo_cache, stage1_ckpt, tmp_path):
     from train.loop import run
     from train.stages.stage2 import Stage2Config, Stage2Task
 
-    cfg = Stage2Config(cache=small_demo_cache, out=str(tmp_path / "s2"), teacher=stage1_run, steps=2, batch_size=4,
+    cfg = Stage2Config(cache=small_demo_cache, out=str(tmp_path / "s2"), teacher=stage1_ckpt, steps=2, batch_size=4,
                        num_points=128, workers=0)
     task = Stage2Task(cfg)
     before = {k: v.clone() for k, v in task.teacher.state_dict().items()}
@@ -193,12 +183,12 @@ def test_teacher_gets_no_gradient_and_stays_in_eval_mode(small_demo_cache, stage
     assert Stage2Config(cache=cfg.cache, out=cfg.out, init="random").encoder_lr_scale == 1.0  # nothing to protect
     # the student did move away from its stage-1 initialisation
     state = torch.load(os.path.join(cfg.out, "last.pt"), weights_only=True)
-    s1 = torch.load(stage1_run, weights_only=True)
+    s1 = torch.load(stage1_ckpt, weights_only=True)
     assert not torch.equal(state["model"]["encoder.pos_embed.0.weight"], s1["model"]["encoder.pos_embed.0.weight"])
     torch.testing.assert_close(state["model"]["heads.clip-tiny.proj.weight"], s1["model"]["heads.clip-tiny.proj.weight"])
 
 
-def test_exported_teacher_features_equal_on_the_fly_ones(small_demo_cache, stage1_run, tmp_path):
+def test_exported_teacher_features_equal_on_the_fly_ones(small_demo_cache, stage1_ckpt, tmp_path):
     from torch.utils.data import DataLoader
 
     from cache_schema import open_cache
@@ -209,8 +199,8 @@ def test_exported_teacher_features_equal_on_the_fly_ones(small_demo_cache, stage
 
     url = str(tmp_path / "cache.zarr")
     shutil.copytree(small_demo_cache, url)
-    message = export_teacher(stage1_run, url, num_points=128, progress=False)
-    task = Stage2Task(Stage2Config(cache=url, out=str(tmp_path / "x"), teacher=stage1_run, teacher_source="cache",
+    message = export_teacher(stage1_ckpt, url, num_points=128, progress=False)
+    task = Stage2Task(Stage2Config(cache=url, out=str(tmp_path / "x"), teacher=stage1_ckpt, teacher_source="cache",
                                    num_points=128))
     assert task.teacher_name in message and task.teacher_name in open_cache(url).teachers
     assert validate(url) == []
@@ -221,15 +211,15 @@ def test_exported_teacher_features_equal_on_the_fly_ones(small_demo_cache, stage
     tokens, glob = task.teacher(nb, center)
     torch.testing.assert_close(batch[f"{task.teacher_name}/tokens"], tokens, atol=2e-2, rtol=1e-2)  # float16 store
     torch.testing.assert_close(batch[f"{task.teacher_name}/global"], glob, atol=2e-2, rtol=1e-2)
-    assert "already has" in export_teacher(stage1_run, url, num_points=128, progress=False)
+    assert "already has" in export_teacher(stage1_ckpt, url, num_points=128, progress=False)
 
 
-def test_stage2_resumes_exactly_and_its_checkpoint_evaluates(small_demo_cache, stage1_run, tmp_path):
+def test_stage2_resumes_exactly_and_its_checkpoint_evaluates(small_demo_cache, stage1_ckpt, tmp_path):
     from cache_schema import open_cache
     from train import evaluate
     from train.stages.stage2 import Stage2Config, train_stage2
 
-    common = dict(cache=small_demo_cache, teacher=stage1_run, steps=4, batch_size=4, num_points=128, workers=0,
+    common = dict(cache=small_demo_cache, teacher=stage1_ckpt, steps=4, batch_size=4, num_points=128, workers=0,
                   log_every=1, warmup_steps=1, ckpt_every=2)
     full, part = str(tmp_path / "full"), str(tmp_path / "part")
     train_stage2(Stage2Config(out=full, **common), progress=False)
@@ -245,13 +235,13 @@ def test_stage2_resumes_exactly_and_its_checkpoint_evaluates(small_demo_cache, s
     assert evaluate.zeroshot(student, cache, num_points=128)["num_classes"] == 10
 
 
-def test_stage2_refuses_bad_settings(small_demo_cache, stage1_run, tmp_path):
+def test_stage2_refuses_bad_settings(small_demo_cache, stage1_ckpt, tmp_path):
     from train.stages.stage2 import Stage2Config, train_stage2
 
     base = dict(cache=small_demo_cache, out=str(tmp_path / "r"), steps=1, batch_size=4, num_points=128, workers=0)
     with pytest.raises(ValueError, match="needs --teacher"):
         train_stage2(Stage2Config(**base), progress=False)
     with pytest.raises(ValueError, match="nothing to learn"):
-        train_stage2(Stage2Config(teacher=stage1_run, local=False, use_global=False, **base), progress=False)
+        train_stage2(Stage2Config(teacher=stage1_ckpt, local=False, use_global=False, **base), progress=False)
     with pytest.raises(ValueError, match="export-teacher"):
-        train_stage2(Stage2Config(teacher=stage1_run, teacher_source="cache", **base), progress=False)
+        train_stage2(Stage2Config(teacher=stage1_ckpt, teacher_source="cache", **base), progress=False)

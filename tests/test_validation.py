@@ -23,17 +23,6 @@ def _rows(path: str) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-@pytest.fixture(scope="module")
-def scenes_cache(tmp_path_factory):
-    from preprocess.build_common import RunOptions
-    from preprocess.build_scenes import SceneBuildConfig, build_scenes
-
-    url = str(tmp_path_factory.mktemp("scenes") / "demo-scenes.zarr")
-    build_scenes(url, SceneBuildConfig("demo-scenes", frames=6, teachers=("dinov2-tiny",), feature_size=(70, 42)),
-                 RunOptions(progress=False, block_rows=2))
-    return url
-
-
 def test_best_pt_is_the_best_validated_step(small_demo_cache, tmp_path):
     out = str(tmp_path / "s1")
     result = CliRunner().invoke(app, ["stage1", "--cache", small_demo_cache, "--out", out, "--steps", "6",
@@ -55,14 +44,9 @@ def test_best_pt_is_the_best_validated_step(small_demo_cache, tmp_path):
     assert again == pytest.approx(best["score"])
 
 
-def test_stage2_validates_with_a_linear_probe(small_demo_cache, tmp_path):
-    from train.stages.stage1 import Stage1Config, train_stage1
-
-    s1 = str(tmp_path / "s1")
-    train_stage1(Stage1Config(cache=small_demo_cache, out=s1, steps=1, batch_size=4, num_points=128, workers=0),
-                 progress=False)
+def test_stage2_validates_with_a_linear_probe(small_demo_cache, stage1_ckpt, tmp_path):
     out = str(tmp_path / "s2")
-    result = CliRunner().invoke(app, ["stage2", "--cache", small_demo_cache, "--teacher", os.path.join(s1, "last.pt"),
+    result = CliRunner().invoke(app, ["stage2", "--cache", small_demo_cache, "--teacher", stage1_ckpt,
                                       "--out", out, "--steps", "2", "--val-split", "test", "--val-every", "1", *FAST])
     assert result.exit_code == 0, result.output
     val = _rows(os.path.join(out, "validation.csv"))
@@ -79,8 +63,8 @@ def test_a_missing_validation_split_stops_the_start(small_demo_cache, tmp_path):
     assert not os.path.exists(out)
 
 
-def test_fusion_validates_and_every_run_folder_gets_a_report(scenes_cache, tmp_path):
-    common = ["--cache", scenes_cache, "--steps", "2", "--batch-size", "1", "--dim", "16", "--depth", "2",
+def test_fusion_validates_and_every_run_folder_gets_a_report(small_scenes_cache, tmp_path):
+    common = ["--cache", small_scenes_cache, "--steps", "2", "--batch-size", "1", "--dim", "16", "--depth", "2",
               "--workers", "0", "--max-points", "4000", "--val-split", "val", "--val-every", "1", "--no-progress"]
     pre, fine = str(tmp_path / "pre"), str(tmp_path / "fine")
     runner = CliRunner()
@@ -100,7 +84,7 @@ def test_fusion_validates_and_every_run_folder_gets_a_report(scenes_cache, tmp_p
     table = json.load(open(os.path.join(fine, "eval.json")))
     assert table["checkpoint"] == "best.pt" and 0 <= table["this run"]["miou"] <= 1
     # the table is what `train eval seg` gives for that checkpoint
-    seg = json.loads(runner.invoke(app, ["eval", "seg", "--cache", scenes_cache, "--ckpt",
+    seg = json.loads(runner.invoke(app, ["eval", "seg", "--cache", small_scenes_cache, "--ckpt",
                                          os.path.join(fine, "best.pt"), "--json"]).output)
     assert seg["miou"] == pytest.approx(table["this run"]["miou"])
     assert torch.load(os.path.join(fine, "best.pt"), weights_only=True)["stage"] == "fusion-finetune"

@@ -33,7 +33,7 @@ from zarr.core.sync import sync as zarr_sync  # runs a coroutine on zarr's I/O l
 from cache_schema import DONE, open_cache
 from cache_schema.errors import CorruptChunkError
 from train.data.augment import augment_batch
-from train.data.sharding import DEFAULT_WINDOW_ROWS, Sharding, batches_per_epoch, slot_plan
+from train.data.sharding import DEFAULT_WINDOW_ROWS, ShardedStream
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def head_dims(cache) -> dict[str, int]:
     return {teacher: cache.teachers[teacher].dim for teacher, _ in contrastive_terms(cache).values()}
 
 
-class ObjectStream(IterableDataset):
+class ObjectStream(ShardedStream, IterableDataset):
     """An epoch of one split of an objects cache, sharded over DDP ranks and DataLoader workers (batches out)."""
 
     def __init__(self, url: str, config: StreamConfig = StreamConfig(), rank: int = 0, world_size: int = 1,
@@ -82,34 +82,8 @@ class ObjectStream(IterableDataset):
         self.block_rows = cache.chunking.block_rows
         self.set_position(0)
 
-    def set_position(self, epoch: int, batches_done: int = 0, batch_size: int = 1, drop_last: bool = True,
-                     num_workers: int = 0) -> None:
-        """Start (or resume) at ``batches_done`` batches into ``epoch``; each later ``iter()`` is the next epoch.
-
-        ``num_workers`` is the DataLoader's (for :meth:`batches_per_epoch`); inside a worker the stream asks
-        ``get_worker_info()``, so a stream never yields a row twice whatever it is told.
-        """
-        self.position = (epoch, batches_done)
-        self.batch_size, self.drop_last, self.num_workers = batch_size, drop_last, num_workers
-
-    def __len__(self) -> int:
-        return int(self.selected.sum())
-
-    def sharding(self, num_workers: int) -> Sharding:
-        return Sharding(self.world_size, self.rank, num_workers, self.batch_size, self.drop_last,
-                        self.config.window_rows)
-
-    def batches_per_epoch(self) -> int:
-        """Batches every rank takes per epoch with the DataLoader given to :meth:`set_position`."""
-        return batches_per_epoch(len(self), self.block_rows, self.sharding(self.num_workers))
-
     def __iter__(self):
-        info = get_worker_info()
-        workers, worker_id = (info.num_workers, info.id) if info is not None else (0, 0)
-        epoch, batches_done = self.position
-        self.position = (epoch + 1, 0)  # persistent workers keep their copy: the next iter() is the next epoch
-        plan = slot_plan(self.selected, self.block_rows, self.sharding(workers), worker_id, self.config.seed, epoch,
-                         batches_done)
+        epoch, plan = self.plan(get_worker_info())
         cache = open_cache(self.url, self.storage_options)
         arrays = self._arrays(cache)
         skip, pending = plan.skip_rows, None

@@ -21,7 +21,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from cache_schema import DONE, open_cache
 from cache_schema.errors import CorruptChunkError
 from cache_schema.layout import RAGGED_OFFSETS
-from train.data.sharding import Sharding, batches_per_epoch, slot_plan
+from train.data.sharding import ShardedStream
 from train.metrics import IGNORE_INDEX
 
 
@@ -34,7 +34,7 @@ class SceneStreamConfig:
     window_rows: int = 64  # frames shuffled together (a LiDAR frame with its pairs is a megabyte or more)
 
 
-class SceneStream(IterableDataset):
+class SceneStream(ShardedStream, IterableDataset):
     """An epoch of one split of a scenes cache: collated batches of frames (see :func:`collate_frames`)."""
 
     def __init__(self, url: str, config: SceneStreamConfig = SceneStreamConfig(), rank: int = 0,
@@ -59,40 +59,14 @@ class SceneStream(IterableDataset):
         self.has_labels = any(a.path == "labels" for a in cache.layout.arrays)
         self.set_position(0)
 
-    def set_position(self, epoch: int, batches_done: int = 0, batch_size: int = 1, drop_last: bool = True,
-                     num_workers: int = 0) -> None:
-        """Start (or resume) at ``batches_done`` batches into ``epoch``; each later ``iter()`` is the next epoch.
-
-        ``num_workers`` is the DataLoader's (for :meth:`batches_per_epoch`); inside a worker the stream asks
-        ``get_worker_info()``, so a stream never yields a frame twice whatever it is told.
-        """
-        self.position = (epoch, batches_done)
-        self.batch_size, self.drop_last, self.num_workers = batch_size, drop_last, num_workers
-
     def restrict(self, rows: np.ndarray) -> None:
         """Stream only these frames (e.g. the labelled 1% for fine-tuning)."""
         keep = np.zeros_like(self.selected)
         keep[rows] = True
         self.selected &= keep
 
-    def __len__(self) -> int:
-        return int(self.selected.sum())
-
-    def sharding(self, num_workers: int) -> Sharding:
-        return Sharding(self.world_size, self.rank, num_workers, self.batch_size, self.drop_last,
-                        self.config.window_rows)
-
-    def batches_per_epoch(self) -> int:
-        """Batches every rank takes per epoch with the DataLoader given to :meth:`set_position`."""
-        return batches_per_epoch(len(self), self.block_rows, self.sharding(self.num_workers))
-
     def __iter__(self):
-        info = get_worker_info()
-        workers, worker_id = (info.num_workers, info.id) if info is not None else (0, 0)
-        epoch, batches_done = self.position
-        self.position = (epoch + 1, 0)  # persistent workers keep their copy: the next iter() is the next epoch
-        plan = slot_plan(self.selected, self.block_rows, self.sharding(workers), worker_id, self.config.seed, epoch,
-                         batches_done)
+        epoch, plan = self.plan(get_worker_info())
         cache = open_cache(self.url)
         offsets = {fam: cache.array(path)[:] for fam, path in RAGGED_OFFSETS.items()}
         flat = {"points": "points", "pair_point": "pairs/point", "pair_camera": "pairs/camera", "pair_uv": "pairs/uv",

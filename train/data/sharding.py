@@ -132,3 +132,40 @@ def slot_plan(selected: np.ndarray, block_rows: int, s: Sharding, worker_id: int
     worker = (next_slot + worker_id) % s.slots
     return SlotPlan(worker_windows(mine, size, s.slots, worker, seed, epoch, s.rank),
                     taken[worker] * s.batch_size, available[worker] - taken[worker])
+
+
+class ShardedStream:
+    """What the objects and scenes streams share: the position in the epochs and the per-epoch batch count.
+
+    A subclass sets ``selected`` (bool per row), ``block_rows``, ``rank``, ``world_size`` and
+    ``config.window_rows``, and reads its plan with :meth:`plan` in ``__iter__``.
+    """
+
+    def set_position(self, epoch: int, batches_done: int = 0, batch_size: int = 1, drop_last: bool = True,
+                     num_workers: int = 0) -> None:
+        """Start (or resume) at ``batches_done`` batches into ``epoch``; each later ``iter()`` is the next epoch.
+
+        ``num_workers`` is the DataLoader's (for :meth:`batches_per_epoch`); inside a worker the stream asks
+        ``get_worker_info()``, so a stream never yields a row twice whatever it is told.
+        """
+        self.position = (epoch, batches_done)
+        self.batch_size, self.drop_last, self.num_workers = batch_size, drop_last, num_workers
+
+    def __len__(self) -> int:
+        return int(self.selected.sum())
+
+    def sharding(self, num_workers: int) -> Sharding:
+        return Sharding(self.world_size, self.rank, num_workers, self.batch_size, self.drop_last,
+                        self.config.window_rows)
+
+    def batches_per_epoch(self) -> int:
+        """Batches every rank takes per epoch with the DataLoader given to :meth:`set_position`."""
+        return batches_per_epoch(len(self), self.block_rows, self.sharding(self.num_workers))
+
+    def plan(self, info) -> tuple[int, SlotPlan]:
+        """This epoch and this worker's plan (``info``: ``get_worker_info()``); moves on to the next epoch."""
+        workers, worker_id = (info.num_workers, info.id) if info is not None else (0, 0)
+        epoch, batches_done = self.position
+        self.position = (epoch + 1, 0)  # persistent workers keep their copy: the next iter() is the next epoch
+        return epoch, slot_plan(self.selected, self.block_rows, self.sharding(workers), worker_id, self.config.seed,
+                                epoch, batches_done)
