@@ -224,7 +224,8 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
         task.load_state(state)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state.get("scaler", {}) or scaler.state_dict())
+        if state.get("scaler"):  # fp16 runs; older checkpoints have none
+            scaler.load_state_dict(state["scaler"])
         step, epoch, batches_done = state["step"], state["data"]["epoch"], state["data"]["batches_done"]
         _set_rank_rng(task, state["rng"][rank % len(state["rng"])])
     if cfg.val_split is not None:  # before any folder is made: a validation that cannot run fails the start
