@@ -1,4 +1,4 @@
-"""Print the demo's evaluation table: every run's last.pt next to the random-init baseline.
+"""Print the demo's evaluation table: every run's checkpoint (best.pt, or last.pt) next to random init.
 
     .venv/bin/python scripts/demo_results.py runs/demo-s1 [runs/demo-s2 ...]
 
@@ -23,8 +23,9 @@ def main(run_dirs: list[str]) -> None:
         result = evaluation(run_dir, cache)
         if not rows:
             rows.append(("random", result["random init"]))
-        rows.append((os.path.join(run_dir, "last.pt"), result["this run"]))
-    print(f"{'encoder':<32} {'zero-shot top1':>15} {'top5':>7} {'linear':>8} {result['fewshot_setting']:>16}")
+        rows.append((os.path.join(run_dir, result["checkpoint"]), result["this run"]))
+    few = result["setting"].split("few-shot ")[-1]
+    print(f"{'encoder':<32} {'zero-shot top1':>15} {'top5':>7} {'linear':>8} {few:>16}")
     for name, r in rows:
         print(f"{name:<32} {r['zeroshot']:>15.1%} {r['zeroshot_top5']:>7.1%} {r['linear']:>8.1%} "
               f"{r['fewshot']:>9.1%} ± {r['fewshot_std']:.1%}")

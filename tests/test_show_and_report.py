@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
@@ -91,6 +93,11 @@ def test_train_report_png_and_html(small_demo_cache, tmp_path):
     assert set(evaluation) == {"checkpoint", "setting", "random init", "this run"}
     assert evaluation["checkpoint"] == "last.pt"  # the run did not validate: no best.pt
     assert evaluation["setting"] == "test split; few-shot 5-way 4-shot" and 0 <= evaluation["this run"]["linear"] <= 1
+    # the demo's table reads the same evaluation
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "demo_results.py")
+    table = subprocess.run([sys.executable, script, run], capture_output=True, text=True, timeout=300)
+    assert table.returncode == 0, table.stderr
+    assert "5-way 4-shot" in table.stdout and os.path.join(run, "last.pt") in table.stdout
     missing = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert missing.exit_code == 2 and ("config.json" in missing.output or "metrics.csv" in missing.output)
 

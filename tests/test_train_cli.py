@@ -118,3 +118,14 @@ def test_config_reruns_a_run_and_flags_override(small_demo_cache, s1_run, tmp_pa
     assert new["lr"] == 0.002 and new["seed"] == 3 and new["term_weights"] == {"clip-tiny/text": 0.5}
     _one_line_error(_invoke("stage2", "--config", os.path.join(s1_run, "config.json"), "--out",
                             str(tmp_path / "x")), "'stage1' run", "'stage2'")
+
+
+def test_epochs_of_a_batch_or_two_read_in_the_main_process(small_demo_cache, tmp_path):
+    # 40 train shapes in batches of 16: 2 batches per epoch, fewer than 4 per worker of 2
+    out = str(tmp_path / "short")
+    result = _invoke("stage1", "--cache", small_demo_cache, "--out", out, "--steps", "3", "--batch-size", "16",
+                     "--num-points", "128", "--workers", "2", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "reading in the main process" in result.output
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert config["loader_workers"] == 0 and config["config"]["workers"] == 2 and config["batches_per_epoch"] == 2

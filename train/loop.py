@@ -83,6 +83,9 @@ class LoopConfig:
             raise ValueError(f"--precision is one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
+SHORT_EPOCH = 4  # fewer batches per epoch than this many per worker: read in the main process
+
+
 class CacheMismatchError(RuntimeError):
     """A run is resumed on a cache other than the one it was trained on."""
 
@@ -233,8 +236,16 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
         if cfg.val_split not in val_cache.split_names:
             raise ValueError(f"--val-split {cfg.val_split!r}: {val_cache.loc.url} has the splits "
                              f"{', '.join(val_cache.split_names)}")
-    stream.set_position(epoch, batches_done, cfg.batch_size, drop_last=True, num_workers=cfg.workers)
+    workers = cfg.workers
+    stream.set_position(epoch, batches_done, cfg.batch_size, drop_last=True, num_workers=workers)
     per_epoch = stream.batches_per_epoch()
+    if workers and per_epoch < SHORT_EPOCH * workers:  # e.g. fine-tuning on 1% of the frames: a batch per epoch
+        workers = 0
+        stream.set_position(epoch, batches_done, cfg.batch_size, drop_last=True, num_workers=0)
+        per_epoch = stream.batches_per_epoch()
+        if dist_info.is_main:
+            print(f"{task.stage}: {per_epoch} batch(es) per epoch: reading in the main process, as loader workers "
+                  "would stop and restart every few steps", file=sys.stderr)
     if per_epoch == 0:
         raise ValueError(f"{cfg.cache}: the {stream.config.split!r} split has {len(stream)} usable rows, not one "
                          f"batch of {cfg.batch_size} for each of {world} process(es); lower --batch-size")
@@ -248,7 +259,8 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
     if dist_info.is_main:
         with open(os.path.join(cfg.out, "config.json"), "w") as f:
             json.dump({"stage": task.stage, "config": cfg.to_dict(), **task.describe(), "cache": identity,
-                       "world_size": world, "precision": precision.name, "batches_per_epoch": per_epoch}, f, indent=2)
+                       "world_size": world, "precision": precision.name, "batches_per_epoch": per_epoch,
+                       "loader_workers": workers}, f, indent=2)
 
     def save(path: str) -> None:
         rngs = [_rank_rng(task)]
@@ -292,8 +304,8 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
     end = min(cfg.steps, stop_at or cfg.steps)
     # workers assemble whole batches; persistent workers move on to the next epoch by themselves. The loader's
     # own generator: creating an iterator must not draw from the global RNG (a resumed run would mask differently)
-    loader = DataLoader(stream, batch_size=None, num_workers=cfg.workers, pin_memory=device.type == "cuda",
-                        persistent_workers=cfg.workers > 0, generator=torch.Generator().manual_seed(cfg.seed))
+    loader = DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
+                        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(cfg.seed))
     while step < end:
         batches = iter(loader)
         epoch_done = False
