@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from typing import Annotated, Optional
 
@@ -327,7 +328,8 @@ def _train(start, out: str) -> None:
         metrics = start()
     except (CacheError, CacheMismatchError, FileNotFoundError, ValueError) as e:
         _fail(e)
-    typer.echo(json.dumps({"run": out, **{k: round(v, 4) for k, v in metrics.items()}}))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line
+        typer.echo(json.dumps({"run": out, **{k: round(v, 4) for k, v in metrics.items()}}))
 
 
 def _evaluate(what: str, cache: str, ckpt: str, model: str, as_json: bool, **kwargs) -> None:
