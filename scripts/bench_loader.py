@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from cache_schema import DONE, open_cache
 from train.data.augment import augment
 from train.data.objects import ObjectStream, StreamConfig, contrastive_terms
+from train.data.transport import keep_packed
 
 
 class PerShapeFiles(Dataset):
@@ -141,7 +142,7 @@ def main_local(args) -> None:
             stream = ObjectStream(args.cache, StreamConfig())
             stream.set_position(0, 0, args.batch_size, num_workers=workers)
             keep = {"persistent_workers": workers > 0}  # worker start-up is not what is measured
-            s = rate(DataLoader(stream, batch_size=None, num_workers=workers, **keep), args.epochs, args.drop_caches)
+            s = rate(DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=keep_packed, **keep), args.epochs, args.drop_caches)
             b = rate(DataLoader(PerShapeFiles(folder, rows.tolist(), terms), batch_size=args.batch_size,
                                 num_workers=workers, shuffle=True, drop_last=True, **keep), args.epochs,
                      args.drop_caches)
@@ -170,7 +171,8 @@ def scenes_and_fps(args) -> None:
     for workers in (0, 2):
         stream = SceneStream(args.scenes, SceneStreamConfig(max_points=16384))
         stream.set_position(0, 0, 2, num_workers=workers)
-        loader = DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
+        loader = DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=workers > 0,
+                            collate_fn=keep_packed)
         for _ in loader:  # warm-up epoch
             pass
         n, t = 0, time.perf_counter()
@@ -229,7 +231,7 @@ def main_s3(args) -> None:
             keep = {"persistent_workers": workers > 0}
             stream = ObjectStream("s3://bench/cache.zarr", StreamConfig())
             stream.set_position(0, 0, args.batch_size, num_workers=workers)
-            s = rate(DataLoader(stream, batch_size=None, num_workers=workers, **keep), args.epochs, False)
+            s = rate(DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=keep_packed, **keep), args.epochs, False)
             b = rate(DataLoader(PerShapeFiles("s3://bench/per-shape", rows.tolist(), terms),
                                 batch_size=args.batch_size, num_workers=workers, shuffle=True, drop_last=True, **keep),
                      args.epochs, False)

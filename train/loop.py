@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from cache_schema import open_cache
 from train import checkpoint
 from train.data.objects import ObjectStream, StreamConfig
+from train.data.transport import keep_packed
 from train.distributed import close_distributed, init_distributed
 from train.optim import clamp_logit_scales, param_groups
 from train.precision import PRECISIONS, resolve_precision
@@ -305,7 +306,8 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
     # workers assemble whole batches; persistent workers move on to the next epoch by themselves. The loader's
     # own generator: creating an iterator must not draw from the global RNG (a resumed run would mask differently)
     loader = DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
-                        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(cfg.seed))
+                        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(cfg.seed),
+                        collate_fn=keep_packed)
     while step < end:
         batches = iter(loader)
         epoch_done = False

@@ -34,6 +34,7 @@ from cache_schema import DONE, open_cache
 from cache_schema.errors import CorruptChunkError
 from train.data.augment import augment_batch
 from train.data.sharding import DEFAULT_WINDOW_ROWS, ShardedStream
+from train.data.transport import PackedBatch
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,10 @@ class ObjectStream(ShardedStream, IterableDataset):
         self.set_position(0)
 
     def __iter__(self):
-        epoch, plan = self.plan(get_worker_info())
+        info = get_worker_info()
+        epoch, plan = self.plan(info)
+        # in a DataLoader worker a batch crosses to the main process as one buffer (see transport.py)
+        out = PackedBatch.pack if info is not None else (lambda b: {k: torch.from_numpy(v) for k, v in b.items()})
         cache = open_cache(self.url, self.storage_options)
         arrays = self._arrays(cache)
         skip, pending = plan.skip_rows, None
@@ -98,10 +102,10 @@ class ObjectStream(ShardedStream, IterableDataset):
             skip = 0
             pending = prepared if pending is None else {k: np.concatenate([pending[k], v]) for k, v in prepared.items()}
             while len(pending["row"]) >= self.batch_size:
-                yield {k: torch.from_numpy(v[:self.batch_size]) for k, v in pending.items()}
+                yield out({k: v[:self.batch_size] for k, v in pending.items()})
                 pending = {k: v[self.batch_size:] for k, v in pending.items()}
         if pending is not None and len(pending["row"]) and not self.drop_last:
-            yield {k: torch.from_numpy(v) for k, v in pending.items()}
+            yield out(pending)
 
     def _arrays(self, cache) -> dict[str, Any]:
         """The zarr arrays a sample needs, opened once per epoch (opening costs a metadata read each)."""

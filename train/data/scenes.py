@@ -22,6 +22,7 @@ from cache_schema import DONE, open_cache
 from cache_schema.errors import CorruptChunkError
 from cache_schema.layout import RAGGED_OFFSETS
 from train.data.sharding import ShardedStream
+from train.data.transport import PackedBatch
 from train.metrics import IGNORE_INDEX
 
 
@@ -66,7 +67,9 @@ class SceneStream(ShardedStream, IterableDataset):
         self.selected &= keep
 
     def __iter__(self):
-        epoch, plan = self.plan(get_worker_info())
+        info = get_worker_info()
+        epoch, plan = self.plan(info)
+        out = PackedBatch.pack if info is not None else (lambda b: b)  # one buffer per batch across processes
         cache = open_cache(self.url)
         offsets = {fam: cache.array(path)[:] for fam, path in RAGGED_OFFSETS.items()}
         flat = {"points": "points", "pair_point": "pairs/point", "pair_camera": "pairs/camera", "pair_uv": "pairs/uv",
@@ -83,11 +86,11 @@ class SceneStream(ShardedStream, IterableDataset):
             for r in rows[skip:]:
                 pending.append(self._frame(blocks[int(r) // self.block_rows], int(r), epoch))
                 if len(pending) == self.batch_size:
-                    yield collate_frames(pending)
+                    yield out(collate_frames(pending))
                     pending = []
             skip = 0
         if pending and not self.drop_last:
-            yield collate_frames(pending)
+            yield out(collate_frames(pending))
 
     def _read_block(self, arrays: dict, offsets: dict, block: int) -> tuple[int, dict]:
         """One slice per flat array covering a block's frames, with the frames' offsets into it."""
