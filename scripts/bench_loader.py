@@ -142,7 +142,8 @@ def main_local(args) -> None:
             stream = ObjectStream(args.cache, StreamConfig())
             stream.set_position(0, 0, args.batch_size, num_workers=workers)
             keep = {"persistent_workers": workers > 0}  # worker start-up is not what is measured
-            s = rate(DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=keep_packed, **keep), args.epochs, args.drop_caches)
+            s = rate(DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=keep_packed, **keep),
+                     args.epochs, args.drop_caches)
             b = rate(DataLoader(PerShapeFiles(folder, rows.tolist(), terms), batch_size=args.batch_size,
                                 num_workers=workers, shuffle=True, drop_last=True, **keep), args.epochs,
                      args.drop_caches)
@@ -193,8 +194,9 @@ def scenes_and_fps(args) -> None:
             farthest_point_sample(cloud, 1024, use_pytorch3d=False, **kw)
         times[name] = (time.perf_counter() - t) / 5
     ratio = times["PyTorch loop"] / times["fpsample"]
-    print("\nFPS 8,192 -> 1,024 points, one cloud, CPU: " + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in times.items())
-          + f" (loop / fpsample {ratio:.1f}x; training uses fpsample when the fps extra is installed)")
+    each = ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in times.items())
+    print(f"\nFPS 8,192 -> 1,024 points, one cloud, CPU: {each} (loop / fpsample {ratio:.1f}x; training uses "
+          "fpsample when the fps extra is installed)")
 
 
 def main_s3(args) -> None:
@@ -231,7 +233,8 @@ def main_s3(args) -> None:
             keep = {"persistent_workers": workers > 0}
             stream = ObjectStream("s3://bench/cache.zarr", StreamConfig())
             stream.set_position(0, 0, args.batch_size, num_workers=workers)
-            s = rate(DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=keep_packed, **keep), args.epochs, False)
+            s = rate(DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=keep_packed, **keep),
+                     args.epochs, False)
             b = rate(DataLoader(PerShapeFiles("s3://bench/per-shape", rows.tolist(), terms),
                                 batch_size=args.batch_size, num_workers=workers, shuffle=True, drop_last=True, **keep),
                      args.epochs, False)
