@@ -148,3 +148,17 @@ def test_batches_have_points_and_one_target_per_term(small_demo_cache):
     again = ObjectStream(small_demo_cache, StreamConfig(num_points=100))
     again.set_position(0, 0, 3)
     assert torch.equal(batch["points"], next(iter(again))["points"])
+
+
+def test_a_stream_opens_the_cache_once_per_process_not_per_epoch(caches, monkeypatch):
+    import train.data.objects as objects
+
+    ds = ObjectStream(caches[80], StreamConfig(num_points=16, seed=3))
+    ds.set_position(0, 0, 4)
+    calls = []
+    real = objects.open_cache
+    monkeypatch.setattr(objects, "open_cache", lambda *a, **k: calls.append(a) or real(*a, **k))
+    epochs = [[r for b in ds for r in b["row"].tolist()] for _ in range(3)]
+    assert len(calls) == 1 and all(sorted(e) == _train_rows(caches[80]) for e in epochs)
+    rows = [r for b in DataLoader(ds, batch_size=None, num_workers=2) for r in b["row"].tolist()]
+    assert sorted(rows) == _train_rows(caches[80])  # workers open their own (fork or pickle)

@@ -88,8 +88,7 @@ class ObjectStream(ShardedStream, IterableDataset):
         epoch, plan = self.plan(info)
         # in a DataLoader worker a batch crosses to the main process as one buffer (see transport.py)
         out = PackedBatch.pack if info is not None else (lambda b: {k: torch.from_numpy(v) for k, v in b.items()})
-        cache = open_cache(self.url, self.storage_options)
-        arrays = self._arrays(cache)
+        num_rows, arrays = self.opened()
         skip, pending = plan.skip_rows, None
         for w, rows in plan.windows:
             if skip >= len(rows):
@@ -97,7 +96,7 @@ class ObjectStream(ShardedStream, IterableDataset):
                 continue
             rng = np.random.default_rng([self.config.seed, epoch, self.rank, w])
             blocks = np.unique(rows // self.block_rows).tolist()
-            prepared = self._prepare(self._read(arrays, cache.num_rows, blocks, rng), rows, rng)
+            prepared = self._prepare(self._read(arrays, num_rows, blocks, rng), rows, rng)
             prepared = {k: v[skip:] for k, v in prepared.items()}
             skip = 0
             pending = prepared if pending is None else {k: np.concatenate([pending[k], v]) for k, v in prepared.items()}
@@ -107,8 +106,9 @@ class ObjectStream(ShardedStream, IterableDataset):
         if pending is not None and len(pending["row"]) and not self.drop_last:
             yield out(pending)
 
-    def _arrays(self, cache) -> dict[str, Any]:
-        """The zarr arrays a sample needs, opened once per epoch (opening costs a metadata read each)."""
+    def _open(self) -> tuple[int, dict[str, Any]]:
+        """The cache's row count and the zarr arrays a sample needs."""
+        cache = open_cache(self.url, self.storage_options)
         paths = {"points": "points", "label": "label"}
         for name, role in {(n, r) for n, r in self.terms.values()}:
             paths[f"{name}/{role}"] = f"teachers/{name}/{role}"
@@ -117,7 +117,7 @@ class ObjectStream(ShardedStream, IterableDataset):
         arrays = {key: cache.array(path) for key, path in paths.items()}
         for role in ("tokens", "global") if self.config.teacher_features else ():
             arrays[f"{self.config.teacher_features}/{role}"] = cache.teacher_array(self.config.teacher_features, role)
-        return arrays
+        return cache.num_rows, arrays
 
     def _read(self, arrays: dict[str, Any], num_rows: int, blocks: list[int],
               rng: np.random.Generator) -> dict[str, Any]:

@@ -70,13 +70,7 @@ class SceneStream(ShardedStream, IterableDataset):
         info = get_worker_info()
         epoch, plan = self.plan(info)
         out = PackedBatch.pack if info is not None else (lambda b: b)  # one buffer per batch across processes
-        cache = open_cache(self.url)
-        offsets = {fam: cache.array(path)[:] for fam, path in RAGGED_OFFSETS.items()}
-        flat = {"points": "points", "pair_point": "pairs/point", "pair_camera": "pairs/camera", "pair_uv": "pairs/uv",
-                "pair_features": f"teachers/{self.teacher}/pair_features"}
-        if self.has_labels:
-            flat["labels"] = "labels"
-        arrays = {k: cache.array(p) for k, p in flat.items()}
+        offsets, arrays = self.opened()
         skip, pending = plan.skip_rows, []
         for _, rows in plan.windows:
             if skip >= len(rows):
@@ -91,6 +85,16 @@ class SceneStream(ShardedStream, IterableDataset):
             skip = 0
         if pending and not self.drop_last:
             yield out(collate_frames(pending))
+
+    def _open(self) -> tuple[dict, dict]:
+        """The frame and pair offsets (read whole) and the flat arrays a frame is cut from."""
+        cache = open_cache(self.url)
+        offsets = {fam: cache.array(path)[:] for fam, path in RAGGED_OFFSETS.items()}
+        flat = {"points": "points", "pair_point": "pairs/point", "pair_camera": "pairs/camera", "pair_uv": "pairs/uv",
+                "pair_features": f"teachers/{self.teacher}/pair_features"}
+        if self.has_labels:
+            flat["labels"] = "labels"
+        return offsets, {k: cache.array(p) for k, p in flat.items()}
 
     def _read_block(self, arrays: dict, offsets: dict, block: int) -> tuple[int, dict]:
         """One slice per flat array covering a block's frames, with the frames' offsets into it."""

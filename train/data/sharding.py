@@ -21,6 +21,7 @@ round-robin over its workers.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,6 +141,20 @@ class ShardedStream:
     A subclass sets ``selected`` (bool per row), ``block_rows``, ``rank``, ``world_size`` and
     ``config.window_rows``, and reads its plan with :meth:`plan` in ``__iter__``.
     """
+
+    def opened(self):
+        """What :meth:`_open` returns (the cache's arrays), opened once per process and kept across epochs: a
+        finished cache does not change, and reopening costs metadata reads that dominate one-batch epochs."""
+        pid = os.getpid()  # a forked worker opens its own, not the parent's
+        if getattr(self, "_opened", (None, None))[0] != pid:
+            self._opened = (pid, self._open())
+        return self._opened[1]
+
+    def _open(self):
+        raise NotImplementedError
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_opened"}  # each worker opens its own
 
     def set_position(self, epoch: int, batches_done: int = 0, batch_size: int = 1, drop_last: bool = True,
                      num_workers: int = 0) -> None:
