@@ -12,6 +12,10 @@ batch size and workers (the stream assembles whole batches in its workers, as
 the trainer reads it); samples/s and bytes on disk are printed with ratios.
 ``--scenes`` adds the LiDAR frame stream in-process vs 2 workers, and FPS on a
 CPU (the PyTorch loop vs fpsample) for one 8,192-point cloud.
+
+A last table feeds a training step that leaves the CPU free (``--step-ms`` of
+sleep, as a GPU step would) and reports how much of the time is spent waiting
+for data, with the stream's read-ahead thread off and on (prefetch.py).
 """
 
 from __future__ import annotations
@@ -98,6 +102,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--drop-caches", action="store_true", help="drop the page cache before every epoch (root)")
     ap.add_argument("--scenes", help="also a scenes cache: its frame stream with 0 vs 2 workers, and FPS speed")
+    ap.add_argument("--step-ms", type=float, default=3.0,
+                    help="the simulated GPU step of the last table (sleep, the CPU stays free)")
     ap.add_argument("--s3", action="store_true",
                     help="serve both copies from an S3-compatible server on loopback (moto) and read through s3://")
     args = ap.parse_args()
@@ -159,8 +165,42 @@ def main_local(args) -> None:
           f"{'stream vs 0 workers':>20}")
     for workers, s, b in results:
         print(f"{workers:>7} {s:>17.0f} {b:>20.0f} {s / b:>6.2f} {s / results[0][1]:>19.2f}x")
+    with_a_step(args)
     if args.scenes:
         scenes_and_fps(args)
+
+
+def with_a_step(args) -> None:
+    """Samples/s and data wait while a step of ``--step-ms`` (sleep: a GPU step leaves the CPU free) consumes
+    every batch, over epochs after the first, with the read-ahead thread off and on."""
+    step = args.step_ms / 1000
+    rows = []
+    for workers in (0, 2):
+        for prefetch in (0, StreamConfig().prefetch_bytes):
+            stream = ObjectStream(args.cache, StreamConfig(prefetch_bytes=prefetch))
+            stream.set_position(0, 0, args.batch_size, num_workers=workers, continuous=True)
+            loader = DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=keep_packed,
+                                persistent_workers=workers > 0)
+            for _ in loader:  # warm-up epoch
+                time.sleep(step)
+            n, wait, t = 0, 0.0, time.perf_counter()
+            for _ in range(args.epochs):
+                batches = iter(loader)
+                while True:
+                    t0 = time.perf_counter()
+                    batch = next(batches, None)
+                    wait += time.perf_counter() - t0
+                    if batch is None:
+                        break
+                    n += len(batch["points"])
+                    time.sleep(step)
+            seconds = time.perf_counter() - t
+            stream.close()
+            rows.append((workers, "on" if prefetch else "off", n / seconds, 100 * wait / seconds))
+    print(f"\nwith a {args.step_ms:g} ms step per batch of {args.batch_size} (sleep: the CPU stays free, as on a GPU)")
+    print(f"{'workers':>7} {'read-ahead':>10} {'samples/s':>10} {'data wait':>10} {'vs 0 workers, off':>18}")
+    for workers, prefetch, rate_, wait in rows:
+        print(f"{workers:>7} {prefetch:>10} {rate_:>10.0f} {wait:>9.1f}% {rate_ / rows[0][2]:>17.2f}x")
 
 
 def scenes_and_fps(args) -> None:

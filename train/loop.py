@@ -238,11 +238,11 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
             raise ValueError(f"--val-split {cfg.val_split!r}: {val_cache.loc.url} has the splits "
                              f"{', '.join(val_cache.split_names)}")
     workers = cfg.workers
-    stream.set_position(epoch, batches_done, cfg.batch_size, drop_last=True, num_workers=workers)
+    stream.set_position(epoch, batches_done, cfg.batch_size, drop_last=True, num_workers=workers, continuous=True)
     per_epoch = stream.batches_per_epoch()
     if workers and per_epoch < SHORT_EPOCH * workers:  # e.g. fine-tuning on 1% of the frames: a batch per epoch
         workers = 0
-        stream.set_position(epoch, batches_done, cfg.batch_size, drop_last=True, num_workers=0)
+        stream.set_position(epoch, batches_done, cfg.batch_size, drop_last=True, num_workers=0, continuous=True)
         per_epoch = stream.batches_per_epoch()
         if dist_info.is_main:
             print(f"{task.stage}: {per_epoch} batch(es) per epoch: reading in the main process, as loader workers "
@@ -350,6 +350,7 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
                 validate()
     bar.close()
     log.close()
+    stream.close()
     close_distributed()
     if best is not None:
         metrics = {**metrics, **{f"best/{k}": v for k, v in best.items()}}

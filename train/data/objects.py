@@ -27,13 +27,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 from zarr.core.sync import sync as zarr_sync  # runs a coroutine on zarr's I/O loop, as zarr.Array does
 
 from cache_schema import DONE, open_cache
 from cache_schema.errors import CorruptChunkError
 from train.data.augment import augment_batch
-from train.data.sharding import DEFAULT_WINDOW_ROWS, ShardedStream
+from train.data.prefetch import DEFAULT_BUDGET_BYTES
+from train.data.sharding import DEFAULT_WINDOW_ROWS, ShardedStream, SlotPlan
 from train.data.transport import PackedBatch
 
 
@@ -46,6 +47,7 @@ class StreamConfig:
     seed: int = 0
     window_rows: int = DEFAULT_WINDOW_ROWS  # rows (of many random blocks) shuffled together
     teacher_features: str | None = None  # also stream teachers/<name>/tokens and /global (an exported model)
+    prefetch_bytes: int = DEFAULT_BUDGET_BYTES  # batches prepared ahead on a thread (0: none; see prefetch.py)
 
 
 def contrastive_terms(cache) -> dict[str, tuple[str, str]]:
@@ -83,11 +85,9 @@ class ObjectStream(ShardedStream, IterableDataset):
         self.block_rows = cache.chunking.block_rows
         self.set_position(0)
 
-    def __iter__(self):
-        info = get_worker_info()
-        epoch, plan = self.plan(info)
+    def _batches(self, epoch: int, plan: SlotPlan, packed: bool):
         # in a DataLoader worker a batch crosses to the main process as one buffer (see transport.py)
-        out = PackedBatch.pack if info is not None else (lambda b: {k: torch.from_numpy(v) for k, v in b.items()})
+        out = PackedBatch.pack if packed else (lambda b: {k: torch.from_numpy(v) for k, v in b.items()})
         num_rows, arrays = self.opened()
         skip, pending = plan.skip_rows, None
         for w, rows in plan.windows:

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 
 from cache_schema import DONE, open_cache
 from cache_schema.errors import CorruptChunkError
 from cache_schema.layout import RAGGED_OFFSETS
-from train.data.sharding import ShardedStream
+from train.data.prefetch import DEFAULT_BUDGET_BYTES
+from train.data.sharding import ShardedStream, SlotPlan
 from train.data.transport import PackedBatch
 from train.metrics import IGNORE_INDEX
 
@@ -33,6 +34,7 @@ class SceneStreamConfig:
     seed: int = 0
     max_points: int | None = None  # keep a random subset of at most this many points per frame (and their pairs)
     window_rows: int = 64  # frames shuffled together (a LiDAR frame with its pairs is a megabyte or more)
+    prefetch_bytes: int = DEFAULT_BUDGET_BYTES  # batches prepared ahead on a thread (0: none; see prefetch.py)
 
 
 class SceneStream(ShardedStream, IterableDataset):
@@ -66,10 +68,8 @@ class SceneStream(ShardedStream, IterableDataset):
         keep[rows] = True
         self.selected &= keep
 
-    def __iter__(self):
-        info = get_worker_info()
-        epoch, plan = self.plan(info)
-        out = PackedBatch.pack if info is not None else (lambda b: b)  # one buffer per batch across processes
+    def _batches(self, epoch: int, plan: SlotPlan, packed: bool):
+        out = PackedBatch.pack if packed else (lambda b: b)  # one buffer per batch across processes
         offsets, arrays = self.opened()
         skip, pending = plan.skip_rows, []
         for _, rows in plan.windows:

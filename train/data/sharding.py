@@ -25,6 +25,9 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+from torch.utils.data import get_worker_info
+
+from train.data.prefetch import BatchReader, batch_bytes
 
 DEFAULT_WINDOW_ROWS = 4096
 
@@ -138,9 +141,46 @@ def slot_plan(selected: np.ndarray, block_rows: int, s: Sharding, worker_id: int
 class ShardedStream:
     """What the objects and scenes streams share: the position in the epochs and the per-epoch batch count.
 
-    A subclass sets ``selected`` (bool per row), ``block_rows``, ``rank``, ``world_size`` and
-    ``config.window_rows``, and reads its plan with :meth:`plan` in ``__iter__``.
+    A subclass sets ``selected`` (bool per row), ``block_rows``, ``rank``, ``world_size``,
+    ``config.window_rows`` and ``config.prefetch_bytes``, and yields a slot plan's batches in
+    :meth:`_batches`. A :class:`~train.data.prefetch.BatchReader` thread prepares them ahead of the consumer,
+    and into the next epoch when :meth:`set_position` was told ``continuous`` (training).
     """
+
+    def __iter__(self):
+        info = get_worker_info()
+        epoch, batches_done = self.position
+        self.position = (epoch + 1, 0)  # persistent workers keep their copy: the next iter() is the next epoch
+        packed = info is not None  # in a DataLoader worker a batch crosses as one buffer (transport.py)
+        if self.config.prefetch_bytes <= 0:
+            yield from self._batches(epoch, self._plan(info, epoch, batches_done), packed)
+            return
+        yield from self._reader(info, epoch, batches_done, packed).epoch(epoch)
+
+    def _reader(self, info, epoch: int, batches_done: int, packed: bool) -> BatchReader:
+        """This process's reader if it is where the consumer is, else a new one starting there."""
+        key = (os.getpid(), info.num_workers if info else 0, info.id if info else 0, self.batch_size,
+               self.drop_last)
+        kept = getattr(self, "_batch_reader", None)
+        if self.continuous and kept is not None and kept[0] == key and batches_done == 0 and kept[1].next_epoch == epoch:
+            return kept[1]
+        if kept is not None and kept[0][0] == key[0]:  # a forked worker drops its parent's without touching it
+            kept[1].close()
+        reader = BatchReader(lambda e, done: self._batches(e, self._plan(info, e, done), packed), epoch,
+                             batches_done, self.config.prefetch_bytes, batch_bytes, self.continuous)
+        self._batch_reader = (key, reader)
+        return reader
+
+    def close(self) -> None:
+        """Stop reading ahead (the end of a run; a stream is closed when collected anyway)."""
+        kept = getattr(self, "_batch_reader", None)
+        if kept is not None and kept[0][0] == os.getpid():
+            kept[1].close()
+        self._batch_reader = None
+
+    def _batches(self, epoch: int, plan: SlotPlan, packed: bool):
+        """This slot's batches of ``epoch``; ``packed``: as :class:`~train.data.transport.PackedBatch`."""
+        raise NotImplementedError
 
     def opened(self):
         """What :meth:`_open` returns (the cache's arrays), opened once per process and kept across epochs: a
@@ -153,18 +193,20 @@ class ShardedStream:
     def _open(self):
         raise NotImplementedError
 
-    def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_opened"}  # each worker opens its own
+    def __getstate__(self) -> dict:  # each worker opens its own arrays and runs its own reader
+        return {k: v for k, v in self.__dict__.items() if k not in ("_opened", "_batch_reader")}
 
     def set_position(self, epoch: int, batches_done: int = 0, batch_size: int = 1, drop_last: bool = True,
-                     num_workers: int = 0) -> None:
+                     num_workers: int = 0, continuous: bool = False) -> None:
         """Start (or resume) at ``batches_done`` batches into ``epoch``; each later ``iter()`` is the next epoch.
 
         ``num_workers`` is the DataLoader's (for :meth:`batches_per_epoch`); inside a worker the stream asks
-        ``get_worker_info()``, so a stream never yields a row twice whatever it is told.
+        ``get_worker_info()``, so a stream never yields a row twice whatever it is told. ``continuous``: the
+        consumer goes on epoch after epoch (training), so the next epoch is read while this one ends.
         """
         self.position = (epoch, batches_done)
         self.batch_size, self.drop_last, self.num_workers = batch_size, drop_last, num_workers
+        self.continuous = continuous
 
     def __len__(self) -> int:
         return int(self.selected.sum())
@@ -177,10 +219,8 @@ class ShardedStream:
         """Batches every rank takes per epoch with the DataLoader given to :meth:`set_position`."""
         return batches_per_epoch(len(self), self.block_rows, self.sharding(self.num_workers))
 
-    def plan(self, info) -> tuple[int, SlotPlan]:
-        """This epoch and this worker's plan (``info``: ``get_worker_info()``); moves on to the next epoch."""
+    def _plan(self, info, epoch: int, batches_done: int) -> SlotPlan:
+        """The plan of this worker (``info``: ``get_worker_info()``) resuming ``batches_done`` into ``epoch``."""
         workers, worker_id = (info.num_workers, info.id) if info is not None else (0, 0)
-        epoch, batches_done = self.position
-        self.position = (epoch + 1, 0)  # persistent workers keep their copy: the next iter() is the next epoch
-        return epoch, slot_plan(self.selected, self.block_rows, self.sharding(workers), worker_id, self.config.seed,
-                                epoch, batches_done)
+        return slot_plan(self.selected, self.block_rows, self.sharding(workers), worker_id, self.config.seed,
+                         epoch, batches_done)
