@@ -18,15 +18,22 @@ QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || 
 CACHES := caches
 
 # `make cache DATASET=...`: the object cache builder (`preprocess objects --help`) for shapenet, modelnet40,
-# meshes and demo; the scene cache builder (`preprocess scenes --help`) for nuscenes, semantickitti, demo-scenes.
+# meshes and demo; the scene cache builder (`preprocess scenes --help`) for nuscenes, semantickitti, demo-scenes;
+# the points cache builder (`preprocess points --help`) for scanobjectnn (VARIANT=obj_bg|obj_only|pb_t50_rs),
+# modelnet40-resampled and shapenet55.
 DATASET ?= demo
-OUT ?= $(CACHES)/$(DATASET).zarr
+OUT ?= $(CACHES)/$(DATASET)$(if $(filter scanobjectnn,$(DATASET)),-$(VARIANT)).zarr
 SCENE_DATASETS := nuscenes semantickitti demo-scenes
+POINT_DATASETS := scanobjectnn modelnet40-resampled shapenet55
+VARIANT ?= obj_bg
 ROOT_shapenet = $(SHAPENET_ROOT)
 ROOT_modelnet40 = $(MODELNET_ROOT)
 ROOT_meshes = $(MESH_ROOT)
 ROOT_nuscenes = $(NUSCENES_ROOT)
 ROOT_semantickitti = $(KITTI_ROOT)
+ROOT_scanobjectnn = $(SCANOBJECTNN_ROOT)
+ROOT_modelnet40-resampled = $(MODELNET_RESAMPLED_ROOT)
+ROOT_shapenet55 = $(SHAPENET55_ROOT)
 ROOT ?= $(ROOT_$(DATASET))
 VERSION ?= v1.0-mini
 TEACHERS_demo = tiny
@@ -63,7 +70,10 @@ test-slow: setup
 	$(VENV)/bin/pytest -q -m slow
 
 cache: setup
-ifneq ($(filter $(DATASET),$(SCENE_DATASETS)),)
+ifneq ($(filter $(DATASET),$(POINT_DATASETS)),)
+	$(VENV)/bin/preprocess points $(DATASET) --root "$(ROOT)" --out "$(OUT)" \
+	  $(if $(filter scanobjectnn,$(DATASET)),--variant $(VARIANT)) $(CACHE_ARGS)
+else ifneq ($(filter $(DATASET),$(SCENE_DATASETS)),)
 	$(VENV)/bin/preprocess scenes $(DATASET) $(if $(ROOT),--root "$(ROOT)") --out "$(OUT)" \
 	  --teachers $(TEACHERS) --workers $(WORKERS) $(if $(filter nuscenes,$(DATASET)),--version $(VERSION)) \
 	  $(if $(filter demo-scenes,$(DATASET)),--images) $(CACHE_ARGS)

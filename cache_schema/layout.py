@@ -120,7 +120,12 @@ def objects_layout(
     point_dtype: str = "float16",
     with_normals: bool = False,
 ) -> Layout:
-    """Layout of an ``objects`` cache: N shapes, V views, K captions per shape."""
+    """Layout of an ``objects`` cache: N shapes, V views, K captions per shape.
+
+    A points cache (``preprocess points``: point datasets, no renders or
+    captions) has ``num_views = num_captions = 0`` and then no ``captions`` nor
+    ``views/camera``.
+    """
     if point_dtype not in ("float16", "float32"):
         raise ValueError(f"point_dtype must be float16 or float32, got {point_dtype!r}")
     if (store_rgb or store_depth) and image_hw is None:
@@ -132,9 +137,11 @@ def objects_layout(
         ArraySpec("status", "uint8", (), ("row",), "row"),
         ArraySpec("status_reason", STR, (), ("row",), "row"),
         ArraySpec("points", point_dtype, (num_points, 3), ("row", "point", "xyz"), "row", inner_chunk=point_chunk),
-        ArraySpec("captions", STR, (num_captions,), ("row", "caption"), "row"),
-        ArraySpec("views/camera", "float32", (4, 4), ("view", "i", "j"), "fixed", num_views),
     ]
+    if num_captions:
+        a.append(ArraySpec("captions", STR, (num_captions,), ("row", "caption"), "row"))
+    if num_views:
+        a.append(ArraySpec("views/camera", "float32", (4, 4), ("view", "i", "j"), "fixed", num_views))
     if with_normals:
         a.append(ArraySpec("normals", point_dtype, (num_points, 3), ("row", "point", "xyz"), "row",
                            inner_chunk=point_chunk))

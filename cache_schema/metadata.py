@@ -14,7 +14,7 @@ from typing import Any, Literal
 from cache_schema.errors import NotACacheError, SchemaVersionError
 
 SCHEMA_NAME = "teacher-cache"
-SCHEMA_VERSION = "1.0"  # MAJOR.MINOR: readers refuse another MAJOR, accept any MINOR.
+SCHEMA_VERSION = "1.1"  # MAJOR.MINOR: readers refuse another MAJOR, accept any MINOR.
 KINDS = ("objects", "scenes")
 Kind = Literal["objects", "scenes"]
 TEACHER_ROLES = ("image", "patch_mean", "depth", "text", "class_text", "pair_features", "tokens", "global")

@@ -4,6 +4,8 @@
     preprocess objects shapenet --root /data/ShapeNetCore.v2 --workers 8
     preprocess objects modelnet40 --root /data/ModelNet40 --scheduler tcp://head:8786
     preprocess add-teacher caches/shapenet.zarr --teacher dinov2-vitb14
+    preprocess points scanobjectnn --root /data/ScanObjectNN/h5_files --variant pb_t50_rs
+    preprocess points modelnet40-resampled --root /data/modelnet40_normal_resampled
     preprocess scenes demo-scenes --teachers dinov2-tiny           # built-in demo streets, CPU
     preprocess scenes nuscenes --root /data/nuscenes --version v1.0-trainval --pca-dim 64 --workers 8
     preprocess scenes semantickitti --root /data/SemanticKITTI --scheduler tcp://head:8786
@@ -169,6 +171,40 @@ def scenes(
     _build(build_scenes, out or f"caches/{dataset}.zarr", cfg, RunOptions(
         workers=workers, scheduler=scheduler, gl_platform=gl_platform, overwrite=overwrite, block_rows=block_rows,
         batch_size=batch_size, progress=progress))
+
+
+@app.command()
+def points(
+    dataset: Annotated[str, typer.Argument(help="scanobjectnn, modelnet40-resampled or shapenet55.")],
+    root: Annotated[str, typer.Option(help="Dataset folder: ScanObjectNN's h5_files, modelnet40_normal_resampled, "
+                                           "or ShapeNet55-34.")],
+    out: Annotated[Optional[str], typer.Option(help="Cache path or fsspec URL (default: caches/DATASET.zarr, "
+                                                    "caches/scanobjectnn-VARIANT.zarr).")] = None,
+    variant: Annotated[str, typer.Option(help="ScanObjectNN: obj_bg, obj_only or pb_t50_rs.")] = "obj_bg",
+    point_dtype: Annotated[str, typer.Option(help="float32 or float16.")] = "float32",
+    seed: Annotated[int, typer.Option(help="Seed of the row order.")] = 0,
+    overwrite: Overwrite = False,
+    block_rows: Annotated[int, typer.Option(help="Shapes per written block (rounded down to a power of two).")]
+    = 256,
+    progress: Progress = True,
+) -> None:
+    """Build a points cache from a point dataset: points, labels, class names, official splits (no teachers).
+
+    Re-running with the same arguments resumes an interrupted build, or says it is complete.
+    """
+    from preprocess.build_points import PointBuildConfig, build_points
+    from preprocess.point_sources import PointDataError
+
+    is_scan = dataset == "scanobjectnn"
+    cfg = PointBuildConfig(dataset=dataset, root=root, variant=variant if is_scan else None,
+                           point_dtype=point_dtype, seed=seed)
+    default_out = f"caches/scanobjectnn-{variant}.zarr" if is_scan else f"caches/{dataset}.zarr"
+    try:
+        summary = build_points(out or default_out, cfg, overwrite=overwrite, block_rows=block_rows,
+                               progress=progress)
+    except (CacheError, PointDataError, FileNotFoundError, ValueError) as e:
+        _fail(e)
+    typer.echo(str(summary))
 
 
 @app.command("add-teacher")
