@@ -42,7 +42,7 @@ def short_name(variant: str) -> str:
 def evaluate_run(cache, ckpt: str) -> dict:
     model = evaluate.load_student(ckpt, cache)
     return {"linear": evaluate.linear_probe(model, cache)["accuracy"],
-            "fewshot": evaluate.fewshot(model, cache, n_way=5, m_shot=10)["mean"],
+            "fewshot": evaluate.svm_fewshot(model, cache, n_way=5, m_shot=10)["mean"],
             "zeroshot": evaluate.zeroshot(model, cache)["top1"]}
 
 

@@ -24,11 +24,15 @@ def main() -> None:
         from train.stages.stage1 import Stage1Config as Config, Stage1Task as Task
     elif stage == "stage2":
         from train.stages.stage2 import Stage2Config as Config, Stage2Task as Task
+    elif stage == "finetune":
+        from train.downstream.finetune import FinetuneConfig as Config, FinetuneTask as Task
     else:
         from train.stages.fusion import FusionRunConfig as Config, FusionTask as Task
-    task = Task(Config(**options))
+    cfg = Config(**options)
+    task = Task(cfg.resolved() if stage == "finetune" else cfg)
     run(task.cfg, task, resume=resume, progress=False, stop_at=stop_at)
-    module = task.module if stage == "stage2" else task.objective
+    module = {"stage2": "module", "finetune": "model"}.get(stage, "objective")
+    module = getattr(task, module)
     params = {n: p.detach().clone() for n, p in module.named_parameters()}
     torch.save(params, os.path.join(options["out"], f"rank{os.environ.get('RANK', '0')}.pt"))
 

@@ -59,6 +59,16 @@ def test_stage2_ranks_hold_identical_weights(small_demo_cache, stage1_ckpt, tmp_
     _assert_identical(out)
 
 
+def test_finetune_ranks_hold_identical_weights(small_demo_cache, stage1_ckpt, tmp_path):
+    out = str(tmp_path / "ft")
+    _torchrun("finetune", cache=small_demo_cache, out=out, init=stage1_ckpt, protocol="full", epochs=1,
+              warmup_epochs=0, batch_size=4, num_points=128, num_group=8, group_size=16, workers=0, log_every=1,
+              val_split=None)
+    _assert_identical(out)
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert config["world_size"] == 2 and config["config"]["steps"] == config["batches_per_epoch"] > 1
+
+
 @pytest.mark.parametrize("mode", ["pretrain", "finetune"])
 def test_fusion_ranks_hold_identical_weights(small_scenes_cache, tmp_path, mode):
     out = str(tmp_path / mode)

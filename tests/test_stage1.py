@@ -159,10 +159,10 @@ def test_zeroshot_and_linear_on_a_constructed_case(small_cache, tmp_path):
     probe = evaluate.linear_probe(model, open_cache(url), num_points=128)
     assert abs(probe["accuracy"] - expected_linear) < 1e-9 and probe["num_test"] == len(rows)
     # few-shot: 5 ways x 1 query (the test split has one shape per class) -> accuracies in steps of 1/5
-    few = evaluate.fewshot(model, open_cache(url), n_way=5, m_shot=2, queries=2, draws=3, num_points=128)
+    few = evaluate.svm_fewshot(model, open_cache(url), n_way=5, m_shot=2, queries=2, draws=3, num_points=128)
     assert len(few["accuracies"]) == 3
     assert all(abs(a * 5 - round(a * 5)) < 1e-9 for a in few["accuracies"])
-    assert few == evaluate.fewshot(model, open_cache(url), n_way=5, m_shot=2, queries=2, draws=3, num_points=128)
+    assert few == evaluate.svm_fewshot(model, open_cache(url), n_way=5, m_shot=2, queries=2, draws=3, num_points=128)
 
 
 def test_a_batch_larger_than_the_split_is_explained(small_cache, tmp_path):

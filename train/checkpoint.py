@@ -52,7 +52,8 @@ class CheckpointError(ValueError):
 
 
 STAGE_NAMES = {"stage1": "a `train stage1`", "stage2": "a `train stage2`", "fusion-pretrain": "a `train fusion "
-               "pretrain`", "fusion-finetune": "a `train fusion finetune`"}
+               "pretrain`", "fusion-finetune": "a `train fusion finetune`",
+               "finetune": "a `train finetune`"}
 
 
 def load(path: str, stage: str | tuple[str, ...] | None = None) -> dict:

@@ -86,7 +86,7 @@ def linear_probe(model: Student, cache, num_points: int = 1024, c: float = 1.0, 
     return {"accuracy": acc, "num_train": len(train), "num_test": len(test)}
 
 
-def fewshot(model: Student, cache, n_way: int = 5, m_shot: int = 10, queries: int = 20, draws: int = 10,
+def svm_fewshot(model: Student, cache, n_way: int = 5, m_shot: int = 10, queries: int = 20, draws: int = 10,
             num_points: int = 1024, seed: int = 0) -> dict:
     train, test = _rows(cache, "train"), _rows(cache, "test")
     f_train, f_test = _features(model, cache, train, num_points), _features(model, cache, test, num_points)

@@ -60,6 +60,7 @@ class LoopConfig:
     val_cache: str | None = None  # the cache val_split is in (default: the training cache)
     val_every: int | None = None  # default: ckpt_every
     overwrite: bool = False  # start afresh in a non-empty --out
+    samplings = ("random", "fps")  # class attribute, not a field: the --sampling values a stage accepts
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -78,8 +79,8 @@ class LoopConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         if not self.lr > 0 or not self.grad_clip > 0:
             raise ValueError(f"--lr and --grad-clip must be positive, got {self.lr} and {self.grad_clip}")
-        if self.sampling not in ("random", "fps"):
-            raise ValueError(f"--sampling is random or fps, got {self.sampling!r}")
+        if self.sampling not in self.samplings:
+            raise ValueError(f"--sampling is one of {', '.join(self.samplings)}, got {self.sampling!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision is one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
@@ -168,6 +169,10 @@ class Task:
         """Saved in ``config.json`` beside the checkpoints."""
         return {}
 
+    def schedule(self, cfg: LoopConfig, batches_per_epoch: int) -> LoopConfig:
+        """The run's config once the epoch length is known (e.g. steps from epochs); by default as given."""
+        return cfg
+
 
 def check_run_dir(cfg: LoopConfig, resume: bool) -> bool:
     """Whether ``--out`` holds something a new run must replace; refused without ``--overwrite``."""
@@ -195,6 +200,24 @@ def _set_rank_rng(task: Task, state: dict) -> None:
         g.set_state(state["task"][k])
 
 
+def _loader_shape(stream, cfg: LoopConfig, task: Task, world: int, is_main: bool) -> tuple[int, int]:
+    """DataLoader workers and batches per epoch; an epoch of a few batches is read in the main process."""
+    workers = cfg.workers
+    stream.set_position(0, 0, cfg.batch_size, drop_last=True, num_workers=workers)
+    per_epoch = stream.batches_per_epoch()
+    if workers and per_epoch < SHORT_EPOCH * workers:  # e.g. fine-tuning on 1% of the frames: a batch per epoch
+        workers = 0
+        stream.set_position(0, 0, cfg.batch_size, drop_last=True, num_workers=0)
+        per_epoch = stream.batches_per_epoch()
+        if is_main:
+            print(f"{task.stage}: {per_epoch} batch(es) per epoch: reading in the main process, as loader workers "
+                  "would stop and restart every few steps", file=sys.stderr)
+    if per_epoch == 0:
+        raise ValueError(f"{cfg.cache}: the {stream.config.split!r} split has {len(stream)} usable rows, not one "
+                         f"batch of {cfg.batch_size} for each of {world} process(es); lower --batch-size")
+    return workers, per_epoch
+
+
 def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True, stop_at: int | None = None) -> dict:
     """Train (or resume) a run of ``task``; returns the last logged metrics.
 
@@ -215,6 +238,8 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
     replace = dist_info.is_main and check_run_dir(cfg, resume)  # rank 0 alone: the others could see its files
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     stream = task.make_stream(cfg.cache, rank, world)
+    workers, per_epoch = _loader_shape(stream, cfg, task, world, dist_info.is_main)
+    cfg = task.schedule(cfg, per_epoch)  # e.g. fine-tuning: --epochs -> steps, validation every epoch
     module = task.build(stream, device, rank, world)
     optimizer = torch.optim.AdamW(param_groups(module, cfg.lr, cfg.weight_decay, task.lr_scale), lr=cfg.lr)
     flat_params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -237,19 +262,7 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
         if cfg.val_split not in val_cache.split_names:
             raise ValueError(f"--val-split {cfg.val_split!r}: {val_cache.loc.url} has the splits "
                              f"{', '.join(val_cache.split_names)}")
-    workers = cfg.workers
     stream.set_position(epoch, batches_done, cfg.batch_size, drop_last=True, num_workers=workers, continuous=True)
-    per_epoch = stream.batches_per_epoch()
-    if workers and per_epoch < SHORT_EPOCH * workers:  # e.g. fine-tuning on 1% of the frames: a batch per epoch
-        workers = 0
-        stream.set_position(epoch, batches_done, cfg.batch_size, drop_last=True, num_workers=0, continuous=True)
-        per_epoch = stream.batches_per_epoch()
-        if dist_info.is_main:
-            print(f"{task.stage}: {per_epoch} batch(es) per epoch: reading in the main process, as loader workers "
-                  "would stop and restart every few steps", file=sys.stderr)
-    if per_epoch == 0:
-        raise ValueError(f"{cfg.cache}: the {stream.config.split!r} split has {len(stream)} usable rows, not one "
-                         f"batch of {cfg.batch_size} for each of {world} process(es); lower --batch-size")
     if replace:
         clear_run_dir(cfg.out)
     os.makedirs(cfg.out, exist_ok=True)  # only now: a failed start leaves no empty run folder, nor clears one

@@ -84,7 +84,7 @@ def _object_evaluation(ckpt: str, cache: str) -> dict:
     result: dict = {"checkpoint": os.path.basename(ckpt), "setting": f"test split; few-shot 5-way {shots}-shot"}
     for name in ("random", ckpt):
         model = evaluate.load_student(name, c)
-        few = evaluate.fewshot(model, c, n_way=min(5, len(np.unique(train_labels))), m_shot=shots)
+        few = evaluate.svm_fewshot(model, c, n_way=min(5, len(np.unique(train_labels))), m_shot=shots)
         row = {"linear": evaluate.linear_probe(model, c)["accuracy"], "fewshot": few["mean"],
                "fewshot_std": few["std"], "zeroshot": None, "zeroshot_top5": None}
         try:

@@ -9,8 +9,9 @@ never unpickle: h5 through h5py, text through numpy, ``.npy`` with
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

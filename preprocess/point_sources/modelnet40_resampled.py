@@ -18,8 +18,7 @@ import os
 
 import numpy as np
 
-from preprocess.point_sources import (PointCatalog, PointDataError, PointItem, check_finite,
-                                      normalize_unit_sphere)
+from preprocess.point_sources import PointCatalog, PointDataError, PointItem, check_finite, normalize_unit_sphere
 
 STORED_POINTS = 8192
 FILE_POINTS = 10000
@@ -46,8 +45,9 @@ def catalog(root: str, **_: object) -> PointCatalog:
             items.append(PointItem(f"{cls}/{shape}", index[cls], split, os.path.join(root, cls, f"{shape}.txt")))
 
     def read(group: list[PointItem]):
-        from train.ops import farthest_point_sample
         import torch
+
+        from train.ops import farthest_point_sample
 
         points = np.zeros((len(group), STORED_POINTS, 3), np.float32)
         normals = np.zeros_like(points)

@@ -15,8 +15,7 @@ import os
 
 import numpy as np
 
-from preprocess.point_sources import (PointCatalog, PointDataError, PointItem, check_finite,
-                                      normalize_unit_sphere)
+from preprocess.point_sources import PointCatalog, PointDataError, PointItem, check_finite, normalize_unit_sphere
 
 NUM_POINTS = 8192
 

@@ -16,7 +16,12 @@ column of the cache's 1024-point chunks): the builder stores i.i.d.
 area-weighted surface samples, so any window is itself an unbiased uniform
 sample, and only 1/8 of an 8192-point cloud is read. ``sampling="fps"`` reads
 whole clouds and runs FPS per cloud instead (slow on a CPU); ``sampling="first"``
-always reads the first window, the input `train export-teacher` embedded.
+always reads the first window, the input `train export-teacher` embedded;
+``sampling="prefix"`` reads the first ``PREFIX_FACTOR * N`` stored points and
+takes N of them in a random order, as Point-MAE fine-tunes (FPS to 1,200 of a
+cloud, 1,024 of those at random): on a points cache stored in FPS order
+(ModelNet40) the prefix is that FPS sample; with N = P (ScanObjectNN's 2,048)
+it is a random permutation of the cloud, so grouping starts at a random point.
 """
 
 from __future__ import annotations
@@ -38,12 +43,21 @@ from train.data.sharding import DEFAULT_WINDOW_ROWS, ShardedStream, SlotPlan
 from train.data.transport import PackedBatch
 
 
+SAMPLINGS = ("random", "fps", "first", "prefix")
+PREFIX_FACTOR = 1200 / 1024  # Point-MAE's fine-tuning: 1,200 FPS points for 1,024, 2,400 for 2,048
+
+
+def prefix_points(num_points: int, stored: int) -> int:
+    return min(stored, int(round(num_points * PREFIX_FACTOR)))
+
+
 @dataclass(frozen=True)
 class StreamConfig:
     split: str = "train"
     num_points: int = 1024
-    sampling: str = "random"  # "fps", or "first": the first N stored points (what export-teacher embeds)
+    sampling: str = "random"  # "fps"; "first": the first N stored points (what export-teacher embeds); "prefix"
     augment: bool = True
+    augmentation: str = "pretrain"  # or "scale-translate", "rotate" (fine-tuning recipes; see augment.py)
     seed: int = 0
     window_rows: int = DEFAULT_WINDOW_ROWS  # rows (of many random blocks) shuffled together
     teacher_features: str | None = None  # also stream teachers/<name>/tokens and /global (an exported model)
@@ -134,10 +148,11 @@ class ObjectStream(ShardedStream, IterableDataset):
         selections = []
         for key, array in arrays.items():
             windowed = key == "points" and self.config.sampling != "fps" and array.shape[1] >= n
-            starts = ([0] * len(ranges) if self.config.sampling == "first" else
+            width = prefix_points(n, array.shape[1]) if windowed and self.config.sampling == "prefix" else n
+            starts = ([0] * len(ranges) if self.config.sampling in ("first", "prefix") else
                       n * rng.integers(0, array.shape[1] // n, len(ranges))) if windowed else [None] * len(ranges)
             for (r0, r1), o in zip(ranges, starts):
-                selections.append((key, (slice(r0, r1), slice(o, o + n)) if windowed else (slice(r0, r1),)))
+                selections.append((key, (slice(r0, r1), slice(o, o + width)) if windowed else (slice(r0, r1),)))
 
         async def read_all():
             return await asyncio.gather(*(arrays[key].async_array.getitem(sel) for key, sel in selections))
@@ -165,9 +180,12 @@ class ObjectStream(ShardedStream, IterableDataset):
         elif points.shape[1] < n:  # fewer stored points than asked: sample with replacement
             idx = rng.integers(0, points.shape[1], (len(rows), n))
             points = np.take_along_axis(points, idx[..., None], axis=1)
+        elif self.config.sampling == "prefix":  # n of the prefix, in a random order
+            idx = rng.random((len(rows), points.shape[1])).argsort(axis=1)[:, :n]
+            points = np.take_along_axis(points, idx[..., None], axis=1)
         # otherwise _read already kept one window of n points per block     # (R, N, 3)
         if self.config.augment:
-            points = augment_batch(points, rng)
+            points = augment_batch(points, rng, self.config.augmentation)
         out = {"points": points, "label": a["label"][pos].astype(np.int64), "row": rows.astype(np.int64)}
         view = None
         for term, (name, role) in self.terms.items():

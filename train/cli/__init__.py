@@ -1,0 +1,42 @@
+"""`train`: pre-training stages, fine-tuning, evaluation. The root app only assembles the command modules.
+
+    train stage1 --cache caches/demo.zarr --out runs/s1
+    train stage2 --cache caches/demo.zarr --teacher runs/s1/last.pt --out runs/s2
+    train export-teacher --ckpt runs/s1/last.pt --cache caches/demo.zarr
+    train finetune --cache caches/scanobjectnn-obj_bg.zarr --init runs/s1/last.pt --protocol full --out runs/ft
+    train eval classify --cache caches/scanobjectnn-obj_bg.zarr --ckpt runs/ft/best.pt --vote 10 --json
+    train export-encoder runs/s2/last.pt --out encoder.safetensors
+    train fusion pretrain --cache caches/demo-scenes.zarr --out runs/f-pre
+    train fusion finetune --cache caches/demo-scenes.zarr --out runs/f-1pc --labels 1% --init runs/f-pre/last.pt
+    train eval seg --cache caches/demo-scenes.zarr --ckpt runs/f-1pc/last.pt --json
+    train eval zeroshot --cache caches/demo.zarr --ckpt runs/s1/last.pt --json
+    train eval linear --cache caches/demo.zarr --ckpt random
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import typer
+
+from train.cli import downstream, evaluate, fusion, pretrain, report
+
+app = typer.Typer(help="Train point-cloud students from a teacher cache.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+app.command()(pretrain.stage1)
+app.command()(pretrain.stage2)
+app.command("export-teacher")(pretrain.export_teacher)
+app.command()(downstream.finetune)
+app.command("export-encoder")(downstream.export_encoder)
+app.command("report")(report.report_cmd)
+app.add_typer(fusion.app, name="fusion")
+app.add_typer(evaluate.app, name="eval")
+
+
+@app.callback()
+def root() -> None:
+    """Train point-cloud students from a teacher cache (see README)."""
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    app(args=list(argv) if argv is not None else None, prog_name="train")

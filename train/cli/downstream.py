@@ -1,0 +1,95 @@
+"""`train finetune`, `train export-encoder`: a pre-trained encoder put to use."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+
+from cache_schema.errors import CacheError
+from train.cli.options import (
+    Out,
+    Overwrite,
+    Precision,
+    Progress,
+    Resume,
+    RunCache,
+    RunConfig,
+    StopAt,
+    ValSplit,
+    Workers,
+    fail,
+    run_config,
+    train_and_report,
+)
+
+
+def finetune(
+    ctx: typer.Context,
+    out: Out,
+    cache: RunCache = None,
+    init: Annotated[str, typer.Option(help="Encoder to start from: a stage-1 / stage-2 / finetune checkpoint, an "
+                                           "exported .safetensors, or random.")] = "random",
+    protocol: Annotated[str, typer.Option(help="full (encoder + MLP-3 head trained), mlp3 (encoder frozen, MLP-3 "
+                                               "head) or linear (encoder frozen, one linear layer).")] = "full",
+    model: Annotated[str, typer.Option(help="Point-MAE preset with --init random: tiny or base.")] = "tiny",
+    recipe: Annotated[str, typer.Option(help="auto (from the cache), modelnet40 or scanobjectnn: the defaults of "
+                                             "every option below left unset.")] = "auto",
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs [recipe: 300].")] = None,
+    warmup_epochs: Annotated[Optional[int], typer.Option(help="Linear warm-up epochs [recipe: 10].")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Shapes per step on each process [recipe: 32].")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak AdamW learning rate [recipe: 5e-4].")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="[recipe: 0.05]")] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(help="[recipe: 10]")] = None,
+    num_points: Annotated[Optional[int], typer.Option(help="Points per shape [recipe: 1024 ModelNet40, 2048 "
+                                                           "ScanObjectNN].")] = None,
+    num_group: Annotated[Optional[int], typer.Option(help="Patches per cloud [recipe: 64, 128 ScanObjectNN].")]
+    = None,
+    group_size: Annotated[Optional[int], typer.Option(help="Points per patch [recipe: 32].")] = None,
+    sampling: Annotated[str, typer.Option(help="prefix (Point-MAE: N of the first 1.17 N stored points, random "
+                                               "order), random, first or fps.")] = "prefix",
+    augmentation: Annotated[Optional[str], typer.Option(help="scale-translate, rotate or pretrain [recipe: "
+                                                             "scale-translate ModelNet40, rotate ScanObjectNN].")]
+    = None,
+    label_smoothing: Annotated[Optional[float], typer.Option(help="[recipe: 0.2]")] = None,
+    drop_path_rate: Annotated[Optional[float], typer.Option(help="[recipe: 0.1]")] = None,
+    val_split: ValSplit = "test",
+    workers: Workers = 2,
+    seed: int = 0,
+    log_every: int = 10,
+    precision: Precision = "auto",
+    config: RunConfig = None,
+    overwrite: Overwrite = False,
+    resume: Resume = False,
+    stop_at: StopAt = None,
+    progress: Progress = True,
+) -> None:
+    """Fine-tune an encoder for shape classification (Point-MAE's recipes); validates on the test split every
+    epoch, as the published protocol does, and keeps the best as best.pt."""
+    from train.downstream.finetune import FinetuneConfig, train_finetune
+
+    values = dict(cache=cache, out=out, init=init, protocol=protocol, model=model, recipe=recipe, epochs=epochs,
+                  warmup_epochs=warmup_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                  grad_clip=grad_clip, num_points=num_points, num_group=num_group, group_size=group_size,
+                  sampling=sampling, augmentation=augmentation, label_smoothing=label_smoothing,
+                  drop_path_rate=drop_path_rate, val_split=val_split, workers=workers, seed=seed,
+                  log_every=log_every, precision=precision, overwrite=overwrite)
+    cfg = run_config(ctx, FinetuneConfig, "finetune", values, config)
+    train_and_report(lambda: train_finetune(cfg, resume=resume, progress=progress, stop_at=stop_at), out)
+
+
+def export_encoder(
+    ckpt: Annotated[str, typer.Argument(help="A stage-1, stage-2 or finetune checkpoint.")],
+    out: Annotated[str, typer.Option(help="The .safetensors file to write.")],
+) -> None:
+    """Write the encoder alone with its config (safetensors, nothing pickled); load it with
+    `from train import load_encoder`."""
+    from train.encoder_io import export_encoder as run_export
+
+    if not out.endswith(".safetensors"):
+        fail(ValueError(f"--out must end in .safetensors, got {out!r}"))
+    try:
+        typer.echo(json.dumps(run_export(ckpt, out)))
+    except (CacheError, FileNotFoundError, ValueError) as e:
+        fail(e)

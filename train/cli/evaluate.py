@@ -1,0 +1,96 @@
+"""`train eval ...`: scores of a checkpoint (or an untrained encoder) on a cache."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+
+from cache_schema.errors import CacheError
+from train.cli.options import Cache, Ckpt, Json, Points, Preset, fail
+
+app = typer.Typer(help="Evaluate a checkpoint (or --ckpt random) on a cache.", no_args_is_help=True)
+
+
+@app.command("seg")
+def eval_seg(cache: Cache, ckpt: Annotated[str, typer.Option(help="A `fusion finetune` checkpoint.")],
+             split: str = "val", json_out: Json = False) -> None:
+    """LiDAR-only segmentation: mIoU, per-class IoU and accuracy (label 255 ignored)."""
+    from train.stages.fusion import evaluate_seg
+
+    try:
+        result = {"eval": "seg", "ckpt": ckpt, "cache": cache, **evaluate_seg(ckpt, cache, split)}
+    except (CacheError, FileNotFoundError, ValueError, KeyError) as e:
+        fail(e)
+    typer.echo(json.dumps(result) if json_out else "\n".join(f"{k:>14}: {v}" for k, v in result.items()))
+
+
+
+def _evaluate(what: str, cache: str, ckpt: str, model: str, as_json: bool, **kwargs) -> None:
+    from train import evaluate
+
+    try:
+        c = evaluate.open_for_eval(cache)
+        student = evaluate.load_student(ckpt, c, model)
+        result = getattr(evaluate, what)(student, c, **kwargs)
+    except (CacheError, FileNotFoundError, ValueError, KeyError) as e:
+        fail(e)
+    result = {"eval": what, "ckpt": ckpt, "cache": cache, **result}
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo("\n".join(f"{k:>12}: {v}" for k, v in result.items()))
+
+
+@app.command("zeroshot")
+def eval_zeroshot(cache: Cache, ckpt: Ckpt, split: str = "test", model: Preset = "tiny",
+                  num_points: Points = 1024, json_out: Json = False) -> None:
+    """Zero-shot classification through the text-teacher head: top-1 / top-5 against class prompts."""
+    _evaluate("zeroshot", cache, ckpt, model, json_out, split=split, num_points=num_points)
+
+
+@app.command("linear")
+def eval_linear(cache: Cache, ckpt: Ckpt, model: Preset = "tiny", num_points: Points = 1024,
+                c: Annotated[float, typer.Option(help="SVM regularisation C.")] = 1.0, json_out: Json = False) -> None:
+    """Linear probe: a linear SVM on frozen global features (train split), accuracy on the test split."""
+    _evaluate("linear_probe", cache, ckpt, model, json_out, num_points=num_points, c=c)
+
+
+@app.command("svm-fewshot")
+def eval_svm_fewshot(cache: Cache, ckpt: Ckpt, model: Preset = "tiny", n_way: int = 5, m_shot: int = 10,
+                 draws: int = 10, num_points: Points = 1024, json_out: Json = False) -> None:
+    """n-way m-shot linear SVMs on frozen features over random draws (not the fine-tuning protocol of the papers'
+    few-shot tables: that is `train fewshot`)."""
+    _evaluate("svm_fewshot", cache, ckpt, model, json_out, n_way=n_way, m_shot=m_shot, draws=draws,
+              num_points=num_points)
+
+
+
+@app.command("classify")
+def eval_classify(
+    cache: Cache,
+    ckpt: Annotated[str, typer.Option(help="A `train finetune` checkpoint (best.pt or last.pt).")],
+    split: str = "test",
+    vote: Annotated[int, typer.Option(help="Average the logits of N copies: the cloud and N-1 ScaleAndTranslate "
+                                           "ones (Point-MAE's voting; 1 = none).")] = 1,
+    num_points: Annotated[Optional[int], typer.Option(help="Points per shape (default: the run's).")] = None,
+    seed: int = 0,
+    json_out: Json = False,
+) -> None:
+    """Classification: overall accuracy and mean class accuracy of a fine-tuned model, with optional voting."""
+    from cache_schema import open_cache
+    from train.downstream.classify import evaluate_classifier
+    from train.downstream.finetune import load_classifier
+
+    try:
+        model, state = load_classifier(ckpt)
+        c = open_cache(cache)
+        if tuple(c.label_names) != tuple(state["label_names"]):
+            raise ValueError(f"{cache} has other classes than the run was fine-tuned on ({len(c.label_names)} vs "
+                             f"{len(state['label_names'])})")
+        result = {"eval": "classify", "ckpt": ckpt, "cache": cache,
+                  **evaluate_classifier(model, c, split, num_points or state["num_points"], vote, seed)}
+    except (CacheError, FileNotFoundError, ValueError, KeyError) as e:
+        fail(e)
+    typer.echo(json.dumps(result) if json_out else "\n".join(f"{k:>20}: {v}" for k, v in result.items()))

@@ -1,0 +1,62 @@
+"""Shape classification on a Point-MAE encoder, under the three protocols of ACT / ReCon.
+
+    points (B, N, 3) -> PointMAEEncoder -> global feature (B, 2C) = concat(cls, max over tokens)
+      full    encoder trained, MLP-3 head: Linear(2C, 256)-BN-ReLU-Dropout(0.5)-Linear(256, 256)-BN-ReLU-
+              Dropout(0.5)-Linear(256, classes)  (Point-MAE's ``cls_head_finetune``)
+      mlp3    encoder frozen, the same MLP-3 head
+      linear  encoder frozen, one Linear(2C, classes)
+
+A frozen encoder stays in eval mode (its BatchNorm statistics and dropout
+paths do not move) and runs without gradients: its weights and buffers end a
+run bit-identical.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from train.models.point_mae import PointMAEEncoder, _init_weights
+
+PROTOCOLS = ("full", "mlp3", "linear")
+
+
+def classification_head(in_dim: int, num_classes: int, protocol: str) -> nn.Module:
+    if protocol == "linear":
+        head = nn.Sequential(nn.Linear(in_dim, num_classes))
+    else:
+        head = nn.Sequential(
+            nn.Linear(in_dim, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Dropout(0.5),
+            nn.Linear(256, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Dropout(0.5),
+            nn.Linear(256, num_classes))
+    head.apply(_init_weights)
+    return head
+
+
+class PointClassifier(nn.Module):
+    """Encoder + head; ``forward(points) -> logits (B, classes)``."""
+
+    def __init__(self, encoder: PointMAEEncoder, num_classes: int, protocol: str) -> None:
+        super().__init__()
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"--protocol is one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        self.encoder, self.protocol = encoder, protocol
+        self.head = classification_head(encoder.global_dim, num_classes, protocol)
+        self.frozen = protocol != "full"
+        if self.frozen:
+            self.encoder.requires_grad_(False)
+            self.encoder.eval()
+
+    def train(self, mode: bool = True) -> PointClassifier:
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()
+        return self
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        if self.frozen:
+            with torch.no_grad():
+                _, feature = self.encoder(points)
+        else:
+            _, feature = self.encoder(points)
+        return self.head(feature)
