@@ -163,3 +163,30 @@ def test_the_cli_fine_tunes_evaluates_with_votes_and_exports(full_run, separable
     assert bad.exit_code == 2 and "--protocol is one of full, mlp3, linear" in bad.output
     wrong_kind = runner.invoke(app, ["eval", "classify", "--cache", separable_cache, "--ckpt", out])
     assert wrong_kind.exit_code == 2 and "is not a checkpoint of this tool" in wrong_kind.output
+
+
+def test_fewshot_folds_are_seeded_class_balanced_and_fine_tuned(separable_cache, tmp_path):
+    from train.downstream.fewshot import draw_fold, run_fewshot
+
+    cache = open_cache(separable_cache)
+    train, test = split_rows(cache, "train"), split_rows(cache, "test")
+    a = draw_fold(cache.labels, train, test, way=2, shot=4, queries=5, seed=1, fold=0)
+    again = draw_fold(cache.labels, train, test, 2, 4, 5, 1, 0)
+    assert np.array_equal(a.train_rows, again.train_rows) and np.array_equal(a.test_rows, again.test_rows)
+    assert not np.array_equal(a.train_rows, draw_fold(cache.labels, train, test, 2, 4, 5, 1, 1).train_rows)
+    assert set(a.train_rows) <= set(train) and set(a.test_rows) <= set(test)
+    for c in a.classes:
+        assert (cache.labels[a.train_rows] == c).sum() == 4 and (cache.labels[a.test_rows] == c).sum() == 5
+    with pytest.raises(ValueError, match="4-way"):
+        draw_fold(cache.labels, train, test, 4, 4, 5, 1, 0)
+    out = str(tmp_path / "fs")
+    cfg = FinetuneConfig(cache=separable_cache, out=out, epochs=2, **SMALL)
+    summary = run_fewshot(cfg, way=2, shot=4, folds=2, queries=5, progress=False)
+    assert len(summary["per_fold"]) == 2 and 0 <= summary["std"] <= summary["mean"] <= 1
+    fold_cache = open_cache(os.path.join(out, "fold-0", "cache.zarr"))
+    assert fold_cache.num_rows == 2 * (4 + 5) and len(fold_cache.label_names) == 2
+    assert sorted(np.bincount(fold_cache.labels[fold_cache.split("test")]).tolist()) == [5, 5]
+    written = json.load(open(os.path.join(out, "fewshot.json")))
+    assert written["mean"] == summary["mean"] and written["way"] == 2
+    with pytest.raises(ValueError, match="not empty"):
+        run_fewshot(cfg, way=2, shot=4, folds=1, queries=5, progress=False)

@@ -5,6 +5,7 @@
     train export-teacher --ckpt runs/s1/last.pt --cache caches/demo.zarr
     train finetune --cache caches/scanobjectnn-obj_bg.zarr --init runs/s1/last.pt --protocol full --out runs/ft
     train eval classify --cache caches/scanobjectnn-obj_bg.zarr --ckpt runs/ft/best.pt --vote 10 --json
+    train fewshot --cache caches/modelnet40-resampled.zarr --way 5 --shot 10 --init runs/s2/last.pt --out runs/fs
     train export-encoder runs/s2/last.pt --out encoder.safetensors
     train fusion pretrain --cache caches/demo-scenes.zarr --out runs/f-pre
     train fusion finetune --cache caches/demo-scenes.zarr --out runs/f-1pc --labels 1% --init runs/f-pre/last.pt
@@ -27,6 +28,7 @@ app.command()(pretrain.stage1)
 app.command()(pretrain.stage2)
 app.command("export-teacher")(pretrain.export_teacher)
 app.command()(downstream.finetune)
+app.command()(downstream.fewshot)
 app.command("export-encoder")(downstream.export_encoder)
 app.command("report")(report.report_cmd)
 app.add_typer(fusion.app, name="fusion")

@@ -93,3 +93,43 @@ def export_encoder(
         typer.echo(json.dumps(run_export(ckpt, out)))
     except (CacheError, FileNotFoundError, ValueError) as e:
         fail(e)
+
+
+def fewshot(
+    out: Out,
+    cache: Annotated[str, typer.Option(help="A points cache with train and test splits (ModelNet40 in the papers).")],
+    way: Annotated[int, typer.Option(help="Classes per fold (5 or 10 in the papers).")] = 5,
+    shot: Annotated[int, typer.Option(help="Training objects per class (10 or 20).")] = 10,
+    folds: Annotated[int, typer.Option(help="Folds, each fine-tuned from --init.")] = 10,
+    queries: Annotated[int, typer.Option(help="Test objects per class and fold.")] = 20,
+    init: Annotated[str, typer.Option(help="A stage-1 / stage-2 checkpoint, an exported encoder, or random.")]
+    = "random",
+    model: Annotated[str, typer.Option(help="Point-MAE preset with --init random: tiny or base.")] = "tiny",
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs per fold [Point-MAE's few-shot config: 150].")]
+    = None,
+    warmup_epochs: Annotated[Optional[int], typer.Option(help="[10]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="[32, at most a fold's training objects]")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="[5e-4]")] = None,
+    num_points: Annotated[Optional[int], typer.Option(help="[recipe: 1024]")] = None,
+    num_group: Annotated[Optional[int], typer.Option(help="[recipe: 64]")] = None,
+    group_size: Annotated[Optional[int], typer.Option(help="[recipe: 32]")] = None,
+    workers: Workers = 0,
+    seed: int = 0,
+    precision: Precision = "auto",
+    overwrite: Overwrite = False,
+    progress: Progress = True,
+) -> None:
+    """Few-shot classification as published (Point-BERT's n-way m-shot procedure, full fine-tuning per fold):
+    mean and std of the folds' accuracy, written to OUT/fewshot.json."""
+    from train.downstream.fewshot import run_fewshot
+    from train.downstream.finetune import FinetuneConfig
+
+    try:
+        cfg = FinetuneConfig(cache=cache, out=out, init=init, protocol="full", model=model, epochs=epochs,
+                             warmup_epochs=warmup_epochs, batch_size=batch_size, lr=lr, num_points=num_points,
+                             num_group=num_group, group_size=group_size, workers=workers, seed=seed,
+                             precision=precision, overwrite=overwrite)
+        summary = run_fewshot(cfg, way, shot, folds, queries, progress=progress)
+    except (CacheError, FileNotFoundError, ValueError) as e:
+        fail(e)
+    typer.echo(json.dumps({k: v for k, v in summary.items() if k != "per_fold"}))
