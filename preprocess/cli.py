@@ -228,5 +228,21 @@ def add_teacher(
     typer.echo(summary)
 
 
+@app.command("class-prompts")
+def class_prompts(
+    cache: Annotated[str, typer.Argument(help="A finished objects cache (e.g. from `preprocess points`).")],
+    teacher: Annotated[str, typer.Option(help="CLIP teacher whose text tower embeds the class names; the one a "
+                                              "stage-1 student was trained with.")] = "clip-vit-b16",
+) -> None:
+    """Write class-name prompt embeddings into a cache, so `train eval zeroshot` runs on it."""
+    from preprocess.class_prompts import add_class_prompts
+    from preprocess.teachers import MissingWeightsError
+
+    try:
+        typer.echo(add_class_prompts(cache, teacher))
+    except (CacheError, MissingWeightsError, FileNotFoundError, ValueError, KeyError) as e:
+        _fail(e)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     app(args=list(argv) if argv is not None else None, prog_name="preprocess")
