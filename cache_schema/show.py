@@ -127,7 +127,8 @@ def objects_sheet(cache: ObjectCache, out: str, rows: int = 6, ids: list[str] | 
             col += 1
         ax = fig.add_subplot(grid[r, col])
         ax.axis("off")
-        caption_lines = [textwrap.shorten(str(c), 70) for c in cache.captions([row])[0]][:4]
+        has_captions = "captions" in cache.group  # points caches have none
+        caption_lines = [textwrap.shorten(str(c), 70) for c in cache.captions([row])[0]][:4] if has_captions else []
         category = names[int(labels[row])] if names else str(labels[row])
         ax.text(0, 1, f"{cache.ids[row]}\ncategory: {category}\n" + "\n".join(f"• {c}" for c in caption_lines),
                 va="top", ha="left", fontsize=8, family="monospace", transform=ax.transAxes)

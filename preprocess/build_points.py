@@ -1,4 +1,5 @@
-"""Point-dataset builder: clouds already sampled (ScanObjectNN, ModelNet40, ShapeNet-55) -> an `objects` cache.
+"""Point-dataset builder: clouds already sampled (ScanObjectNN, ModelNet40, ShapeNet-55, the built-in
+demo-scan) -> an `objects` cache.
 
 A *points cache* holds ``ids``, ``label``, ``status``, ``points`` (and
 ``normals`` where the files have them), the official splits and the class
@@ -34,8 +35,9 @@ class PointBuildConfig:
     """Everything that decides the content of a points cache (stored in its `config`)."""
 
     dataset: str
-    root: str
-    variant: str | None = None  # ScanObjectNN: obj_bg, obj_only or pb_t50_rs
+    root: str | None
+    variant: str | None = None  # ScanObjectNN and demo-scan: obj_bg, obj_only or pb_t50_rs
+    demo_per_class: int | None = None  # demo-scan: shapes per demo category
     point_dtype: str = "float32"
     seed: int = 0  # of the row order
 
@@ -49,6 +51,8 @@ def build_points(url: str, cfg: PointBuildConfig, overwrite: bool = False, block
     """Build (or resume, or confirm) the points cache at ``url``."""
     start = time.perf_counter()
     options = {"variant": cfg.variant} if cfg.variant else {}
+    if cfg.demo_per_class:
+        options["per_class"] = cfg.demo_per_class
     catalog = list_point_source(cfg.dataset, cfg.root, **options)
     if not catalog.items:
         raise ValueError(f"dataset {cfg.dataset!r} at {cfg.root!r} lists no shapes")

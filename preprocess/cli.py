@@ -175,12 +175,16 @@ def scenes(
 
 @app.command()
 def points(
-    dataset: Annotated[str, typer.Argument(help="scanobjectnn, modelnet40-resampled or shapenet55.")],
-    root: Annotated[str, typer.Option(help="Dataset folder: ScanObjectNN's h5_files, modelnet40_normal_resampled, "
-                                           "or ShapeNet55-34.")],
+    dataset: Annotated[str, typer.Argument(help="scanobjectnn, modelnet40-resampled, shapenet55 or demo-scan "
+                                                "(built in, no download).")],
+    root: Annotated[Optional[str], typer.Option(help="Dataset folder: ScanObjectNN's h5_files, "
+                                                     "modelnet40_normal_resampled, or ShapeNet55-34.")] = None,
     out: Annotated[Optional[str], typer.Option(help="Cache path or fsspec URL (default: caches/DATASET.zarr, "
-                                                    "caches/scanobjectnn-VARIANT.zarr).")] = None,
-    variant: Annotated[str, typer.Option(help="ScanObjectNN: obj_bg, obj_only or pb_t50_rs.")] = "obj_bg",
+                                                    "caches/scanobjectnn-VARIANT.zarr, "
+                                                    "caches/demo-scan-VARIANT.zarr).")] = None,
+    variant: Annotated[str, typer.Option(help="ScanObjectNN and demo-scan: obj_bg, obj_only or pb_t50_rs.")]
+    = "obj_bg",
+    demo_per_class: Annotated[int, typer.Option(help="demo-scan: shapes per demo category.")] = 40,
     point_dtype: Annotated[str, typer.Option(help="float32 or float16.")] = "float32",
     seed: Annotated[int, typer.Option(help="Seed of the row order.")] = 0,
     overwrite: Overwrite = False,
@@ -195,10 +199,11 @@ def points(
     from preprocess.build_points import PointBuildConfig, build_points
     from preprocess.point_sources import PointDataError
 
-    is_scan = dataset == "scanobjectnn"
-    cfg = PointBuildConfig(dataset=dataset, root=root, variant=variant if is_scan else None,
+    has_variants = dataset in ("scanobjectnn", "demo-scan")
+    cfg = PointBuildConfig(dataset=dataset, root=root, variant=variant if has_variants else None,
+                           demo_per_class=demo_per_class if dataset == "demo-scan" else None,
                            point_dtype=point_dtype, seed=seed)
-    default_out = f"caches/scanobjectnn-{variant}.zarr" if is_scan else f"caches/{dataset}.zarr"
+    default_out = f"caches/{dataset}-{variant}.zarr" if has_variants else f"caches/{dataset}.zarr"
     try:
         summary = build_points(out or default_out, cfg, overwrite=overwrite, block_rows=block_rows,
                                progress=progress)

@@ -193,3 +193,28 @@ def test_a_killed_points_build_resumes(tmp_path):
     build_points(url, cfg, block_rows=8, progress=False)
     again = build_points(url, cfg, block_rows=8, progress=False)
     assert again.already_complete
+
+
+def test_demo_scan_variants_are_partial_cluttered_and_deterministic(tmp_path):
+    clouds = {}
+    for variant in ("obj_bg", "obj_only", "pb_t50_rs"):
+        url = str(tmp_path / f"{variant}.zarr")
+        build_points(url, PointBuildConfig("demo-scan", None, variant, demo_per_class=2), progress=False)
+        cache = open_cache(url)
+        assert cache.num_rows == 20 and len(cache.label_names) == 10 and (cache.status == DONE).all()
+        pts = cache.points()
+        assert pts.shape == (20, 2048, 3) and np.isfinite(pts).all()
+        np.testing.assert_allclose(np.linalg.norm(pts - pts.mean(1, keepdims=True), axis=-1).max(1), 1, atol=1e-3)
+        clouds[variant] = {str(i): p for i, p in zip(cache.array("ids")[:], pts)}
+    again = str(tmp_path / "again.zarr")
+    build_points(again, PointBuildConfig("demo-scan", None, "obj_bg", demo_per_class=2), progress=False)
+    assert open_cache(again).fingerprint == open_cache(str(tmp_path / "obj_bg.zarr")).fingerprint
+
+    def floor_share(p):  # points on the lowest flat layer: the floor patch under a cluttered scan
+        return float((p[:, 1] < p[:, 1].min() + 0.03).mean())
+
+    bg = np.mean([floor_share(p) for p in clouds["obj_bg"].values()])
+    only = np.mean([floor_share(p) for p in clouds["obj_only"].values()])
+    assert bg > 0.1 and bg > 3 * only, (bg, only)
+    same = [k.replace("obj_bg", "pb_t50_rs") for k in clouds["obj_bg"]]
+    assert not any(np.allclose(clouds["obj_bg"][k], clouds["pb_t50_rs"][s]) for k, s in zip(clouds["obj_bg"], same))

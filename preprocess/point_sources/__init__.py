@@ -51,18 +51,18 @@ class PointCatalog:
     options: dict[str, Any] = field(default_factory=dict)  # reader options (e.g. the ScanObjectNN variant)
 
 
-POINT_DATASETS = ("scanobjectnn", "modelnet40-resampled", "shapenet55")
+POINT_DATASETS = ("scanobjectnn", "modelnet40-resampled", "shapenet55", "demo-scan")
 
 
 def list_point_source(name: str, root: str | None, **options: Any) -> PointCatalog:
     """The catalog of point dataset ``name``."""
-    from preprocess.point_sources import modelnet40_resampled, scanobjectnn, shapenet55
+    from preprocess.point_sources import demo_scan, modelnet40_resampled, scanobjectnn, shapenet55
 
     readers = {"scanobjectnn": scanobjectnn.catalog, "modelnet40-resampled": modelnet40_resampled.catalog,
-               "shapenet55": shapenet55.catalog}
+               "shapenet55": shapenet55.catalog, "demo-scan": demo_scan.catalog}
     if name not in readers:
         raise ValueError(f"unknown point dataset {name!r}; choose one of {', '.join(POINT_DATASETS)}")
-    if not root:
+    if not root and name != "demo-scan":
         raise ValueError(f"point dataset {name!r} needs its root folder (--root)")
     return readers[name](root, **options)
 
