@@ -20,11 +20,11 @@ CACHES := caches
 # `make cache DATASET=...`: the object cache builder (`preprocess objects --help`) for shapenet, modelnet40,
 # meshes and demo; the scene cache builder (`preprocess scenes --help`) for nuscenes, semantickitti, demo-scenes;
 # the points cache builder (`preprocess points --help`) for scanobjectnn (VARIANT=obj_bg|obj_only|pb_t50_rs),
-# modelnet40-resampled and shapenet55.
+# modelnet40-resampled, shapenet55 and demo-scan (built in, VARIANT as ScanObjectNN's).
 DATASET ?= demo
-OUT ?= $(CACHES)/$(DATASET)$(if $(filter scanobjectnn,$(DATASET)),-$(VARIANT)).zarr
+OUT ?= $(CACHES)/$(DATASET)$(if $(filter scanobjectnn demo-scan,$(DATASET)),-$(VARIANT)).zarr
 SCENE_DATASETS := nuscenes semantickitti demo-scenes
-POINT_DATASETS := scanobjectnn modelnet40-resampled shapenet55
+POINT_DATASETS := scanobjectnn modelnet40-resampled shapenet55 demo-scan
 VARIANT ?= obj_bg
 ROOT_shapenet = $(SHAPENET_ROOT)
 ROOT_modelnet40 = $(MODELNET_ROOT)
@@ -71,8 +71,8 @@ test-slow: setup
 
 cache: setup
 ifneq ($(filter $(DATASET),$(POINT_DATASETS)),)
-	$(VENV)/bin/preprocess points $(DATASET) --root "$(ROOT)" --out "$(OUT)" \
-	  $(if $(filter scanobjectnn,$(DATASET)),--variant $(VARIANT)) $(CACHE_ARGS)
+	$(VENV)/bin/preprocess points $(DATASET) $(if $(ROOT),--root "$(ROOT)") --out "$(OUT)" \
+	  $(if $(filter scanobjectnn demo-scan,$(DATASET)),--variant $(VARIANT)) $(CACHE_ARGS)
 else ifneq ($(filter $(DATASET),$(SCENE_DATASETS)),)
 	$(VENV)/bin/preprocess scenes $(DATASET) $(if $(ROOT),--root "$(ROOT)") --out "$(OUT)" \
 	  --teachers $(TEACHERS) --workers $(WORKERS) $(if $(filter nuscenes,$(DATASET)),--version $(VERSION)) \
@@ -89,6 +89,8 @@ RUNS := runs
 DEMO_STAGE2_STEPS ?= 200
 # a CPU-sized fusion run: a narrower backbone, 8192 points per frame
 DEMO_FUSION_ARGS ?= --steps 150 --dim 32 --depth 4 --max-points 8192
+# CPU-sized fine-tuning on demo-scan: the ScanObjectNN recipe, 10 epochs at 1,024 points and 32 groups (the tiny preset)
+DEMO_FINETUNE_ARGS ?= --epochs 10 --warmup-epochs 1 --num-points 1024 --num-group 32 --workers 0 --no-progress
 # a run folder that has a last.pt is resumed (a finished run then stops at once); rm -r it to train again
 resume_if = $$( [ -f $(1)/last.pt ] && echo --resume )
 demo: setup
@@ -112,8 +114,14 @@ demo: setup
 	$(VENV)/bin/train fusion finetune --cache $(CACHES)/demo-scenes.zarr --out $(RUNS)/demo-fusion-1pc-random \
 	  --labels 1% --init random $(DEMO_FUSION_ARGS) $(call resume_if,$(RUNS)/demo-fusion-1pc-random)
 	$(VENV)/bin/train report $(RUNS)/demo-fusion-1pc-pretrained
+	$(MAKE) --no-print-directory cache DATASET=demo-scan VARIANT=obj_bg
+	$(VENV)/bin/train finetune --cache $(CACHES)/demo-scan-obj_bg.zarr --init $(RUNS)/demo-s1/last.pt \
+	  --out $(RUNS)/demo-scan-ft-s1 $(DEMO_FINETUNE_ARGS) $(call resume_if,$(RUNS)/demo-scan-ft-s1)
+	$(VENV)/bin/train finetune --cache $(CACHES)/demo-scan-obj_bg.zarr --init random \
+	  --out $(RUNS)/demo-scan-ft-random $(DEMO_FINETUNE_ARGS) $(call resume_if,$(RUNS)/demo-scan-ft-random)
 	$(PY) scripts/demo_results.py $(RUNS)/demo-s1 $(RUNS)/demo-s2
 	$(PY) scripts/demo_seg_results.py $(CACHES)/demo-scenes.zarr $(RUNS)/demo-fusion-1pc-pretrained $(RUNS)/demo-fusion-1pc-random
+	$(PY) scripts/demo_finetune_results.py $(RUNS)/demo-scan-ft-s1 $(RUNS)/demo-scan-ft-random
 	@echo "pictures: $(RUNS)/demo-sheet.png, $(RUNS)/demo-scenes-sheet.png, $(RUNS)/demo-s1/report.html, \
 	$(RUNS)/demo-s2/report.html, $(RUNS)/demo-fusion-1pc-pretrained/report.html"
 
