@@ -190,3 +190,15 @@ def test_fewshot_folds_are_seeded_class_balanced_and_fine_tuned(separable_cache,
     assert written["mean"] == summary["mean"] and written["way"] == 2
     with pytest.raises(ValueError, match="not empty"):
         run_fewshot(cfg, way=2, shot=4, folds=1, queries=5, progress=False)
+
+
+def test_report_draws_a_fine_tuning_run_with_its_accuracies(full_run, separable_cache):
+    from train.report import report
+
+    png, page = report(full_run[0])
+    assert os.path.getsize(png) > 10_000 and "finetune" in open(page).read()
+    table = json.load(open(os.path.join(full_run[0], "eval.json")))
+    model, _ = load_classifier(os.path.join(full_run[0], "best.pt"))
+    expected = evaluate_classifier(model, open_cache(separable_cache), "test", POINTS)
+    assert table["this run"]["overall_accuracy"] == expected["overall_accuracy"]
+    assert 0 <= table["this run"]["overall_accuracy_vote10"] <= 1

@@ -43,6 +43,8 @@ def read_metrics(run_dir: str, name: str = "metrics.csv") -> dict[str, np.ndarra
 
 OBJECT_COLUMNS = (("zeroshot", "zero-shot top-1"), ("linear", "linear SVM"), ("fewshot", "few-shot"))
 SEG_COLUMNS = (("miou", "mIoU"), ("accuracy", "point accuracy"))
+FINETUNE_COLUMNS = (("overall_accuracy", "OA"), ("mean_class_accuracy", "mAcc"), ("overall_accuracy_vote10",
+                                                                                 "OA, vote 10"))
 
 
 def run_checkpoint(run_dir: str) -> str:
@@ -68,11 +70,28 @@ def evaluation(run_dir: str, cache: str, refresh: bool = False, stage: str = "st
         seg = evaluate_seg(ckpt, cache, "val")
         result = {"checkpoint": os.path.basename(ckpt), "setting": "val split",
                   "this run": {"miou": seg["miou"], "accuracy": seg["accuracy"]}}
+    elif stage == "finetune":
+        result = _finetune_evaluation(ckpt, cache)
     else:
         result = _object_evaluation(ckpt, cache)
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
     return result
+
+
+def _finetune_evaluation(ckpt: str, cache: str) -> dict:
+    from cache_schema import open_cache
+    from train.downstream.classify import evaluate_classifier
+    from train.downstream.finetune import load_classifier
+
+    model, state = load_classifier(ckpt)
+    c = open_cache(cache)
+    plain = evaluate_classifier(model, c, "test", state["num_points"])
+    voted = evaluate_classifier(model, c, "test", state["num_points"], vote=10)
+    return {"checkpoint": os.path.basename(ckpt), "setting": f"test split, {state['protocol']} protocol",
+            "this run": {"overall_accuracy": plain["overall_accuracy"],
+                         "mean_class_accuracy": plain["mean_class_accuracy"],
+                         "overall_accuracy_vote10": voted["overall_accuracy"]}}
 
 
 def _object_evaluation(ckpt: str, cache: str) -> dict:
@@ -107,7 +126,8 @@ def report(run_dir: str, out: str | None = None, with_eval: bool = True, dpi: in
     stage = config.get("stage", "?")
     table = dict(evaluation(run_dir, config["config"]["cache"], stage=stage)) if with_eval else {}
     setting, ckpt_name = table.pop("setting", ""), table.pop("checkpoint", "")
-    columns = SEG_COLUMNS if stage.startswith("fusion") else OBJECT_COLUMNS
+    columns = SEG_COLUMNS if stage.startswith("fusion") else FINETUNE_COLUMNS if stage == "finetune" else \
+        OBJECT_COLUMNS
     fig, axes = plt.subplots(2, 3, figsize=(16, 9), dpi=dpi)
     fig.suptitle(f"{run_dir}: {stage}, {int(step[-1])} steps, cache {config['cache']['url']} "
                  f"({str(config['cache'].get('fingerprint'))[:19]}...)", fontsize=12)
@@ -152,7 +172,8 @@ def report(run_dir: str, out: str | None = None, with_eval: bool = True, dpi: in
              if k in cfg]
     lines += [f"{k}: {cfg[k]}" for k in ("teacher", "mask_ratio", "shuffle", "local", "use_global", "target", "init",
                                          "teacher_source", "encoder_lr_scale", "decoder_depth", "mode", "dim",
-                                         "depth", "labels", "max_points", "weights", "val_split") if k in cfg]
+                                         "depth", "labels", "max_points", "weights", "protocol", "recipe", "epochs",
+                                         "augmentation", "num_group", "val_split") if k in cfg]
     lines.append(f"world size: {config.get('world_size', 1)}, precision: {config.get('precision', 'fp32')}")
     ax.text(0, 1, "\n".join(lines), va="top", family="monospace", fontsize=9, transform=ax.transAxes)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
