@@ -43,6 +43,7 @@ def summarize(url: str, storage_options: dict[str, Any] | None = None) -> dict[s
         "build": cache.build,
         "tool": cache.attrs.tool,
         "num_classes": len(cache.attrs.label_names),
+        "num_parts": len(cache.attrs.config.get("parts", {}).get("names", [])),
         "teachers": {n: t.to_dict() for n, t in cache.teachers.items()},
         "splits": {n: int(cache.array(f"split/{n}").shape[0]) for n in cache.split_names},
         "config": cache.attrs.config,
@@ -85,6 +86,8 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(f"  ragged      {s.get('num_points')} points, {s.get('num_pairs')} point-pixel pairs")
     lines.append("  splits      " + (", ".join(f"{n} ({c})" for n, c in s["splits"].items()) or "-"))
     lines.append(f"  classes     {s['num_classes']}")
+    if s.get("num_parts"):
+        lines.append(f"  parts       {s['num_parts']} (per-point part_label; config.parts gives each class its parts)")
     lines.append("  teachers")
     for name, t in s["teachers"].items():
         trained = "pretrained" if t["pretrained"] else "random init, NOT pretrained"

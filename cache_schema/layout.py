@@ -119,6 +119,7 @@ def objects_layout(
     store_depth: bool = False,
     point_dtype: str = "float16",
     with_normals: bool = False,
+    with_part_labels: bool = False,
 ) -> Layout:
     """Layout of an ``objects`` cache: N shapes, V views, K captions per shape.
 
@@ -145,6 +146,9 @@ def objects_layout(
     if with_normals:
         a.append(ArraySpec("normals", point_dtype, (num_points, 3), ("row", "point", "xyz"), "row",
                            inner_chunk=point_chunk))
+    if with_part_labels:  # aligned with points, chunked like them: a window of points reads its labels
+        a.append(ArraySpec("part_label", "uint8", (num_points,), ("row", "point"), "row",
+                           inner_chunk=(min(num_points, POINT_CHUNK),)))
     if store_rgb:
         h, w = image_hw  # type: ignore[misc]
         a.append(ArraySpec("views/rgb", "uint8", (num_views, h, w, 3), ("row", "view", "y", "x", "rgb"), "row"))

@@ -126,6 +126,21 @@ class ObjectCache(CacheReader):
     def labels(self) -> np.ndarray:
         return self.array("label")[:].astype(np.int64)
 
+    @property
+    def has_part_labels(self) -> bool:
+        return "part_label" in self.group and bool(self.attrs.config.get("parts"))
+
+    @property
+    def part_names(self) -> tuple[str, ...]:
+        """Names of the global part ids of ``part_label`` (``config.parts.names``); () without part labels."""
+        return tuple(self.attrs.config.get("parts", {}).get("names", ()))
+
+    @cached_property
+    def class_parts(self) -> list[np.ndarray]:
+        """For every class index, the part ids its shapes may carry."""
+        owned = self.attrs.config.get("parts", {}).get("class_parts", {})
+        return [np.asarray(owned.get(c, []), np.int64) for c in self.label_names]
+
     def points(self, rows: Rows = slice(None)) -> np.ndarray:
         """(n, P, 3) unit-sphere points, float32."""
         return _select(self.array("points"), rows).astype(np.float32)

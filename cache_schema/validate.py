@@ -20,7 +20,7 @@ import zarr
 
 from cache_schema.errors import CacheError
 from cache_schema.fingerprint import CONTENT_ATTRS, array_paths, block_bytes, hash_header, row_ranges
-from cache_schema.layout import FAILED, PENDING, RAGGED_OFFSETS, STATUS_NAMES, STR, Layout
+from cache_schema.layout import DONE, FAILED, PENDING, RAGGED_OFFSETS, STATUS_NAMES, STR, Layout
 from cache_schema.lock import describe, read_lock
 from cache_schema.metadata import CacheAttrs
 from cache_schema.reader import open_group_readonly
@@ -58,6 +58,8 @@ def validate(url: str, storage_options: dict[str, Any] | None = None) -> list[Pr
     problems += _check_status(arrays, layout, decoded)
     problems += _check_ragged(arrays, layout, decoded)
     problems += _check_splits(group, raw, layout)
+    if "part_label" in arrays and not unreadable:
+        problems += _check_part_labels(group, raw, decoded)
     recorded = raw.get("build", {}).get("fingerprint")
     if recorded and not unreadable and fingerprint != recorded:
         problems.append(Problem("store", f"content fingerprint {fingerprint} differs from the recorded {recorded}"))
@@ -123,6 +125,35 @@ def _scan(loc: Location, group: zarr.Group, raw: dict[str, Any]) -> tuple[dict[s
         if keep and parts:
             kept[path] = np.concatenate(parts)
     return kept, out, "sha256:" + h.hexdigest()
+
+
+def _check_part_labels(group: zarr.Group, raw: dict[str, Any], kept: dict[str, np.ndarray]) -> list[Problem]:
+    """Every done row's part ids exist and belong to its class (``config.parts``); read block by block."""
+    parts = raw.get("config", {}).get("parts")
+    if not parts or "names" not in parts or "class_parts" not in parts:
+        return [Problem("part_label", "config.parts (names, class_parts) is missing: the labels mean nothing")]
+    names = list(raw.get("label_names", []))
+    allowed = np.zeros((len(names), len(parts["names"])), bool)
+    for c, ids in parts["class_parts"].items():
+        if c not in names:
+            return [Problem("part_label", f"config.parts names class {c!r}, not one of label_names")]
+        if any(not 0 <= i < len(parts["names"]) for i in ids):
+            return [Problem("part_label", f"config.parts gives class {c!r} part ids outside 0-{len(parts['names']) - 1}")]
+        allowed[names.index(c), ids] = True
+    status = kept.get("status")
+    arr, label = group["part_label"], group["label"]
+    bad_rows: list[int] = []
+    for r0, r1 in row_ranges(arr):
+        ids, lab = arr[r0:r1], label[r0:r1].astype(np.int64)
+        done = status[r0:r1] == DONE if status is not None else np.ones(r1 - r0, bool)
+        out_of_range = (ids >= allowed.shape[1]).any(axis=1)
+        ok = ~out_of_range
+        ok[ok] = allowed[lab[ok][:, None], ids[ok]].all(axis=1)
+        bad_rows += (np.flatnonzero(done & ~ok) + r0).tolist()
+    if bad_rows:
+        return [Problem("part_label", f"{len(bad_rows)} rows have part ids outside their class's parts, e.g. rows "
+                                      f"{bad_rows[:5]}")]
+    return []
 
 
 def _check_chunk_files(loc: Location, path: str, arr: zarr.Array) -> list[Problem]:

@@ -76,19 +76,22 @@ def _worker_tools(cfg: ObjectBuildConfig, run: RunOptions):
 
 
 def _shape_views(item: MeshItem, cfg: ObjectBuildConfig, renderer: Renderer, report: BlockReport):
-    """Points, normals, RGB and depth of one shape, and a note; raises BadInput."""
+    """Points, normals, per-point part ids (None without part labels), RGB and depth of one shape, and a note;
+    raises BadInput."""
     t = time.perf_counter()
     mesh, notes = load_mesh(item)
     mesh, _, _ = normalize_unit_sphere(mesh)
     t1 = time.perf_counter()
-    points, normals = sample_points(mesh, cfg.num_points, seed_for(item.id, cfg.seed))
+    points, normals, faces = sample_points(mesh, cfg.num_points, seed_for(item.id, cfg.seed))
+    face_part = mesh.metadata.get("face_part")  # the demo shapes know the part of every face
+    part_label = None if face_part is None else np.asarray(face_part)[faces]
     t2 = time.perf_counter()
     rgb, depth = renderer.render(mesh)
     t3 = time.perf_counter()
     report.seconds["load"] += t1 - t
     report.seconds["sample"] += t2 - t1
     report.seconds["render"] += t3 - t2
-    return points, normals, rgb, depth, "; ".join(notes)
+    return points, normals, part_label, rgb, depth, "; ".join(notes)
 
 
 def build_block(url: str, token: str, cfg: ObjectBuildConfig, run: RunOptions, block: int,
@@ -103,12 +106,19 @@ def build_block(url: str, token: str, cfg: ObjectBuildConfig, run: RunOptions, b
         "points": np.zeros((n, p, 3), np.float32), "normals": np.zeros((n, p, 3), np.float32),
         "captions": np.full((n, k), "", dtype=object),
     }
+    with_parts = any(s.path == "part_label" for s in writer.layout.arrays)
+    if with_parts:
+        rows["part_label"] = np.zeros((n, p), np.uint8)
     rgb_all, depth_all = np.zeros((n, v, r, r, 3), np.uint8), np.zeros((n, v, r, r), np.float32)
     status, reasons = np.full(n, DONE, np.uint8), [""] * n
     for i, item in enumerate(items):
         try:
-            rows["points"][i], rows["normals"][i], rgb_all[i], depth_all[i], reasons[i] = \
+            rows["points"][i], rows["normals"][i], part_label, rgb_all[i], depth_all[i], reasons[i] = \
                 _shape_views(item, cfg, renderer, report)
+            if with_parts:
+                if part_label is None:
+                    raise BadInput("no part labels: this cache stores them for every shape")
+                rows["part_label"][i] = part_label
         except BadInput as e:
             status[i], reasons[i] = FAILED, str(e)
         except Exception as e:  # never let one shape stop a build
@@ -165,9 +175,10 @@ def make_layout_and_attrs(catalog: Catalog, cfg: ObjectBuildConfig, teachers: di
     layout = objects_layout(len(catalog.items), cfg.num_points, cfg.views.num_views, cfg.num_captions, records,
                             num_classes=len(catalog.label_names), image_hw=(cfg.views.resolution,) * 2,
                             store_rgb=cfg.store_rgb, store_depth=cfg.store_depth, point_dtype=cfg.point_dtype,
-                            with_normals=True)
+                            with_normals=True, with_part_labels=catalog.parts is not None)
+    parts = {"parts": catalog.parts} if catalog.parts is not None else {}
     attrs = CacheAttrs(kind="objects", dataset={"name": catalog.name, "source_root": catalog.source_root},
-                       config={**cfg.content(), "captions": captioner_info, "row_order": ROW_ORDER},
+                       config={**cfg.content(), "captions": captioner_info, "row_order": ROW_ORDER, **parts},
                        teachers=records, label_names=catalog.label_names)
     return layout, attrs
 

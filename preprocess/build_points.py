@@ -42,8 +42,9 @@ class PointBuildConfig:
     seed: int = 0  # of the row order
 
     def content(self, catalog: PointCatalog) -> dict:
+        parts = {"parts": catalog.parts} if catalog.parts is not None else {}
         return {**dataclasses.asdict(self), "source": "points", "num_points": catalog.num_points,
-                "points": catalog.points_note, "normals": catalog.has_normals, "row_order": ROW_ORDER}
+                "points": catalog.points_note, "normals": catalog.has_normals, "row_order": ROW_ORDER, **parts}
 
 
 def build_points(url: str, cfg: PointBuildConfig, overwrite: bool = False, block_rows: int = 256,
@@ -58,7 +59,8 @@ def build_points(url: str, cfg: PointBuildConfig, overwrite: bool = False, block
         raise ValueError(f"dataset {cfg.dataset!r} at {cfg.root!r} lists no shapes")
     items = row_order(catalog.items, cfg.seed)  # rows in a random order, not class by class
     layout = objects_layout(len(items), catalog.num_points, 0, 0, {}, num_classes=len(catalog.label_names),
-                            point_dtype=cfg.point_dtype, with_normals=catalog.has_normals)
+                            point_dtype=cfg.point_dtype, with_normals=catalog.has_normals,
+                            with_part_labels=catalog.parts is not None)
     attrs = CacheAttrs(kind="objects", dataset={"name": catalog.name, "source_root": catalog.source_root,
                                                 **catalog.options},
                        config=cfg.content(catalog), label_names=catalog.label_names)
@@ -69,13 +71,18 @@ def build_points(url: str, cfg: PointBuildConfig, overwrite: bool = False, block
                           disable=not progress):
             b0, b1 = writer.block_range(block)
             group = list(items[b0:b1])
-            points, normals, reasons = catalog.read(group)
+            points, normals, reasons, *part_label = catalog.read(group)
             rows = {"ids": np.array([it.id for it in group]), "label": np.array([it.label for it in group]),
                     "points": points}
             if catalog.has_normals:
                 rows["normals"] = normals
+            if catalog.parts is not None:
+                rows["part_label"] = part_label[0]
             status = np.array([FAILED if r else DONE for r in reasons], np.uint8)
             writer.write_block(block, rows, status, reasons)
-        for split, rows_of_split in rows_by_split(items).items():
+        splits = rows_by_split(items)
+        for name, union in catalog.extra_splits.items():
+            splits[name] = sorted(r for part in union for r in splits.get(part, []))
+        for split, rows_of_split in splits.items():
             writer.write_split(split, rows_of_split)
         return summarize(writer, url, writer.finalize(), start, "shape")

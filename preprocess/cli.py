@@ -6,6 +6,7 @@
     preprocess add-teacher caches/shapenet.zarr --teacher dinov2-vitb14
     preprocess points scanobjectnn --root /data/ScanObjectNN/h5_files --variant pb_t50_rs
     preprocess points modelnet40-resampled --root /data/modelnet40_normal_resampled
+    preprocess points shapenetpart --root /data/shapenetcore_partanno_segmentation_benchmark_v0_normal
     preprocess scenes demo-scenes --teachers dinov2-tiny           # built-in demo streets, CPU
     preprocess scenes nuscenes --root /data/nuscenes --version v1.0-trainval --pca-dim 64 --workers 8
     preprocess scenes semantickitti --root /data/SemanticKITTI --scheduler tcp://head:8786
@@ -175,10 +176,12 @@ def scenes(
 
 @app.command()
 def points(
-    dataset: Annotated[str, typer.Argument(help="scanobjectnn, modelnet40-resampled, shapenet55 or demo-scan "
-                                                "(built in, no download).")],
+    dataset: Annotated[str, typer.Argument(help="scanobjectnn, modelnet40-resampled, shapenet55, shapenetpart or "
+                                                "demo-scan (built in, no download).")],
     root: Annotated[Optional[str], typer.Option(help="Dataset folder: ScanObjectNN's h5_files, "
-                                                     "modelnet40_normal_resampled, or ShapeNet55-34.")] = None,
+                                                     "modelnet40_normal_resampled, ShapeNet55-34 or "
+                                                     "shapenetcore_partanno_segmentation_benchmark_v0_normal.")]
+    = None,
     out: Annotated[Optional[str], typer.Option(help="Cache path or fsspec URL (default: caches/DATASET.zarr, "
                                                     "caches/scanobjectnn-VARIANT.zarr, "
                                                     "caches/demo-scan-VARIANT.zarr).")] = None,

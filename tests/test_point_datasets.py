@@ -3,7 +3,9 @@ their official layouts, read back exactly; bad files give errors or failed rows 
 
 from __future__ import annotations
 
+import json
 import os
+import zlib
 
 import h5py
 import numpy as np
@@ -218,3 +220,79 @@ def test_demo_scan_variants_are_partial_cluttered_and_deterministic(tmp_path):
     assert bg > 0.1 and bg > 3 * only, (bg, only)
     same = [k.replace("obj_bg", "pb_t50_rs") for k in clouds["obj_bg"]]
     assert not any(np.allclose(clouds["obj_bg"][k], clouds["pb_t50_rs"][s]) for k, s in zip(clouds["obj_bg"], same))
+
+
+def _shapenetpart(root, per_split=2, seed=0):
+    """Two categories (Airplane 0-3, Mug 36-37) in the benchmark's layout; returns id -> (points, labels)."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(root, "train_test_split"))
+    (open(os.path.join(root, "synsetoffset2category.txt"), "w")
+     .write("Airplane\t02691156\nMug\t03797390\n"))
+    shapes, lists = {}, {"train": [], "val": [], "test": []}
+    for synset, parts in (("02691156", [0, 1, 2, 3]), ("03797390", [36, 37])):
+        os.makedirs(os.path.join(root, synset))
+        for split in lists:
+            for k in range(per_split):
+                shape = f"{split}{k}{synset[-2:]}"
+                n = int(rng.integers(1900, 2600))
+                xyz = rng.normal(size=(n, 3)) * 0.3 + 2.0
+                normals = rng.normal(size=(n, 3))
+                part = rng.choice(parts, n)
+                np.savetxt(os.path.join(root, synset, f"{shape}.txt"), np.column_stack([xyz, normals, part]),
+                           fmt=["%.6f"] * 6 + ["%d"])
+                shapes[f"{synset}/{shape}"] = np.loadtxt(os.path.join(root, synset, f"{shape}.txt"))
+                lists[split].append(f"shape_data/{synset}/{shape}")
+    for split, entries in lists.items():
+        with open(os.path.join(root, "train_test_split", f"shuffled_{split}_file_list.json"), "w") as f:
+            json.dump(entries, f)
+    return shapes
+
+
+def test_shapenetpart_keeps_part_labels_aligned_with_points(tmp_path):
+    root = str(tmp_path / "shapenetcore_partanno_segmentation_benchmark_v0_normal")
+    shapes = _shapenetpart(root)
+    url = str(tmp_path / "sp.zarr")
+    build_points(url, PointBuildConfig("shapenetpart", root), progress=False)
+    cache = open_cache(url)
+    assert len(cache.label_names) == 16 and len(cache.part_names) == 50 and cache.has_part_labels
+    assert cache.class_parts[cache.label_names.index("Mug")].tolist() == [36, 37]
+    assert sorted(cache.split_names) == ["test", "train", "trainval", "val"]
+    assert len(cache.split("trainval")) == len(cache.split("train")) + len(cache.split("val"))
+    rows = _rows_by_id(cache)
+    for shape_id, table in shapes.items():
+        r = rows[shape_id]
+        pts, labels = cache.array("points")[r], cache.array("part_label")[r]
+        # the stored points are the file's at the seeded indices, normalised; labels and normals at the same
+        idx = np.random.default_rng(zlib.crc32(shape_id.encode())).choice(
+            len(table), 2048, replace=len(table) < 2048)
+        np.testing.assert_allclose(pts, normalize_unit_sphere(table[idx, :3]), atol=1e-5)
+        np.testing.assert_array_equal(labels, table[idx, 6].astype(np.uint8))
+        np.testing.assert_allclose(cache.array("normals")[r], table[idx, 3:6], atol=1e-5)
+    from cache_schema.validate import validate
+
+    assert validate(url) == []
+
+
+def test_shapenetpart_bad_lines_and_labels_name_file_and_line(tmp_path):
+    root = str(tmp_path / "sp")
+    shapes = _shapenetpart(root, per_split=1)
+    mug = next(k for k in shapes if k.startswith("03797390/train"))
+    path = os.path.join(root, f"{mug}.txt")
+    lines = open(path).read().splitlines()
+    lines[9] = lines[9].rsplit(" ", 1)[0] + " 3"  # an airplane part on a mug
+    open(path, "w").write("\n".join(lines) + "\n")
+    plane = next(k for k in shapes if k.startswith("02691156/test"))
+    with open(os.path.join(root, f"{plane}.txt"), "a") as f:
+        f.write("0.1 0.2\n")
+    url = str(tmp_path / "c.zarr")
+    build_points(url, PointBuildConfig("shapenetpart", root), progress=False)
+    cache = open_cache(url)
+    reasons = {str(i): str(r) for i, r, s in zip(cache.array("ids")[:], cache.array("status_reason")[:],
+                                                 cache.status) if s == FAILED}
+    assert reasons[mug].startswith("part outside its class: ") and "line 10: part 3 is not one of Mug's" in \
+        reasons[mug]
+    assert reasons[plane].startswith("unparsable line: ") and "2 values, expected 7" in reasons[plane]
+    with open(os.path.join(root, "train_test_split", "shuffled_val_file_list.json"), "w") as f:
+        json.dump(["shape_data/99999999/x"], f)
+    with pytest.raises(PointDataError, match="shuffled_val_file_list.json entry 0"):
+        build_points(str(tmp_path / "d.zarr"), PointBuildConfig("shapenetpart", root), progress=False)

@@ -35,7 +35,8 @@ class PointCatalog:
     """What a reader lists, and how it reads a group of its items.
 
     ``read(items)`` returns points (n, P, 3) float32, normals (n, P, 3) or None,
-    and one reason per item ("" when fine): a shape whose own file is bad
+    and one reason per item ("" when fine), and for datasets with ``parts``
+    the (n, P) part ids aligned with the points: a shape whose own file is bad
     becomes a failed row with that reason; a bad shared file is an error
     before anything is written.
     """
@@ -47,19 +48,22 @@ class PointCatalog:
     num_points: int
     has_normals: bool
     points_note: str  # how the stored points relate to the files (stored as config.points)
-    read: Callable[[list[PointItem]], tuple[np.ndarray, np.ndarray | None, list[str]]] = field(repr=False)
+    read: Callable[[list[PointItem]], tuple] = field(repr=False)
     options: dict[str, Any] = field(default_factory=dict)  # reader options (e.g. the ScanObjectNN variant)
+    parts: dict | None = None  # per-point part labels: {"names": [...], "class_parts": {class: [ids]}}
+    extra_splits: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> union of listed splits
 
 
-POINT_DATASETS = ("scanobjectnn", "modelnet40-resampled", "shapenet55", "demo-scan")
+POINT_DATASETS = ("scanobjectnn", "modelnet40-resampled", "shapenet55", "shapenetpart", "demo-scan")
 
 
 def list_point_source(name: str, root: str | None, **options: Any) -> PointCatalog:
     """The catalog of point dataset ``name``."""
-    from preprocess.point_sources import demo_scan, modelnet40_resampled, scanobjectnn, shapenet55
+    from preprocess.point_sources import demo_scan, modelnet40_resampled, scanobjectnn, shapenet55, shapenetpart
 
     readers = {"scanobjectnn": scanobjectnn.catalog, "modelnet40-resampled": modelnet40_resampled.catalog,
-               "shapenet55": shapenet55.catalog, "demo-scan": demo_scan.catalog}
+               "shapenet55": shapenet55.catalog, "shapenetpart": shapenetpart.catalog,
+               "demo-scan": demo_scan.catalog}
     if name not in readers:
         raise ValueError(f"unknown point dataset {name!r}; choose one of {', '.join(POINT_DATASETS)}")
     if not root and name != "demo-scan":

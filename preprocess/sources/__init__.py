@@ -35,6 +35,7 @@ class Catalog:
     source_root: str
     label_names: tuple[str, ...]
     items: tuple[MeshItem, ...] = field(repr=False)
+    parts: dict | None = None  # per-point part labels: {"names": [...], "class_parts": {class: [ids]}}
 
     def splits(self) -> dict[str, list[int]]:
         return rows_by_split(self.items)
@@ -53,7 +54,7 @@ class Catalog:
             if seen.get(item.label, 0) < max_shapes:
                 seen[item.label] = seen.get(item.label, 0) + 1
                 keep.append(item)
-        return Catalog(self.name, self.source_root, self.label_names, tuple(keep))
+        return dataclasses.replace(self, items=tuple(keep))
 
 
 ROW_ORDER = "sha256(seed:id)"
