@@ -27,7 +27,7 @@ def _all_layout_arrays():
     s = {"<name>": TeacherRecord("<name>", "lib", "m", "-", "x", 8, ("pair_features",),
                                   extra={"pca_input_dim": 16, "patch_grid": [2, 3]})}
     obj = objects_layout(4, 16, 2, 2, t, num_classes=3, image_hw=(8, 8), store_rgb=True, store_depth=True,
-                         with_normals=True)
+                         with_normals=True, with_part_labels=True)
     scn = scenes_layout(3, 2, s, with_labels=True, image_hw=(8, 8), store_images=True)
     return {"objects": obj.arrays, "scenes": scn.arrays}
 
