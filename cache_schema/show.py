@@ -64,7 +64,7 @@ def _select(cache, rows: int, ids: list[str] | None) -> list[int]:
 # ---------------------------------------------------------------- objects
 
 
-def _view(points: np.ndarray, azimuth: float, elevation: float = 25.0) -> np.ndarray:
+def view_points(points: np.ndarray, azimuth: float, elevation: float = 25.0) -> np.ndarray:
     """Points turned by ``azimuth`` about +y (up), then tilted by ``elevation``: x right, y up, z towards us."""
     a, e = np.deg2rad(azimuth), np.deg2rad(elevation)
     yaw = np.array([[np.cos(a), 0, -np.sin(a)], [0, 1, 0], [np.sin(a), 0, np.cos(a)]])
@@ -114,7 +114,7 @@ def objects_sheet(cache: ObjectCache, out: str, rows: int = 6, ids: list[str] | 
         points = points[np.random.default_rng(0).permutation(len(points))[:2048]]
         for angle in (30, 120):
             ax = fig.add_subplot(grid[r, col])
-            p = _view(points, angle)
+            p = view_points(points, angle)
             order = np.argsort(p[:, 2])
             ax.scatter(p[order, 0], p[order, 1], c=p[order, 2], s=1, cmap="magma")
             ax.set_aspect("equal")

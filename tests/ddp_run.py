@@ -26,12 +26,14 @@ def main() -> None:
         from train.stages.stage2 import Stage2Config as Config, Stage2Task as Task
     elif stage == "finetune":
         from train.downstream.finetune import FinetuneConfig as Config, FinetuneTask as Task
+    elif stage == "segment":
+        from train.downstream.segment import SegmentConfig as Config, SegmentTask as Task
     else:
         from train.stages.fusion import FusionRunConfig as Config, FusionTask as Task
     cfg = Config(**options)
-    task = Task(cfg.resolved() if stage == "finetune" else cfg)
+    task = Task(cfg.resolved() if stage in ("finetune", "segment") else cfg)
     run(task.cfg, task, resume=resume, progress=False, stop_at=stop_at)
-    module = {"stage2": "module", "finetune": "model"}.get(stage, "objective")
+    module = {"stage2": "module", "finetune": "model", "segment": "model"}.get(stage, "objective")
     module = getattr(task, module)
     params = {n: p.detach().clone() for n, p in module.named_parameters()}
     torch.save(params, os.path.join(options["out"], f"rank{os.environ.get('RANK', '0')}.pt"))

@@ -69,6 +69,13 @@ def test_finetune_ranks_hold_identical_weights(small_demo_cache, stage1_ckpt, tm
     assert config["world_size"] == 2 and config["config"]["steps"] == config["batches_per_epoch"] > 1
 
 
+def test_segment_ranks_hold_identical_weights(small_demo_cache, tmp_path):
+    out = str(tmp_path / "seg")
+    _torchrun("segment", cache=small_demo_cache, out=out, epochs=1, warmup_epochs=0, batch_size=4, num_points=128,
+              num_group=8, group_size=16, workers=0, log_every=1, val_split=None)
+    _assert_identical(out)
+
+
 @pytest.mark.parametrize("mode", ["pretrain", "finetune"])
 def test_fusion_ranks_hold_identical_weights(small_scenes_cache, tmp_path, mode):
     out = str(tmp_path / mode)

@@ -53,7 +53,7 @@ class CheckpointError(ValueError):
 
 STAGE_NAMES = {"stage1": "a `train stage1`", "stage2": "a `train stage2`", "fusion-pretrain": "a `train fusion "
                "pretrain`", "fusion-finetune": "a `train fusion finetune`",
-               "finetune": "a `train finetune`"}
+               "finetune": "a `train finetune`", "segment": "a `train segment`"}
 
 
 def load(path: str, stage: str | tuple[str, ...] | None = None) -> dict:

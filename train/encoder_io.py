@@ -20,7 +20,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from train import checkpoint
 from train.models.point_mae import PointMAEConfig, PointMAEEncoder
 
-ENCODER_STAGES = ("stage1", "stage2", "finetune")  # checkpoints whose model holds a Point-MAE encoder
+ENCODER_STAGES = ("stage1", "stage2", "finetune", "segment")  # checkpoints whose model holds a Point-MAE encoder
 FORMAT = "teacher-cache/point-mae-encoder"
 
 

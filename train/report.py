@@ -43,6 +43,7 @@ def read_metrics(run_dir: str, name: str = "metrics.csv") -> dict[str, np.ndarra
 
 OBJECT_COLUMNS = (("zeroshot", "zero-shot top-1"), ("linear", "linear SVM"), ("fewshot", "few-shot"))
 SEG_COLUMNS = (("miou", "mIoU"), ("accuracy", "point accuracy"))
+SEGMENT_COLUMNS = (("instance_miou", "Inst. mIoU"), ("class_miou", "Cls. mIoU"))
 FINETUNE_COLUMNS = (("overall_accuracy", "OA"), ("mean_class_accuracy", "mAcc"), ("overall_accuracy_vote10",
                                                                                  "OA, vote 10"))
 
@@ -72,6 +73,14 @@ def evaluation(run_dir: str, cache: str, refresh: bool = False, stage: str = "st
                   "this run": {"miou": seg["miou"], "accuracy": seg["accuracy"]}}
     elif stage == "finetune":
         result = _finetune_evaluation(ckpt, cache)
+    elif stage == "segment":
+        from cache_schema import open_cache
+        from train.downstream.segment import evaluate_partseg, load_segmenter
+
+        model, state = load_segmenter(ckpt)
+        seg = evaluate_partseg(model, open_cache(cache), "test", state["num_points"], state["class_parts"])
+        result = {"checkpoint": os.path.basename(ckpt), "setting": "test split",
+                  "this run": {"instance_miou": seg["instance_miou"], "class_miou": seg["class_miou"]}}
     else:
         result = _object_evaluation(ckpt, cache)
     with open(path, "w") as f:
@@ -127,7 +136,7 @@ def report(run_dir: str, out: str | None = None, with_eval: bool = True, dpi: in
     table = dict(evaluation(run_dir, config["config"]["cache"], stage=stage)) if with_eval else {}
     setting, ckpt_name = table.pop("setting", ""), table.pop("checkpoint", "")
     columns = SEG_COLUMNS if stage.startswith("fusion") else FINETUNE_COLUMNS if stage == "finetune" else \
-        OBJECT_COLUMNS
+        SEGMENT_COLUMNS if stage == "segment" else OBJECT_COLUMNS
     fig, axes = plt.subplots(2, 3, figsize=(16, 9), dpi=dpi)
     fig.suptitle(f"{run_dir}: {stage}, {int(step[-1])} steps, cache {config['cache']['url']} "
                  f"({str(config['cache'].get('fingerprint'))[:19]}...)", fontsize=12)
@@ -180,6 +189,10 @@ def report(run_dir: str, out: str | None = None, with_eval: bool = True, dpi: in
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out, dpi=dpi)
     plt.close(fig)
+    parts_png = None
+    if stage == "segment" and with_eval:
+        parts_png = os.path.join(os.path.dirname(os.path.abspath(out)), "parts.png")
+        part_sheet(run_checkpoint(run_dir), config["config"]["cache"], parts_png, dpi=dpi)
     page = os.path.splitext(out)[0] + ".html"
     rows = "".join(f"<tr><td>{html.escape(n)}</td>" + "".join(
         f"<td>{'-' if r.get(k) is None else f'{100 * r[k]:.1f}%'}</td>" for k, _ in columns)
@@ -191,8 +204,54 @@ def report(run_dir: str, out: str | None = None, with_eval: bool = True, dpi: in
 td,th{{border:1px solid #ccc;padding:4px 10px}} pre{{background:#f6f6f6;padding:1em}}</style></head><body>
 <h1>{html.escape(run_dir)} ({html.escape(stage)})</h1>
 <img src="{html.escape(os.path.basename(out))}" alt="curves and evaluation" style="max-width:100%">
+{f'<h2>Test objects: predicted and true parts</h2><img src="parts.png" alt="parts" style="max-width:100%">'
+ if parts_png else ""}
 <h2>Evaluation {html.escape(f"of {ckpt_name} ({setting})" if table else "")}</h2>
 <table><tr><th>encoder</th>{header}</tr>{rows}</table>
 <h2>Configuration</h2><pre>{html.escape(json.dumps(config, indent=2))}</pre></body></html>
 """)
     return out, page
+
+
+def part_sheet(ckpt: str, cache_url: str, out: str, rows: int = 4, dpi: int = 100) -> str:
+    """Test objects of different classes, coloured by predicted and by true part, side by side (PNG)."""
+    from cache_schema import open_cache
+    from cache_schema.show import view_points
+    from train.downstream.classify import split_rows
+    from train.downstream.segment import load_segmenter, predict_parts
+
+    plt = _pyplot()
+    model, state = load_segmenter(ckpt)
+    cache = open_cache(cache_url)
+    test = split_rows(cache, "test")
+    labels = cache.labels[test]
+    chosen = np.array([test[labels == c][0] for c in np.unique(labels)][:rows])  # one shape per class
+    points, pred, truth = predict_parts(model, cache, chosen, state["num_points"], state["class_parts"])
+    cmap = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(len(chosen), 2, figsize=(7, 3.2 * len(chosen)), dpi=dpi, squeeze=False)
+    fig.suptitle(f"{os.path.basename(ckpt)} on {cache_url}: predicted vs true parts", fontsize=11)
+    for r, row in enumerate(chosen):
+        own = state["class_parts"][int(cache.labels[row])]
+        names = [state["part_names"][p].split("/")[-1] for p in own]
+        for ax, ids, title in ((axes[r, 0], pred[r], "predicted"), (axes[r, 1], truth[r], "true")):
+            p = view_points(points[r], 30)
+            order = np.argsort(p[:, 2])
+            colour = np.array([cmap(own.index(int(i)) % 10) if int(i) in own else (0, 0, 0, 1) for i in ids])
+            ax.scatter(p[order, 0], p[order, 1], c=colour[order], s=2)
+            ax.set_aspect("equal")
+            ax.axis("off")
+            iou = _shape_miou(pred[r], truth[r], own)
+            ax.set_title(f"{cache.label_names[int(cache.labels[row])]}: {title}" +
+                         (f" (mIoU {100 * iou:.0f})" if title == "predicted" else ""), fontsize=9)
+        handles = [plt.Line2D([], [], marker="o", ls="", color=cmap(k % 10), label=n) for k, n in enumerate(names)]
+        axes[r, 1].legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out
+
+
+def _shape_miou(pred: np.ndarray, truth: np.ndarray, parts: list[int]) -> float:
+    from train.metrics import part_iou_scores
+
+    return part_iou_scores([pred], [truth], np.zeros(1, int), [np.asarray(parts)])["instance_miou"]

@@ -7,6 +7,8 @@
     train eval classify --cache caches/scanobjectnn-obj_bg.zarr --ckpt runs/ft/best.pt --vote 10 --json
     train fewshot --cache caches/modelnet40-resampled.zarr --way 5 --shot 10 --init runs/s2/last.pt --out runs/fs
     train export-encoder runs/s2/last.pt --out encoder.safetensors
+    train segment --cache caches/shapenetpart.zarr --init runs/s2/last.pt --out runs/seg
+    train eval partseg --cache caches/shapenetpart.zarr --ckpt runs/seg/best.pt --json
     train fusion pretrain --cache caches/demo-scenes.zarr --out runs/f-pre
     train fusion finetune --cache caches/demo-scenes.zarr --out runs/f-1pc --labels 1% --init runs/f-pre/last.pt
     train eval seg --cache caches/demo-scenes.zarr --ckpt runs/f-1pc/last.pt --json
@@ -29,6 +31,7 @@ app.command()(pretrain.stage2)
 app.command("export-teacher")(pretrain.export_teacher)
 app.command()(downstream.finetune)
 app.command()(downstream.fewshot)
+app.command()(downstream.segment)
 app.command("export-encoder")(downstream.export_encoder)
 app.command("report")(report.report_cmd)
 app.add_typer(fusion.app, name="fusion")

@@ -133,3 +133,44 @@ def fewshot(
     except (CacheError, FileNotFoundError, ValueError) as e:
         fail(e)
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "per_fold"}))
+
+
+def segment(
+    ctx: typer.Context,
+    out: Out,
+    cache: RunCache = None,
+    init: Annotated[str, typer.Option(help="Encoder to start from: a stage-1 / stage-2 / finetune checkpoint, an "
+                                           "exported .safetensors, or random.")] = "random",
+    model: Annotated[str, typer.Option(help="Point-MAE preset with --init random: tiny or base.")] = "tiny",
+    train_split: Annotated[Optional[str], typer.Option(help="[trainval when the cache has it, else train]")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs [Point-MAE: 300].")] = None,
+    warmup_epochs: Annotated[Optional[int], typer.Option(help="[10]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Shapes per step on each process [16].")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak AdamW learning rate [2e-4].")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="[0.05]")] = None,
+    num_points: Annotated[Optional[int], typer.Option(help="Points per shape [2048].")] = None,
+    num_group: Annotated[Optional[int], typer.Option(help="Patches per cloud [the encoder's].")] = None,
+    group_size: Annotated[Optional[int], typer.Option(help="Points per patch [the encoder's].")] = None,
+    augmentation: Annotated[Optional[str], typer.Option(help="[scale-shift: scale 0.8-1.25, shift +-0.1]")] = None,
+    val_split: ValSplit = "test",
+    workers: Workers = 2,
+    seed: int = 0,
+    log_every: int = 10,
+    precision: Precision = "auto",
+    config: RunConfig = None,
+    overwrite: Overwrite = False,
+    resume: Resume = False,
+    stop_at: StopAt = None,
+    progress: Progress = True,
+) -> None:
+    """Part segmentation (Point-MAE's head and recipe) on a cache with per-point part labels; validates instance
+    mIoU on the test split every epoch, as the published protocol does, and keeps the best as best.pt."""
+    from train.downstream.segment import SegmentConfig, train_segment
+
+    values = dict(cache=cache, out=out, init=init, model=model, train_split=train_split, epochs=epochs,
+                  warmup_epochs=warmup_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                  num_points=num_points, num_group=num_group, group_size=group_size, augmentation=augmentation,
+                  val_split=val_split, workers=workers, seed=seed, log_every=log_every, precision=precision,
+                  overwrite=overwrite)
+    cfg = run_config(ctx, SegmentConfig, "segment", values, config)
+    train_and_report(lambda: train_segment(cfg, resume=resume, progress=progress, stop_at=stop_at), out)

@@ -94,3 +94,28 @@ def eval_classify(
     except (CacheError, FileNotFoundError, ValueError, KeyError) as e:
         fail(e)
     typer.echo(json.dumps(result) if json_out else "\n".join(f"{k:>20}: {v}" for k, v in result.items()))
+
+
+@app.command("partseg")
+def eval_partseg(
+    cache: Cache,
+    ckpt: Annotated[str, typer.Option(help="A `train segment` checkpoint (best.pt or last.pt).")],
+    split: str = "test",
+    num_points: Annotated[Optional[int], typer.Option(help="Points per shape (default: the run's).")] = None,
+    json_out: Json = False,
+) -> None:
+    """Part segmentation: instance mIoU and class mIoU (predictions restricted to each shape's class parts)."""
+    from cache_schema import open_cache
+    from train.downstream.segment import evaluate_partseg, load_segmenter
+
+    try:
+        model, state = load_segmenter(ckpt)
+        c = open_cache(cache)
+        if list(c.part_names) != list(state["part_names"]):
+            raise ValueError(f"{cache} has other parts than the run was trained on ({len(c.part_names)} vs "
+                             f"{len(state['part_names'])})")
+        result = {"eval": "partseg", "ckpt": ckpt, "cache": cache,
+                  **evaluate_partseg(model, c, split, num_points or state["num_points"], state["class_parts"])}
+    except (CacheError, FileNotFoundError, ValueError, KeyError) as e:
+        fail(e)
+    typer.echo(json.dumps(result) if json_out else "\n".join(f"{k:>16}: {v}" for k, v in result.items()))

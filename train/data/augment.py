@@ -2,7 +2,9 @@
 
 - ``pretrain`` (Point-MAE / ULIP pre-training): rotation about +y, anisotropic scale, translation, jitter;
 - ``scale-translate`` (Point-MAE's ``PointcloudScaleAndTranslate``, ModelNet40 fine-tuning and voting);
-- ``rotate`` (ReCon / ACT's ``PointcloudRotate`` about the up axis, ScanObjectNN fine-tuning).
+- ``rotate`` (ReCon / ACT's ``PointcloudRotate`` about the up axis, ScanObjectNN fine-tuning);
+- ``scale-shift`` (PointNet++'s ``random_scale_point_cloud`` 0.8-1.25 and ``shift_point_cloud`` +-0.1, which
+  Point-MAE's part segmentation trains with).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-AUGMENTATIONS = ("pretrain", "scale-translate", "rotate")
+AUGMENTATIONS = ("pretrain", "scale-translate", "rotate", "scale-shift")
 
 
 def rotate_up(points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -39,6 +41,10 @@ def augment_batch(points: np.ndarray, rng: np.random.Generator, kind: str = "pre
         return scale_and_translate(points, rng)
     if kind == "rotate":
         return rotate_up(points, rng)
+    if kind == "scale-shift":
+        r = points.shape[0]
+        p = points.astype(np.float32, copy=False) * rng.uniform(0.8, 1.25, (r, 1, 1)).astype(np.float32)
+        return p + rng.uniform(-0.1, 0.1, (r, 1, 3)).astype(np.float32)
     if kind != "pretrain":
         raise ValueError(f"augmentation is one of {', '.join(AUGMENTATIONS)}, got {kind!r}")
     p = scale_and_translate(rotate_up(points, rng), rng)

@@ -62,6 +62,7 @@ class StreamConfig:
     window_rows: int = DEFAULT_WINDOW_ROWS  # rows (of many random blocks) shuffled together
     teacher_features: str | None = None  # also stream teachers/<name>/tokens and /global (an exported model)
     prefetch_bytes: int = DEFAULT_BUDGET_BYTES  # batches prepared ahead on a thread (0: none; see prefetch.py)
+    part_labels: bool = False  # also stream part_label (N,) aligned with the points (part segmentation)
 
 
 def contrastive_terms(cache) -> dict[str, tuple[str, str]]:
@@ -128,6 +129,10 @@ class ObjectStream(ShardedStream, IterableDataset):
             paths[f"{name}/{role}"] = f"teachers/{name}/{role}"
             if role == "image" and "depth" in cache.teachers[name].roles:
                 paths[f"{name}/depth"] = f"teachers/{name}/depth"
+        if self.config.part_labels:
+            if "part_label" not in cache.group:
+                raise ValueError(f"{self.url} has no per-point part labels (part_label)")
+            paths["part_label"] = "part_label"
         arrays = {key: cache.array(path) for key, path in paths.items()}
         for role in ("tokens", "global") if self.config.teacher_features else ():
             arrays[f"{self.config.teacher_features}/{role}"] = cache.teacher_array(self.config.teacher_features, role)
@@ -145,14 +150,17 @@ class ObjectStream(ShardedStream, IterableDataset):
         """
         ranges = [(b * self.block_rows, min((b + 1) * self.block_rows, num_rows)) for b in blocks]
         n = self.config.num_points
+        stored = arrays["points"].shape[1]
+        windowed = self.config.sampling != "fps" and stored >= n
+        width = prefix_points(n, stored) if windowed and self.config.sampling == "prefix" else n
+        window_starts = ([0] * len(ranges) if self.config.sampling in ("first", "prefix") else
+                         n * rng.integers(0, stored // n, len(ranges))) if windowed else [None] * len(ranges)
         selections = []
-        for key, array in arrays.items():
-            windowed = key == "points" and self.config.sampling != "fps" and array.shape[1] >= n
-            width = prefix_points(n, array.shape[1]) if windowed and self.config.sampling == "prefix" else n
-            starts = ([0] * len(ranges) if self.config.sampling in ("first", "prefix") else
-                      n * rng.integers(0, array.shape[1] // n, len(ranges))) if windowed else [None] * len(ranges)
+        for key in arrays:
+            on_points = windowed and key in ("points", "part_label")  # part labels follow their points
+            starts = window_starts if on_points else [None] * len(ranges)
             for (r0, r1), o in zip(ranges, starts):
-                selections.append((key, (slice(r0, r1), slice(o, o + width)) if windowed else (slice(r0, r1),)))
+                selections.append((key, (slice(r0, r1), slice(o, o + width)) if on_points else (slice(r0, r1),)))
 
         async def read_all():
             return await asyncio.gather(*(arrays[key].async_array.getitem(sel) for key, sel in selections))
@@ -172,21 +180,25 @@ class ObjectStream(ShardedStream, IterableDataset):
         pos = np.array([data["position"][int(r)] for r in rows])
         n = self.config.num_points
         points = a["points"][pos].astype(np.float32)                        # (R, n or P, 3)
+        parts = a["part_label"][pos] if "part_label" in a else None          # (R, n or P)
+        idx = None
         if self.config.sampling == "fps":
             from train.ops import farthest_point_sample
 
             idx = farthest_point_sample(torch.from_numpy(points), n).numpy()
-            points = np.take_along_axis(points, idx[..., None], axis=1)
         elif points.shape[1] < n:  # fewer stored points than asked: sample with replacement
             idx = rng.integers(0, points.shape[1], (len(rows), n))
-            points = np.take_along_axis(points, idx[..., None], axis=1)
         elif self.config.sampling == "prefix":  # n of the prefix, in a random order
             idx = rng.random((len(rows), points.shape[1])).argsort(axis=1)[:, :n]
+        if idx is not None:
             points = np.take_along_axis(points, idx[..., None], axis=1)
+            parts = None if parts is None else np.take_along_axis(parts, idx, axis=1)
         # otherwise _read already kept one window of n points per block     # (R, N, 3)
         if self.config.augment:
             points = augment_batch(points, rng, self.config.augmentation)
         out = {"points": points, "label": a["label"][pos].astype(np.int64), "row": rows.astype(np.int64)}
+        if parts is not None:
+            out["part_label"] = parts.astype(np.int64)
         view = None
         for term, (name, role) in self.terms.items():
             values = a[f"{name}/{role}"]                                      # (B, V or K, D)

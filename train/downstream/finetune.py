@@ -100,9 +100,10 @@ def smoothed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, eps: floa
     return F.cross_entropy(logits.float(), target, label_smoothing=eps * c / (c - 1) if c > 1 else 0.0)
 
 
-def build_encoder(cfg: FinetuneConfig) -> PointMAEEncoder:
+def build_encoder(cfg) -> PointMAEEncoder:
     """The encoder to fine-tune: pre-trained weights (any grouping: no weight depends on it) or a random one."""
-    grouping = dict(num_group=cfg.num_group, group_size=cfg.group_size, drop_path_rate=cfg.drop_path_rate)
+    grouping = {k: getattr(cfg, k) for k in ("num_group", "group_size", "drop_path_rate")
+                if getattr(cfg, k) is not None}  # unset: the preset's or the checkpoint's
     if cfg.init == "random":
         return PointMAEEncoder(PointMAEConfig.preset(cfg.model, **grouping))
     config, weights = encoder_state(cfg.init)

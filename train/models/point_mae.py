@@ -135,6 +135,15 @@ class TransformerEncoder(nn.Module):
             x = block(x + pos)  # Point-MAE adds the positional embedding before every block
         return x
 
+    def forward_layers(self, x: torch.Tensor, pos: torch.Tensor, fetch: list[int]) -> list[torch.Tensor]:
+        """The outputs of the blocks numbered in ``fetch`` (Point-MAE's part segmentation reads three depths)."""
+        out = []
+        for i, block in enumerate(self.blocks):
+            x = block(x + pos)
+            if i in fetch:
+                out.append(x)
+        return out
+
 
 class PointMAEEncoder(nn.Module):
     """Point cloud -> token features (B, G, C) and a global feature (B, 2C)."""

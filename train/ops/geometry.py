@@ -92,6 +92,17 @@ def knn(query: torch.Tensor, points: torch.Tensor, k: int, use_pytorch3d: bool =
     return KNN(dists, idx)
 
 
+def three_nn_interpolate(query: torch.Tensor, points: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """Features (B, M, C) at every ``query`` point (B, M, 3) from its 3 nearest ``points`` (B, N, 3) carrying
+    ``features`` (B, N, C), weighted by inverse squared distance (PointNet++'s feature propagation)."""
+    near = knn(query, points, min(3, points.shape[1]))
+    weight = 1.0 / (near.dists.float() + 1e-8)
+    weight = weight / weight.sum(dim=-1, keepdim=True)                                  # (B, M, 3)
+    b, m, k = near.idx.shape
+    gathered = features.gather(1, near.idx.reshape(b, m * k, 1).expand(-1, -1, features.shape[-1]))
+    return (gathered.reshape(b, m, k, -1) * weight.unsqueeze(-1).to(features.dtype)).sum(dim=2)
+
+
 def ball_query(query: torch.Tensor, points: torch.Tensor, radius: float, k: int,
                use_pytorch3d: bool = True) -> torch.Tensor:
     """Indices (B, M, K) of the first K points (in index order) within ``radius``; -1 pads."""
