@@ -92,6 +92,8 @@ DEMO_STAGE2_STEPS ?= 200
 DEMO_FUSION_ARGS ?= --steps 150 --dim 32 --depth 4 --max-points 8192
 # CPU-sized fine-tuning on demo-scan: the ScanObjectNN recipe, 10 epochs at 1,024 points and 32 groups (the tiny preset)
 DEMO_FINETUNE_ARGS ?= --epochs 10 --warmup-epochs 1 --num-points 1024 --num-group 32 --workers 0 --no-progress
+# CPU-sized part segmentation on the demo's part labels: Point-MAE's recipe, 4 epochs at 512 points
+DEMO_SEGMENT_ARGS ?= --epochs 4 --warmup-epochs 1 --num-points 512 --workers 0 --no-progress
 # a run folder that has a last.pt is resumed (a finished run then stops at once); rm -r it to train again
 resume_if = $$( [ -f $(1)/last.pt ] && echo --resume )
 demo: setup
@@ -120,11 +122,18 @@ demo: setup
 	  --out $(RUNS)/demo-scan-ft-s1 $(DEMO_FINETUNE_ARGS) $(call resume_if,$(RUNS)/demo-scan-ft-s1)
 	$(VENV)/bin/train finetune --cache $(CACHES)/demo-scan-obj_bg.zarr --init random \
 	  --out $(RUNS)/demo-scan-ft-random $(DEMO_FINETUNE_ARGS) $(call resume_if,$(RUNS)/demo-scan-ft-random)
+	$(VENV)/bin/train segment --cache $(CACHES)/demo.zarr --init $(RUNS)/demo-s1/last.pt \
+	  --out $(RUNS)/demo-seg-s1 $(DEMO_SEGMENT_ARGS) $(call resume_if,$(RUNS)/demo-seg-s1)
+	$(VENV)/bin/train segment --cache $(CACHES)/demo.zarr --init random \
+	  --out $(RUNS)/demo-seg-random $(DEMO_SEGMENT_ARGS) $(call resume_if,$(RUNS)/demo-seg-random)
+	$(VENV)/bin/train report $(RUNS)/demo-seg-s1
 	$(PY) scripts/demo_results.py $(RUNS)/demo-s1 $(RUNS)/demo-s2
 	$(PY) scripts/demo_seg_results.py $(CACHES)/demo-scenes.zarr $(RUNS)/demo-fusion-1pc-pretrained $(RUNS)/demo-fusion-1pc-random
 	$(PY) scripts/demo_finetune_results.py $(RUNS)/demo-scan-ft-s1 $(RUNS)/demo-scan-ft-random
+	$(PY) scripts/demo_finetune_results.py $(RUNS)/demo-seg-s1 $(RUNS)/demo-seg-random
 	@echo "pictures: $(RUNS)/demo-sheet.png, $(RUNS)/demo-scenes-sheet.png, $(RUNS)/demo-s1/report.html, \
-	$(RUNS)/demo-s2/report.html, $(RUNS)/demo-fusion-1pc-pretrained/report.html"
+	$(RUNS)/demo-s2/report.html, $(RUNS)/demo-fusion-1pc-pretrained/report.html, $(RUNS)/demo-seg-s1/report.html \
+	(parts.png)"
 
 bench-chunks: setup
 	$(PY) scripts/bench_chunks.py
