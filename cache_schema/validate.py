@@ -138,7 +138,8 @@ def _check_part_labels(group: zarr.Group, raw: dict[str, Any], kept: dict[str, n
         if c not in names:
             return [Problem("part_label", f"config.parts names class {c!r}, not one of label_names")]
         if any(not 0 <= i < len(parts["names"]) for i in ids):
-            return [Problem("part_label", f"config.parts gives class {c!r} part ids outside 0-{len(parts['names']) - 1}")]
+            last = len(parts["names"]) - 1
+            return [Problem("part_label", f"config.parts gives class {c!r} part ids outside 0-{last}")]
         allowed[names.index(c), ids] = True
     status = kept.get("status")
     arr, label = group["part_label"], group["label"]

@@ -27,7 +27,6 @@ from cache_schema import open_cache
 from train import evaluate
 from train.downstream.finetune import FinetuneConfig, train_finetune
 
-
 METRICS = {"classify": ("overall_accuracy", "mean_class_accuracy", "OA", "mAcc"),
            "segment": ("instance_miou", "class_miou", "Inst.mIoU", "Cls.mIoU")}
 

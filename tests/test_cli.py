@@ -17,7 +17,8 @@ def test_info_text_names_kind_teachers_splits_and_bytes(objects_cache, capsys):
     url, _ = objects_cache
     assert cache_main(["info", url]) == 0
     out = capsys.readouterr().out
-    for expected in (f"objects (teacher-cache {SCHEMA_VERSION})", "24: 23 done, 1 failed, 0 pending", "test (12), train (12)",
+    for expected in (f"objects (teacher-cache {SCHEMA_VERSION})", "24: 23 done, 1 failed, 0 pending",
+                     "test (12), train (12)",
                      "clip-tiny", "random init, NOT pretrained", "teachers/dinov2-tiny/image", "on disk"):
         assert expected in out, expected
 

@@ -61,8 +61,8 @@ def separable_cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def full_run(separable_cache, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("ft") / "full")
-    metrics = train_finetune(FinetuneConfig(cache=separable_cache, out=out, protocol="full", epochs=12, lr=2e-3, **SMALL),
-                             progress=False)
+    cfg = FinetuneConfig(cache=separable_cache, out=out, protocol="full", epochs=12, lr=2e-3, **SMALL)
+    metrics = train_finetune(cfg, progress=False)
     return out, metrics
 
 

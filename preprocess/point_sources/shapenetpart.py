@@ -21,8 +21,7 @@ import zlib
 
 import numpy as np
 
-from preprocess.point_sources import (PointCatalog, PointDataError, PointItem, check_finite,
-                                      normalize_unit_sphere)
+from preprocess.point_sources import PointCatalog, PointDataError, PointItem, check_finite, normalize_unit_sphere
 
 NUM_POINTS = 2048
 PART_COUNTS = {"Airplane": 4, "Bag": 2, "Cap": 2, "Car": 4, "Chair": 4, "Earphone": 3, "Guitar": 3, "Knife": 2,

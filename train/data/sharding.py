@@ -162,7 +162,8 @@ class ShardedStream:
         key = (os.getpid(), info.num_workers if info else 0, info.id if info else 0, self.batch_size,
                self.drop_last)
         kept = getattr(self, "_batch_reader", None)
-        if self.continuous and kept is not None and kept[0] == key and batches_done == 0 and kept[1].next_epoch == epoch:
+        reusable = self.continuous and kept is not None and kept[0] == key and batches_done == 0
+        if reusable and kept[1].next_epoch == epoch:
             return kept[1]
         if kept is not None and kept[0][0] == key[0]:  # a forked worker drops its parent's without touching it
             kept[1].close()
