@@ -122,17 +122,17 @@ demo: setup
 	  --out $(RUNS)/demo-scan-ft-s1 $(DEMO_FINETUNE_ARGS) $(call resume_if,$(RUNS)/demo-scan-ft-s1)
 	$(VENV)/bin/train finetune --cache $(CACHES)/demo-scan-obj_bg.zarr --init random \
 	  --out $(RUNS)/demo-scan-ft-random $(DEMO_FINETUNE_ARGS) $(call resume_if,$(RUNS)/demo-scan-ft-random)
-	$(VENV)/bin/train segment --cache $(CACHES)/demo.zarr --init $(RUNS)/demo-s1/last.pt \
-	  --out $(RUNS)/demo-seg-s1 $(DEMO_SEGMENT_ARGS) $(call resume_if,$(RUNS)/demo-seg-s1)
+	$(VENV)/bin/train segment --cache $(CACHES)/demo.zarr --init $(RUNS)/demo-s2/last.pt \
+	  --out $(RUNS)/demo-seg-s2 $(DEMO_SEGMENT_ARGS) $(call resume_if,$(RUNS)/demo-seg-s2)
 	$(VENV)/bin/train segment --cache $(CACHES)/demo.zarr --init random \
 	  --out $(RUNS)/demo-seg-random $(DEMO_SEGMENT_ARGS) $(call resume_if,$(RUNS)/demo-seg-random)
-	$(VENV)/bin/train report $(RUNS)/demo-seg-s1
+	$(VENV)/bin/train report $(RUNS)/demo-seg-s2
 	$(PY) scripts/demo_results.py $(RUNS)/demo-s1 $(RUNS)/demo-s2
 	$(PY) scripts/demo_seg_results.py $(CACHES)/demo-scenes.zarr $(RUNS)/demo-fusion-1pc-pretrained $(RUNS)/demo-fusion-1pc-random
 	$(PY) scripts/demo_finetune_results.py $(RUNS)/demo-scan-ft-s1 $(RUNS)/demo-scan-ft-random
-	$(PY) scripts/demo_finetune_results.py $(RUNS)/demo-seg-s1 $(RUNS)/demo-seg-random
+	$(PY) scripts/demo_finetune_results.py $(RUNS)/demo-seg-s2 $(RUNS)/demo-seg-random
 	@echo "pictures: $(RUNS)/demo-sheet.png, $(RUNS)/demo-scenes-sheet.png, $(RUNS)/demo-s1/report.html, \
-	$(RUNS)/demo-s2/report.html, $(RUNS)/demo-fusion-1pc-pretrained/report.html, $(RUNS)/demo-seg-s1/report.html \
+	$(RUNS)/demo-s2/report.html, $(RUNS)/demo-fusion-1pc-pretrained/report.html, $(RUNS)/demo-seg-s2/report.html \
 	(parts.png)"
 
 bench-chunks: setup
