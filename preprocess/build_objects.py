@@ -83,7 +83,10 @@ def _shape_views(item: MeshItem, cfg: ObjectBuildConfig, renderer: Renderer, rep
     mesh, _, _ = normalize_unit_sphere(mesh)
     t1 = time.perf_counter()
     points, normals, faces = sample_points(mesh, cfg.num_points, seed_for(item.id, cfg.seed))
-    face_part = mesh.metadata.get("face_part")  # the demo shapes know the part of every face
+    # the built-in demo shapes know the part of every face (files may carry stray metadata: not trusted)
+    face_part = mesh.metadata.get("face_part") if item.procedural is not None else None
+    if face_part is not None and len(face_part) != len(mesh.faces):
+        raise BadInput(f"part labels for {len(face_part)} faces on a mesh of {len(mesh.faces)}")
     part_label = None if face_part is None else np.asarray(face_part)[faces]
     t2 = time.perf_counter()
     rgb, depth = renderer.render(mesh)
