@@ -92,8 +92,8 @@ DEMO_STAGE2_STEPS ?= 200
 DEMO_FUSION_ARGS ?= --steps 150 --dim 32 --depth 4 --max-points 8192
 # CPU-sized fine-tuning on demo-scan: the ScanObjectNN recipe, 10 epochs at 1,024 points and 32 groups (the tiny preset)
 DEMO_FINETUNE_ARGS ?= --epochs 10 --warmup-epochs 1 --num-points 1024 --num-group 32 --workers 0 --no-progress
-# CPU-sized part segmentation on the demo's part labels: Point-MAE's recipe, 4 epochs at 512 points
-DEMO_SEGMENT_ARGS ?= --epochs 4 --warmup-epochs 1 --num-points 512 --workers 0 --no-progress
+# CPU-sized part segmentation on the demo's part labels: Point-MAE's recipe, 8 epochs at 512 points
+DEMO_SEGMENT_ARGS ?= --epochs 8 --warmup-epochs 1 --num-points 512 --workers 0 --no-progress
 # a run folder that has a last.pt is resumed (a finished run then stops at once); rm -r it to train again
 resume_if = $$( [ -f $(1)/last.pt ] && echo --resume )
 demo: setup
