@@ -16,7 +16,6 @@ that is the published protocol, and it selects on test.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -24,13 +23,14 @@ import torch.nn.functional as F
 
 from cache_schema import open_cache
 from train import checkpoint
-from train.data.augment import AUGMENTATIONS
 from train.data.objects import StreamConfig
 from train.downstream.classify import evaluate_classifier
-from train.encoder_io import encoder_state
-from train.loop import LoopConfig, Task, run
+from train.downstream.recipe import EpochTask, RecipeConfig, build_encoder
+from train.loop import run
 from train.models.classifier import PROTOCOLS, PointClassifier
 from train.models.point_mae import PointMAEConfig, PointMAEEncoder
+
+__all__ = ["RECIPES", "FinetuneConfig", "FinetuneTask", "build_encoder", "load_classifier", "train_finetune"]
 
 RECIPES = {
     "modelnet40": dict(epochs=300, warmup_epochs=10, batch_size=32, lr=5e-4, weight_decay=0.05, grad_clip=10.0,
@@ -49,28 +49,12 @@ def recipe_for(cache) -> str:
 
 
 @dataclass
-class FinetuneConfig(LoopConfig):
+class FinetuneConfig(RecipeConfig):
     """A fine-tuning run; ``None`` settings come from the recipe (``--recipe auto``: from the cache)."""
 
-    init: str = "random"  # a stage-1 / stage-2 / fine-tuned checkpoint, an exported encoder, or "random"
     protocol: str = "full"
     recipe: str = "auto"
-    epochs: int | None = None
-    warmup_epochs: int | None = None
     label_smoothing: float | None = None
-    augmentation: str | None = None
-    num_group: int | None = None
-    group_size: int | None = None
-    drop_path_rate: float | None = None
-    # the loop's settings the recipe decides unless given
-    batch_size: int | None = None  # type: ignore[assignment]
-    lr: float | None = None  # type: ignore[assignment]
-    weight_decay: float | None = None  # type: ignore[assignment]
-    grad_clip: float | None = None  # type: ignore[assignment]
-    num_points: int | None = None  # type: ignore[assignment]
-    sampling: str = "prefix"
-    val_split: str | None = "test"
-    samplings = ("prefix", "random", "first", "fps")
 
     def resolved(self) -> FinetuneConfig:
         """Every ``None`` filled from the recipe; checked."""
@@ -79,15 +63,9 @@ class FinetuneConfig(LoopConfig):
             recipe = recipe_for(open_cache(self.cache))
         if recipe not in RECIPES:
             raise ValueError(f"--recipe is auto or one of {', '.join(RECIPES)}, got {self.recipe!r}")
-        filled = {k: v for k, v in RECIPES[recipe].items() if getattr(self, k) is None}
-        cfg = dataclasses.replace(self, recipe=recipe, **filled)
+        cfg = self.filled(RECIPES[recipe], recipe=recipe)
         if cfg.protocol not in PROTOCOLS:
             raise ValueError(f"--protocol is one of {', '.join(PROTOCOLS)}, got {cfg.protocol!r}")
-        if cfg.augmentation not in AUGMENTATIONS:
-            raise ValueError(f"--augmentation is one of {', '.join(AUGMENTATIONS)}, got {cfg.augmentation!r}")
-        if cfg.epochs <= 0 or cfg.warmup_epochs < 0:
-            raise ValueError(f"--epochs must be positive and --warmup-epochs not negative, got {cfg.epochs} and "
-                             f"{cfg.warmup_epochs}")
         if not 0 <= cfg.label_smoothing < 1:
             raise ValueError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
         return cfg
@@ -100,19 +78,7 @@ def smoothed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, eps: floa
     return F.cross_entropy(logits.float(), target, label_smoothing=eps * c / (c - 1) if c > 1 else 0.0)
 
 
-def build_encoder(cfg) -> PointMAEEncoder:
-    """The encoder to fine-tune: pre-trained weights (any grouping: no weight depends on it) or a random one."""
-    grouping = {k: getattr(cfg, k) for k in ("num_group", "group_size", "drop_path_rate")
-                if getattr(cfg, k) is not None}  # unset: the preset's or the checkpoint's
-    if cfg.init == "random":
-        return PointMAEEncoder(PointMAEConfig.preset(cfg.model, **grouping))
-    config, weights = encoder_state(cfg.init)
-    encoder = PointMAEEncoder(dataclasses.replace(config, **grouping))
-    encoder.load_state_dict(weights)
-    return encoder
-
-
-class FinetuneTask(Task):
+class FinetuneTask(EpochTask):
     stage = "finetune"
 
     def __init__(self, cfg: FinetuneConfig) -> None:
@@ -122,14 +88,6 @@ class FinetuneTask(Task):
     def stream_config(self) -> StreamConfig:
         return StreamConfig(num_points=self.cfg.num_points, sampling=self.cfg.sampling, seed=self.cfg.seed,
                             augmentation=self.cfg.augmentation)
-
-    def schedule(self, cfg: FinetuneConfig, batches_per_epoch: int) -> FinetuneConfig:
-        """Steps, warm-up, checkpoints and validation in epochs, as the recipes are written."""
-        self.cfg = dataclasses.replace(cfg, steps=cfg.epochs * batches_per_epoch,
-                                       warmup_steps=cfg.warmup_epochs * batches_per_epoch,
-                                       ckpt_every=batches_per_epoch,
-                                       val_every=cfg.val_every or batches_per_epoch)
-        return self.cfg
 
     def build(self, stream, device, rank, world):
         cache = open_cache(self.cfg.cache)

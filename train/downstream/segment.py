@@ -14,7 +14,6 @@ and validates instance mIoU on ``test`` every epoch, keeping the best as
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,8 +24,8 @@ from cache_schema import open_cache
 from train import checkpoint
 from train.data.objects import StreamConfig
 from train.downstream.classify import split_rows
-from train.downstream.finetune import build_encoder
-from train.loop import LoopConfig, Task, run
+from train.downstream.recipe import EpochTask, RecipeConfig, build_encoder
+from train.loop import run
 from train.metrics import part_iou_scores
 from train.models.part_segmentation import PartSegmentation, restrict_to_class
 from train.models.point_mae import PointMAEConfig, PointMAEEncoder
@@ -36,24 +35,10 @@ RECIPE = dict(epochs=300, warmup_epochs=10, batch_size=16, lr=2e-4, weight_decay
 
 
 @dataclass
-class SegmentConfig(LoopConfig):
+class SegmentConfig(RecipeConfig):
     """A part-segmentation run; ``None`` settings come from the recipe."""
 
-    init: str = "random"
     train_split: str | None = None  # default: trainval when the cache has it, else train
-    epochs: int | None = None
-    warmup_epochs: int | None = None
-    augmentation: str | None = None
-    num_group: int | None = None  # default: the encoder's
-    group_size: int | None = None
-    drop_path_rate: float | None = None
-    batch_size: int | None = None  # type: ignore[assignment]
-    lr: float | None = None  # type: ignore[assignment]
-    weight_decay: float | None = None  # type: ignore[assignment]
-    grad_clip: float | None = None  # type: ignore[assignment]
-    num_points: int | None = None  # type: ignore[assignment]
-    sampling: str = "prefix"
-    val_split: str | None = "test"
     samplings = ("prefix", "random", "first")
 
     def resolved(self) -> SegmentConfig:
@@ -61,18 +46,13 @@ class SegmentConfig(LoopConfig):
         if not cache.has_part_labels:
             raise ValueError(f"{self.cache} has no per-point part labels; build it with `preprocess points "
                              "shapenetpart` or `preprocess objects demo`")
-        filled = {k: v for k, v in RECIPE.items() if getattr(self, k) is None}
         split = self.train_split or ("trainval" if "trainval" in cache.split_names else "train")
-        cfg = dataclasses.replace(self, train_split=split, **filled)
-        if cfg.epochs <= 0 or cfg.warmup_epochs < 0:
-            raise ValueError(f"--epochs must be positive and --warmup-epochs not negative, got {cfg.epochs} and "
-                             f"{cfg.warmup_epochs}")
         if split not in cache.split_names:
             raise ValueError(f"--train-split {split!r}: {self.cache} has the splits {', '.join(cache.split_names)}")
-        return cfg
+        return self.filled(RECIPE, train_split=split)
 
 
-class SegmentTask(Task):
+class SegmentTask(EpochTask):
     stage = "segment"
 
     def __init__(self, cfg: SegmentConfig) -> None:
@@ -81,12 +61,6 @@ class SegmentTask(Task):
     def stream_config(self) -> StreamConfig:
         return StreamConfig(split=self.cfg.train_split, num_points=self.cfg.num_points, sampling=self.cfg.sampling,
                             seed=self.cfg.seed, augmentation=self.cfg.augmentation, part_labels=True)
-
-    def schedule(self, cfg: SegmentConfig, batches_per_epoch: int) -> SegmentConfig:
-        self.cfg = dataclasses.replace(cfg, steps=cfg.epochs * batches_per_epoch,
-                                       warmup_steps=cfg.warmup_epochs * batches_per_epoch,
-                                       ckpt_every=batches_per_epoch, val_every=cfg.val_every or batches_per_epoch)
-        return self.cfg
 
     def build(self, stream, device, rank, world):
         cache = open_cache(self.cfg.cache)
