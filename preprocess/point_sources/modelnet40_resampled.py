@@ -45,9 +45,7 @@ def catalog(root: str, **_: object) -> PointCatalog:
             items.append(PointItem(f"{cls}/{shape}", index[cls], split, os.path.join(root, cls, f"{shape}.txt")))
 
     def read(group: list[PointItem]):
-        import torch
-
-        from train.ops import farthest_point_sample
+        import fpsample  # compiled FPS (the preprocess extra installs it): the greedy choice train.ops makes
 
         points = np.zeros((len(group), STORED_POINTS, 3), np.float32)
         normals = np.zeros_like(points)
@@ -56,7 +54,7 @@ def catalog(root: str, **_: object) -> PointCatalog:
             cloud, reasons[k] = read_shape(it.ref)
             if reasons[k]:
                 continue
-            idx = farthest_point_sample(torch.from_numpy(cloud[None, :, :3]), STORED_POINTS)[0].numpy()
+            idx = fpsample.fps_sampling(np.ascontiguousarray(cloud[:, :3]), STORED_POINTS, start_idx=0).astype(np.int64)
             points[k] = normalize_unit_sphere(cloud[idx, :3])
             normals[k] = cloud[idx, 3:]
         return points, normals, reasons
