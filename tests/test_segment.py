@@ -95,3 +95,19 @@ def test_cli_and_report_of_a_segmentation_run(seg_run, small_demo_cache, tmp_pat
     assert os.path.getsize(os.path.join(out, "parts.png")) > 10_000 and "parts.png" in open(page).read()
     wrong = CliRunner().invoke(app, ["segment", "--cache", str(tmp_path / "none.zarr"), "--out", str(tmp_path / "x")])
     assert wrong.exit_code == 2 and "error:" in wrong.output
+
+
+@pytest.mark.parametrize("sampling", ["prefix", "random", "first", "fps"])
+def test_streamed_part_labels_follow_their_points(small_demo_cache, sampling):
+    from train.data.objects import ObjectStream, StreamConfig
+
+    cache = open_cache(small_demo_cache)
+    stored, labels = cache.array("points")[:].astype(np.float32), cache.array("part_label")[:]
+    stream = ObjectStream(small_demo_cache, StreamConfig(num_points=128, sampling=sampling, part_labels=True,
+                                                         augment=False))
+    stream.set_position(0, 0, 8)
+    for batch in stream:
+        for row, points, parts in zip(batch["row"].numpy(), batch["points"].numpy(), batch["part_label"].numpy()):
+            d = ((stored[row][None] - points[:, None]) ** 2).sum(-1)  # each streamed point is a stored one
+            assert (d.min(axis=1) < 1e-10).all()
+            np.testing.assert_array_equal(labels[row][d.argmin(axis=1)], parts)

@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from train.data.augment import AUGMENTATIONS
+from train.data.objects import SAMPLINGS
 from train.encoder_io import encoder_state
 from train.loop import LoopConfig, Task
 from train.models.point_mae import PointMAEConfig, PointMAEEncoder
@@ -31,7 +32,7 @@ class RecipeConfig(LoopConfig):
     num_points: int | None = None  # type: ignore[assignment]
     sampling: str = "prefix"
     val_split: str | None = "test"  # the published protocols validate on test every epoch
-    samplings = ("prefix", "random", "first", "fps")
+    samplings = SAMPLINGS  # every way the stream samples (fps too: part labels follow their points)
 
     def filled(self, settings: dict, **changes):
         """A copy with every ``None`` setting from the recipe's ``settings`` (and ``changes``), checked."""

@@ -39,7 +39,6 @@ class SegmentConfig(RecipeConfig):
     """A part-segmentation run; ``None`` settings come from the recipe."""
 
     train_split: str | None = None  # default: trainval when the cache has it, else train
-    samplings = ("prefix", "random", "first")
 
     def resolved(self) -> SegmentConfig:
         cache = open_cache(self.cache)
