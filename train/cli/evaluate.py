@@ -13,6 +13,12 @@ from train.cli.options import Cache, Ckpt, Json, Points, Preset, fail
 app = typer.Typer(help="Evaluate a checkpoint (or --ckpt random) on a cache.", no_args_is_help=True)
 
 
+def show(result: dict, as_json: bool) -> None:
+    """One JSON object, or one aligned ``key: value`` line per entry."""
+    width = max(map(len, result))
+    typer.echo(json.dumps(result) if as_json else "\n".join(f"{k:>{width}}: {v}" for k, v in result.items()))
+
+
 @app.command("seg")
 def eval_seg(cache: Cache, ckpt: Annotated[str, typer.Option(help="A `fusion finetune` checkpoint.")],
              split: str = "val", json_out: Json = False) -> None:
@@ -23,7 +29,7 @@ def eval_seg(cache: Cache, ckpt: Annotated[str, typer.Option(help="A `fusion fin
         result = {"eval": "seg", "ckpt": ckpt, "cache": cache, **evaluate_seg(ckpt, cache, split)}
     except (CacheError, FileNotFoundError, ValueError, KeyError) as e:
         fail(e)
-    typer.echo(json.dumps(result) if json_out else "\n".join(f"{k:>14}: {v}" for k, v in result.items()))
+    show(result, json_out)
 
 
 
@@ -37,10 +43,7 @@ def _evaluate(what: str, cache: str, ckpt: str, model: str, as_json: bool, **kwa
     except (CacheError, FileNotFoundError, ValueError, KeyError) as e:
         fail(e)
     result = {"eval": what, "ckpt": ckpt, "cache": cache, **result}
-    if as_json:
-        typer.echo(json.dumps(result))
-    else:
-        typer.echo("\n".join(f"{k:>12}: {v}" for k, v in result.items()))
+    show(result, as_json)
 
 
 @app.command("zeroshot")
@@ -93,7 +96,7 @@ def eval_classify(
                   **evaluate_classifier(model, c, split, num_points or state["num_points"], vote, seed)}
     except (CacheError, FileNotFoundError, ValueError, KeyError) as e:
         fail(e)
-    typer.echo(json.dumps(result) if json_out else "\n".join(f"{k:>20}: {v}" for k, v in result.items()))
+    show(result, json_out)
 
 
 @app.command("partseg")
@@ -118,4 +121,4 @@ def eval_partseg(
                   **evaluate_partseg(model, c, split, num_points or state["num_points"], state["class_parts"])}
     except (CacheError, FileNotFoundError, ValueError, KeyError) as e:
         fail(e)
-    typer.echo(json.dumps(result) if json_out else "\n".join(f"{k:>16}: {v}" for k, v in result.items()))
+    show(result, json_out)
