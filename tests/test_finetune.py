@@ -192,6 +192,15 @@ def test_fewshot_folds_are_seeded_class_balanced_and_fine_tuned(separable_cache,
         run_fewshot(cfg, way=2, shot=4, folds=1, queries=5, progress=False)
 
 
+def test_fewshot_refuses_torchrun(separable_cache, tmp_path, monkeypatch):
+    from train.downstream.fewshot import run_fewshot
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="without torchrun"):
+        run_fewshot(FinetuneConfig(cache=separable_cache, out=str(tmp_path / "fs"), epochs=1, **SMALL), 2, 4, 1, 5)
+    assert not os.path.exists(tmp_path / "fs")
+
+
 def test_report_draws_a_fine_tuning_run_with_its_accuracies(full_run, separable_cache):
     from train.report import report
 

@@ -81,6 +81,9 @@ def write_fold_cache(source, fold: Fold, url: str, description: dict, seed: int 
 def run_fewshot(cfg: FinetuneConfig, way: int, shot: int, folds: int = 10, queries: int = 20,
                 progress: bool = True) -> dict:
     """Fine-tune on every fold; ``cfg.out`` holds a run per fold and ``fewshot.json`` with mean and std."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would write the same fold caches
+        raise ValueError("train fewshot runs in one process (a fold is a few hundred shapes); start it without "
+                         "torchrun")
     for name, value in (("way", way), ("shot", shot), ("folds", folds), ("queries", queries)):
         if value <= 0:
             raise ValueError(f"--{name} must be positive, got {value}")
