@@ -1,4 +1,4 @@
-"""`train finetune`, `train export-encoder`: a pre-trained encoder put to use."""
+"""`train finetune`, `train fewshot`, `train segment`, `train export-encoder`: a pre-trained encoder put to use."""
 
 from __future__ import annotations
 
@@ -24,16 +24,19 @@ from train.cli.options import (
     train_and_report,
 )
 
+Init = Annotated[str, typer.Option(help="Encoder to start from: a stage-1 / stage-2 / finetune checkpoint, an exported "
+                                        ".safetensors, or random.")]
+ModelPreset = Annotated[str, typer.Option(help="Point-MAE preset with --init random: tiny or base.")]
+
 
 def finetune(
     ctx: typer.Context,
     out: Out,
     cache: RunCache = None,
-    init: Annotated[str, typer.Option(help="Encoder to start from: a stage-1 / stage-2 / finetune checkpoint, an "
-                                           "exported .safetensors, or random.")] = "random",
+    init: Init = "random",
     protocol: Annotated[str, typer.Option(help="full (encoder + MLP-3 head trained), mlp3 (encoder frozen, MLP-3 "
                                                "head) or linear (encoder frozen, one linear layer).")] = "full",
-    model: Annotated[str, typer.Option(help="Point-MAE preset with --init random: tiny or base.")] = "tiny",
+    model: ModelPreset = "tiny",
     recipe: Annotated[str, typer.Option(help="auto (from the cache), modelnet40 or scanobjectnn: the defaults of "
                                              "every option below left unset.")] = "auto",
     epochs: Annotated[Optional[int], typer.Option(help="Epochs [recipe: 300].")] = None,
@@ -102,9 +105,8 @@ def fewshot(
     shot: Annotated[int, typer.Option(help="Training objects per class (10 or 20).")] = 10,
     folds: Annotated[int, typer.Option(help="Folds, each fine-tuned from --init.")] = 10,
     queries: Annotated[int, typer.Option(help="Test objects per class and fold.")] = 20,
-    init: Annotated[str, typer.Option(help="A stage-1 / stage-2 checkpoint, an exported encoder, or random.")]
-    = "random",
-    model: Annotated[str, typer.Option(help="Point-MAE preset with --init random: tiny or base.")] = "tiny",
+    init: Init = "random",
+    model: ModelPreset = "tiny",
     epochs: Annotated[Optional[int], typer.Option(help="Epochs per fold [Point-MAE's few-shot config: 150].")]
     = None,
     warmup_epochs: Annotated[Optional[int], typer.Option(help="[10]")] = None,
@@ -139,9 +141,8 @@ def segment(
     ctx: typer.Context,
     out: Out,
     cache: RunCache = None,
-    init: Annotated[str, typer.Option(help="Encoder to start from: a stage-1 / stage-2 / finetune checkpoint, an "
-                                           "exported .safetensors, or random.")] = "random",
-    model: Annotated[str, typer.Option(help="Point-MAE preset with --init random: tiny or base.")] = "tiny",
+    init: Init = "random",
+    model: ModelPreset = "tiny",
     train_split: Annotated[Optional[str], typer.Option(help="[trainval when the cache has it, else train]")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs [Point-MAE: 300].")] = None,
     warmup_epochs: Annotated[Optional[int], typer.Option(help="[10]")] = None,
