@@ -79,7 +79,7 @@ def _shape_views(item: MeshItem, cfg: ObjectBuildConfig, renderer: Renderer, rep
     """Points, normals, per-point part ids (None without part labels), RGB and depth of one shape, and a note;
     raises BadInput."""
     t = time.perf_counter()
-    mesh, notes = load_mesh(item)
+    mesh, notes = load_mesh(item, cfg.root)
     mesh, _, _ = normalize_unit_sphere(mesh)
     t1 = time.perf_counter()
     points, normals, faces = sample_points(mesh, cfg.num_points, seed_for(item.id, cfg.seed))

@@ -28,7 +28,7 @@ from cache_schema.writer import BlockWriter
 from preprocess.build_common import (BlockReport, BuildSummary, RunOptions, cached_teacher, run_blocks,
                                      set_torch_threads, summarize)
 from preprocess.dense_features import Pca, sample_at_pixels
-from preprocess.meshes import BadInput
+from preprocess.errors import BadInput
 from preprocess.pairs import PairConfig, Pairs, pair_points
 from preprocess.render import choose_gl_platform
 from preprocess.sources import ROW_ORDER
@@ -249,7 +249,8 @@ def build_scenes(url: str, cfg: SceneBuildConfig, run: RunOptions = RunOptions()
     layout = scenes_layout(len(catalog.items), len(catalog.camera_names), records, with_labels=catalog.has_labels,
                            image_hw=(h, w), store_images=cfg.store_images)
     attrs = CacheAttrs(kind="scenes", dataset={"name": catalog.name, "source_root": catalog.source_root,
-                                               "cameras": list(catalog.camera_names)},
+                                               "cameras": list(catalog.camera_names),
+                                               **({"notes": list(catalog.notes)} if catalog.notes else {})},
                        config={**cfg.content(), "row_order": ROW_ORDER}, teachers=records,
                        label_names=catalog.label_names)
     notes = list(catalog.notes)

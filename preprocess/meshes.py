@@ -1,54 +1,180 @@
-"""Loading one shape's mesh, refusing broken ones with a reason, and normalising it.
+"""Loading one shape's mesh, refusing broken ones with a specific reason, and normalising it.
 
-Every problem with an input raises :class:`BadInput`; the builder records its
-message as the row's failure reason and goes on with the next shape.
+Every problem with an input raises :class:`BadInput` whose message starts with
+its kind (the status table groups reasons by the text before the first colon):
+``outside dataset root``, ``missing file``, ``empty file``, ``unparsable mesh``,
+``truncated file``, ``bad face index``, ``no faces``, ``non-finite vertices``,
+``zero-area mesh``. Shapes that are usable but imperfect are built with a note:
+``texture missing``, ``non-manifold``.
+
+Why the checks before and after trimesh: trimesh is lenient. It loads the
+first half of a truncated OFF or ASCII PLY as if it were whole, maps OBJ index
+0 onto a real vertex, and returns an empty scene for a cut binary STL. Each
+format's header (or, for OBJ, its face lines) says what the file must hold,
+and the loaded mesh is compared with it.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import struct
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 import trimesh
+import trimesh.resolvers
 
+from preprocess.errors import BadInput
+from preprocess.input_files import checked_path, is_inside
 from preprocess.sources import MeshItem
 
 MIN_AREA = 1e-12
+__all__ = ["BadInput", "load_mesh", "check_mesh", "normalize_unit_sphere"]
 
 
-class BadInput(Exception):
-    """An input that cannot become a row; the message is stored as the row's reason."""
+def load_mesh(item: MeshItem, root: str | None = None) -> tuple[trimesh.Trimesh, list[str]]:
+    """The item's mesh (a multi-mesh scene is merged) and notes on what was worked around.
 
-
-def load_mesh(item: MeshItem) -> tuple[trimesh.Trimesh, list[str]]:
-    """The item's mesh (a multi-mesh scene is merged) and notes on what was worked around."""
+    ``root``: the dataset root; the mesh and every file it references must resolve inside it.
+    """
     if item.procedural is not None:
         from preprocess.sources.demo import make_mesh
 
         return make_mesh(**item.procedural), []
-    path = item.path or ""
-    if not os.path.exists(path):
-        raise BadInput(f"missing file: {path}")
+    path = checked_path(item.path or "", root)
+    name = os.path.basename(path)
+    header = read_header(path)
+    if header.nbytes is not None and os.path.getsize(path) < header.nbytes:
+        raise BadInput(f"truncated file: {name} holds {os.path.getsize(path)} bytes, its header promises "
+                       f"{header.nbytes}")
+    if path.lower().endswith(".obj"):
+        check_obj_indices(path)
+        check_obj_references(path, root)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # trimesh warns on missing textures; we check that ourselves
-            loaded = trimesh.load(path, force="scene", process=False)
+            loaded = trimesh.load(path, force="scene", process=False, resolver=_RootResolver(path, root))
+    except BadInput:
+        raise
     except Exception as e:  # trimesh raises many types on garbage input
-        raise BadInput(f"unreadable mesh file {os.path.basename(path)}: {type(e).__name__}: {e}") from None
-    mesh = _merge(loaded, path)
-    check_mesh(mesh)
+        kind = "truncated file" if header.known else "unparsable mesh"  # a header parsed: the body broke
+        raise BadInput(f"{kind}: {name}: {type(e).__name__}: {e}") from None
+    mesh = _merge(loaded, name)
+    if header.vertices is not None and len(mesh.vertices) < header.vertices:
+        raise BadInput(f"truncated file: {name} declares {header.vertices} vertices, holds {len(mesh.vertices)}")
+    if header.faces is not None and len(mesh.faces) < header.faces:
+        raise BadInput(f"truncated file: {name} declares {header.faces} faces, holds {len(mesh.faces)}")
+    check_mesh(mesh, name)
     notes = ["texture missing: rendered without it"] if _has_missing_texture(path) else []
+    bad_edges = non_manifold_edges(mesh)
+    if bad_edges:
+        notes.append(f"non-manifold: {bad_edges} edges shared by more than two faces (surface sampled as is)")
     return mesh, notes
 
 
-def _merge(loaded: trimesh.Scene | trimesh.Trimesh, path: str) -> trimesh.Trimesh:
+class _RootResolver(trimesh.resolvers.FilePathResolver):
+    """trimesh's file resolver (materials, textures), refusing any file outside the dataset root."""
+
+    def __init__(self, path: str, root: str | None) -> None:
+        super().__init__(path)
+        self.folder = os.path.dirname(path)
+        self.dataset_root = root
+
+    def get(self, name: str):
+        if self.dataset_root is not None and not is_inside(os.path.join(self.folder, name.strip()),
+                                                           self.dataset_root):
+            raise BadInput(f"outside dataset root: the mesh references {name.strip()!r}, which resolves to "
+                           f"{os.path.realpath(os.path.join(self.folder, name.strip()))}")
+        return super().get(name)
+
+
+class Header(NamedTuple):
+    """What a mesh file's header promises (None where the format does not say)."""
+
+    vertices: int | None = None
+    faces: int | None = None
+    nbytes: int | None = None
+
+    @property
+    def known(self) -> bool:
+        return any(x is not None for x in self)
+
+
+def read_header(path: str) -> Header:
+    """The counts and length promised by an OFF, PLY, binary STL or GLB header (nothing for other files)."""
+    ext = os.path.splitext(path)[1].lower()
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if ext == ".off":
+        tokens = re.sub(rb"#[^\n]*", b"", head).split()
+        if tokens[:1] in ([b"OFF"], [b"NOFF"], [b"COFF"]) and len(tokens) >= 3:
+            try:
+                return Header(int(tokens[1]), int(tokens[2]))
+            except ValueError:
+                return Header()
+    elif ext == ".ply" and head.startswith(b"ply"):
+        v = re.search(rb"^element\s+vertex\s+(\d+)", head, re.M)
+        f = re.search(rb"^element\s+face\s+(\d+)", head, re.M)
+        return Header(int(v.group(1)) if v else None, int(f.group(1)) if f else None)
+    elif ext == ".stl" and len(head) >= 84 and not head.lstrip().lower().startswith(b"solid"):
+        (n,) = struct.unpack("<I", head[80:84])  # binary STL: 80-byte header, count, 50 bytes per triangle
+        return Header(None, n, 84 + 50 * n)
+    elif ext == ".glb" and head[:4] == b"glTF" and len(head) >= 12:
+        (length,) = struct.unpack("<I", head[8:12])
+        return Header(None, None, length)
+    return Header()
+
+
+def check_obj_indices(path: str) -> None:
+    """OBJ vertex indices start at 1 (negative: relative); 0 or an index past the vertex count is an error."""
+    with open(path, "rb") as f:
+        data = f.read()
+    num_vertices = len(re.findall(rb"^[ \t]*v[ \t]", data, re.M))
+    faces = b"\n".join(re.findall(rb"^[ \t]*f[ \t]+([^\r\n]*)", data, re.M))
+    index = np.array(re.findall(rb"(?:^|[ \t])(-?\d+)", faces, re.M), dtype=np.int64)  # vertex of each v/vt/vn
+    bad = (index == 0) | (np.abs(index) > num_vertices)
+    if not bad.any():
+        return
+    value = int(index[np.argmax(bad)])
+    line = _first_face_line_with(data, value)
+    why = "OBJ indices start at 1" if value == 0 else f"the file has {num_vertices} vertices"
+    raise BadInput(f"bad face index: {os.path.basename(path)} line {line}: vertex index {value} ({why})")
+
+
+def check_obj_references(path: str, root: str | None) -> None:
+    """Material libraries and their texture maps must resolve inside the dataset root (trimesh would
+    skip a refused material silently, so the reason is found here)."""
+    if root is None:
+        return
+    folder = os.path.dirname(path)
+    for mtl in _directives(path, rb"mtllib"):
+        mtl_path = os.path.join(folder, mtl)
+        if not is_inside(mtl_path, root):
+            raise BadInput(f"outside dataset root: {os.path.basename(path)} names the material library {mtl!r}, "
+                           f"which resolves to {os.path.realpath(mtl_path)}")
+        for image in _directives(mtl_path, rb"map_Kd"):
+            image_path = os.path.join(os.path.dirname(mtl_path), image.split()[-1])
+            if not is_inside(image_path, root):
+                raise BadInput(f"outside dataset root: {mtl} names the texture {image!r}, which resolves to "
+                               f"{os.path.realpath(image_path)}")
+
+
+def _first_face_line_with(data: bytes, value: int) -> int:
+    token = re.compile(rb"(?:^|[ \t])" + str(value).encode() + rb"(?=[/ \t]|$)")
+    for number, line in enumerate(data.splitlines(), start=1):
+        if line.lstrip().startswith(b"f ") and token.search(line[line.index(b"f") + 1:]):
+            return number
+    return 0
+
+
+def _merge(loaded: trimesh.Scene | trimesh.Trimesh, name: str) -> trimesh.Trimesh:
     if isinstance(loaded, trimesh.Trimesh):
         return loaded
     geoms = [g for g in loaded.dump() if isinstance(g, trimesh.Trimesh)] if isinstance(loaded, trimesh.Scene) else []
     if not geoms:
-        raise BadInput(f"mesh has no faces ({os.path.basename(path)} holds no triangles)")
+        raise BadInput(f"no faces: {name} holds no triangles")
     if len(geoms) == 1:
         return geoms[0]
     try:
@@ -81,18 +207,27 @@ def _directives(path: str, keyword: bytes) -> list[str]:
     return [m.decode(errors="replace") for m in re.findall(pattern, data, flags=re.M | re.I)]
 
 
-def check_mesh(mesh: trimesh.Trimesh) -> None:
+def check_mesh(mesh: trimesh.Trimesh, name: str = "mesh") -> None:
     """Refuse meshes that cannot give points or renders."""
     if len(mesh.faces) == 0:
-        raise BadInput("mesh has no faces")
-    if not np.isfinite(mesh.vertices).all():
-        raise BadInput(f"mesh has {int((~np.isfinite(mesh.vertices)).any(axis=1).sum())} non-finite vertices")
+        raise BadInput(f"no faces: {name} holds no triangles")
+    bad = ~np.isfinite(mesh.vertices).all(axis=1)
+    if bad.any():
+        raise BadInput(f"non-finite vertices: {name} has {int(bad.sum())}")
     if mesh.faces.max() >= len(mesh.vertices) or mesh.faces.min() < 0:
-        raise BadInput("mesh faces index vertices that do not exist")
+        raise BadInput(f"bad face index: {name} has faces indexing vertices that do not exist")
     area = float(mesh.area)
     extent = float(np.ptp(mesh.vertices, axis=0).max())
     if not np.isfinite(area) or area <= MIN_AREA * max(extent, 1.0) ** 2:
-        raise BadInput(f"degenerate mesh: total surface area {area:.3g}")
+        raise BadInput(f"zero-area mesh: {name} has total surface area {area:.3g}")
+
+
+def non_manifold_edges(mesh: trimesh.Trimesh) -> int:
+    """How many edges are shared by more than two faces (usable for sampling, but worth a note)."""
+    if len(mesh.faces) == 0:
+        return 0
+    _, counts = np.unique(mesh.edges_sorted, axis=0, return_counts=True)
+    return int((counts > 2).sum())
 
 
 def normalize_unit_sphere(mesh: trimesh.Trimesh) -> tuple[trimesh.Trimesh, np.ndarray, float]:
@@ -105,7 +240,7 @@ def normalize_unit_sphere(mesh: trimesh.Trimesh) -> tuple[trimesh.Trimesh, np.nd
     centre = (v.min(axis=0) + v.max(axis=0)) / 2
     scale = float(np.linalg.norm(v - centre, axis=1).max())
     if not np.isfinite(scale) or scale <= 0:
-        raise BadInput("mesh collapses to a point")
+        raise BadInput("zero-area mesh: it collapses to a point")
     out = mesh.copy()
     out.vertices = (v - centre) / scale
     return out, centre, scale

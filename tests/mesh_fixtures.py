@@ -102,10 +102,40 @@ def bad_meshes_fixture(root: str) -> dict[str, str]:
         f.write("v 0 0 0\nv 1 0 0\nv 2 0 0\nv 3 0 0\nf 1 2 3\nf 2 3 4\n")
     with open(os.path.join(bad, "empty.off"), "w") as f:
         f.write("")
+    tetra = "v 0 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\n"
+    with open(os.path.join(bad, "index0.obj"), "w") as f:
+        f.write(tetra + "f 1 2 3\nf 0 2 4\n")  # trimesh alone maps 0 onto a real vertex
+    with open(os.path.join(bad, "index9.obj"), "w") as f:
+        f.write(tetra + "f 1 2 3\nf 1/1 3/1 9/1\n")
+    with open(os.path.join(bad, "cut.off"), "w") as f:  # header promises 4 faces, the file stops after 2
+        f.write("OFF\n4 4 0\n0 0 0\n1 0 0\n0 1 0\n0 0 1\n3 0 1 2\n3 0 1 3\n")
+    with open(os.path.join(bad, "cut.ply"), "w") as f:
+        f.write("ply\nformat ascii 1.0\nelement vertex 4\nproperty float x\nproperty float y\n"
+                "property float z\nelement face 4\nproperty list uchar int vertex_indices\nend_header\n"
+                "0 0 0\n1 0 0\n0 1 0\n0 0 1\n3 0 1 2\n3 0 1 3\n")
+    cube.export(os.path.join(bad, "cut.stl"))
+    with open(os.path.join(bad, "cut.stl"), "r+b") as f:
+        f.truncate(84 + 50 * 5)  # a binary STL of 12 triangles cut after 5
+    outside = os.path.join(os.path.dirname(os.path.abspath(root)), "outside_the_root.obj")
+    with open(outside, "w") as f:
+        f.write(tetra + "f 1 2 3\n")
+    os.symlink(outside, os.path.join(bad, "link_out.obj"))
+    with open(os.path.join(bad, "mtl_out.obj"), "w") as f:  # a material library outside the root
+        f.write("mtllib ../../outside.mtl\n" + tetra + "f 1 2 3\nf 1 2 4\n")
+    with open(os.path.join(os.path.dirname(os.path.abspath(root)), "outside.mtl"), "w") as f:
+        f.write("newmtl x\nKd 1 0 0\n")
+    with open(os.path.join(good, "fin.obj"), "w") as f:  # three triangles on one edge: usable, noted
+        f.write(tetra + "v 1 1 1\nf 1 2 3\nf 1 2 4\nf 1 2 5\n")
     return {
         "good/mug.ply": "done", "good/huge.stl": "done", "good/scene.glb": "done",
         "good/untextured/model_normalized.obj": "done, texture missing",
-        "good/deep/a\\b/odd name #1.obj": "done",
-        "bad/garbage.ply": "unreadable", "bad/nofaces.obj": "no faces", "bad/nan.obj": "non-finite",
-        "bad/flat.obj": "degenerate", "bad/empty.off": "unreadable",
+        "good/deep/a\\b/odd name #1.obj": "done", "good/fin.obj": "done, non-manifold",
+        "bad/garbage.ply": "unparsable mesh: garbage.ply", "bad/nofaces.obj": "no faces: nofaces.obj",
+        "bad/nan.obj": "non-finite vertices: nan.obj", "bad/flat.obj": "zero-area mesh: flat.obj",
+        "bad/empty.off": "empty file: ", "bad/index0.obj": "bad face index: index0.obj line 6: vertex index 0",
+        "bad/index9.obj": "bad face index: index9.obj line 6: vertex index 9",
+        "bad/cut.off": "truncated file: cut.off declares 4 faces, holds 2",
+        "bad/cut.ply": "truncated file: cut.ply declares 4 faces, holds 2",
+        "bad/cut.stl": "truncated file: cut.stl holds 334 bytes, its header promises 684",
+        "bad/link_out.obj": "outside dataset root: ", "bad/mtl_out.obj": "outside dataset root: ",
     }

@@ -71,14 +71,18 @@ def test_bad_inputs_are_recorded_and_the_build_goes_on(tmp_path, capsys):
         else:
             assert status[item_id] == FAILED and outcome in reasons[item_id], (item_id, reasons[item_id])
     assert "texture missing" in reasons["good/untextured/model_normalized.obj"]
+    assert "1 edges shared by more than two faces" in reasons["good/fin.obj"]
     huge = int(np.flatnonzero(cache.ids == "good/huge.stl")[0])
     assert 0.95 < np.linalg.norm(cache.points(huge), axis=-1).max() <= 1.001  # normalised, not overflowed
-    assert summary.done == 5 and sum(summary.failed.values()) == 5
+    assert summary.done == 6 and sum(summary.failed.values()) == 12
+    kinds = {k for k in summary.failed}  # the status table tells every kind apart
+    assert {"unparsable mesh", "no faces", "non-finite vertices", "zero-area mesh", "empty file", "bad face index",
+            "truncated file", "outside dataset root"} <= kinds
     assert validate(url) == []
     assert cache_main(["info", url, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["rows_failed"] == 5 and info["failures_by_reason"]["unreadable mesh file garbage.ply"] == 1
-    assert info["notes_on_done_rows"] == {"texture missing": 1}
+    assert info["rows_failed"] == 12 and info["failures_by_reason"]["truncated file"] == 3
+    assert info["notes_on_done_rows"] == {"texture missing": 1, "non-manifold": 1}
 
 
 def test_missing_shapenet_model_file_is_a_failed_row(tmp_path):

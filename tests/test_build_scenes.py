@@ -146,3 +146,47 @@ def test_killed_demo_scene_build_resumes_to_the_same_cache_as_a_dask_build(tmp_p
     bad = subprocess.run([*PREPROCESS, "scenes", "demo-scenes", "--teachers", "clip-tiny", "--out",
                           str(tmp_path / "bad.zarr")], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "dense DINOv2" in bad.stderr
+
+
+def test_nuscenes_scenes_outside_the_official_lists_get_a_seeded_split_and_a_warning(tmp_path):
+    import json
+
+    from preprocess.scene_sources import list_scene_source
+
+    root = tmp_path / "nuscenes"
+    write_nuscenes(str(root), {}, frames=4)
+    table = root / "v1.0-mini" / "scene.json"
+    scenes = json.loads(table.read_text())
+    scenes[1]["name"] = "scene-9999"  # no official list names it
+    table.write_text(json.dumps(scenes))
+    with pytest.warns(UserWarning, match="1 of 2 scenes .scene-9999. are in no official split"):
+        first = list_scene_source("nuscenes", str(root), seed=0)
+    by_seed = {}
+    for seed in range(12):
+        with pytest.warns(UserWarning):
+            cat = list_scene_source("nuscenes", str(root), seed=seed)
+        by_seed[seed] = {it.split for it in cat.items if it.id.endswith(("-2", "-3"))}
+        assert {it.split for it in cat.items if it.id.endswith(("-0", "-1"))} == {"train"}  # listed: official
+    assert all(len(s) == 1 for s in by_seed.values())  # a whole scene goes one way
+    assert {next(iter(s)) for s in by_seed.values()} == {"train", "val"}  # the seed decides, not a default
+    with pytest.warns(UserWarning):
+        assert list_scene_source("nuscenes", str(root), seed=0).items == first.items  # reproducible
+    url = str(tmp_path / "nu.zarr")
+    with pytest.warns(UserWarning):
+        build_scenes(url, SceneBuildConfig("nuscenes", str(root), **TINY), RUN)
+    notes = open_cache(url).attrs.dataset["notes"]
+    assert "scene-9999" in notes[0] and "sha256(seed:scene name) with seed 0" in notes[0]
+
+
+def test_scene_files_linked_from_outside_the_root_are_refused(tmp_path):
+    root = tmp_path / "nuscenes"
+    write_nuscenes(str(root), {}, frames=3)
+    lidar = next((root / "samples" / "LIDAR_TOP").iterdir())
+    outside = tmp_path / "elsewhere.bin"
+    outside.write_bytes(lidar.read_bytes())
+    lidar.unlink()
+    lidar.symlink_to(outside)
+    url = str(tmp_path / "nu.zarr")
+    build_scenes(url, SceneBuildConfig("nuscenes", str(root), **TINY), RUN)
+    reasons_ = [r for r in open_cache(url).array("frames/status_reason")[:] if r]
+    assert len(reasons_) == 1 and reasons_[0].startswith("outside dataset root: ") and "elsewhere.bin" in reasons_[0]

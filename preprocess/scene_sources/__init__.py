@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from preprocess.meshes import BadInput
+from preprocess.errors import BadInput
+from preprocess.input_files import checked_path
 from preprocess.sources import row_order, rows_by_split
 
 IGNORE_LABEL = 255
@@ -103,10 +104,10 @@ def load_frame(item: FrameItem) -> Frame:
     return loaders[item.source["dataset"]](item)
 
 
-def read_points_bin(path: str, columns: int, keep: int = 4) -> np.ndarray:
-    """(N, keep) float32 from a flat float32 ``.bin`` of ``columns`` values per point; BadInput if truncated."""
-    if not os.path.exists(path):
-        raise BadInput(f"missing file: {path}")
+def read_points_bin(path: str, columns: int, root: str | None, keep: int = 4) -> np.ndarray:
+    """(N, keep) float32 from a flat float32 ``.bin`` of ``columns`` values per point; BadInput if truncated
+    or outside the dataset ``root``."""
+    checked_path(path, root)
     raw = np.fromfile(path, dtype=np.float32)
     if raw.size == 0 or raw.size % columns:
         raise BadInput(f"truncated point file: {path} holds {raw.size * 4} bytes, not a multiple of "
@@ -114,12 +115,11 @@ def read_points_bin(path: str, columns: int, keep: int = 4) -> np.ndarray:
     return raw.reshape(-1, columns)[:, :keep].copy()
 
 
-def read_image(path: str) -> np.ndarray:
-    """(H, W, 3) uint8; BadInput when missing or unreadable."""
+def read_image(path: str, root: str | None) -> np.ndarray:
+    """(H, W, 3) uint8; BadInput when missing, unreadable or outside the dataset ``root``."""
     from PIL import Image, UnidentifiedImageError
 
-    if not os.path.exists(path):
-        raise BadInput(f"missing camera image: {path}")
+    checked_path(path, root, what="camera image")
     try:
         with Image.open(path) as im:
             return np.array(im.convert("RGB"))  # a writable copy

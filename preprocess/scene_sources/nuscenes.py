@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from preprocess.meshes import BadInput
+from preprocess.errors import BadInput
+from preprocess.input_files import checked_path
 from preprocess.scene_sources import IGNORE_LABEL, CameraImage, Frame, FrameItem, SceneCatalog, read_image, \
     read_points_bin
 
@@ -72,7 +74,8 @@ def _table(root: str, version: str, name: str, required: bool = True) -> list[di
         return json.load(f)
 
 
-def list_frames(root: str, version: str = "v1.0-mini", sweeps: bool = False, **_: Any) -> SceneCatalog:
+def list_frames(root: str, version: str = "v1.0-mini", sweeps: bool = False, seed: int = 0,
+                **_: Any) -> SceneCatalog:
     """Every keyframe (or sweep) LiDAR sample_data of ``version``, ordered by scene and time."""
     tables = {n: {r["token"]: r for r in _table(root, version, n)}
               for n in ("scene", "sample", "sample_data", "calibrated_sensor", "sensor", "ego_pose")}
@@ -93,7 +96,7 @@ def list_frames(root: str, version: str = "v1.0-mini", sweeps: bool = False, **_
     for v in cams.values():
         v.sort(key=lambda r: r["timestamp"])
     scene_names = {t: s["name"] for t, s in tables["scene"].items()}
-    split_of = _splits(version, scene_names.values())
+    split_of, unlisted = _splits(version, scene_names.values(), seed)
     lidar = [sd for sd in tables["sample_data"].values()
              if channel_of[sd["token"]] == LIDAR and (sweeps or sd["is_key_frame"])]
     lidar.sort(key=lambda r: (scene_names[scene_of_sample[r["sample_token"]]], r["timestamp"]))
@@ -114,14 +117,20 @@ def list_frames(root: str, version: str = "v1.0-mini", sweeps: bool = False, **_
             if cam is not None:
                 max_w, max_h = max(max_w, cam.get("width", 1600)), max(max_h, cam.get("height", 900))
         items.append(FrameItem(sd["token"], split_of[scene_names[scene]], {
-            "dataset": "nuscenes", "file": os.path.join(root, sd["filename"]),
+            "dataset": "nuscenes", "root": os.path.abspath(root), "file": os.path.join(root, sd["filename"]),
             "calib": tables["calibrated_sensor"].get(sd["calibrated_sensor_token"]),
             "ego": tables["ego_pose"].get(sd["ego_pose_token"]),
             "lidarseg": os.path.join(root, lidarseg[sd["token"]]) if sd["token"] in lidarseg else None,
             "category_index": {c["name"]: c.get("index", i) for i, c in enumerate(categories)},
             "cameras": cameras}))
-    notes = () if version == "v1.0-mini" or _devkit_splits() else (
-        "scene splits hashed from scene names (install nuscenes-devkit for the official ones)",)
+    notes = ()
+    if unlisted:
+        why = ("nuscenes-devkit is not installed, so the official trainval lists are unknown"
+               if version != "v1.0-mini" and _devkit_splits() is None else f"the official {version} lists omit them")
+        notes = (f"{len(unlisted)} of {len(scene_names)} scenes ({', '.join(unlisted[:5])}"
+                 f"{', ...' if len(unlisted) > 5 else ''}) are in no official split ({why}); they were split "
+                 f"train/val 80/20 by sha256(seed:scene name) with seed {seed}",)
+        warnings.warn(notes[0], stacklevel=2)
     return SceneCatalog("nuscenes", os.path.abspath(root), LABEL_NAMES, CAMERAS, (max_w or 1600, max_h or 900),
                         bool(lidarseg), tuple(items), notes)
 
@@ -134,27 +143,32 @@ def _devkit_splits() -> dict[str, list[str]] | None:
     return create_splits_scenes()
 
 
-def _splits(version: str, names) -> dict[str, str]:
+def _splits(version: str, names, seed: int = 0) -> tuple[dict[str, str], list[str]]:
+    """Scene name -> split, and the scenes no official list names (they get a seeded hashed split).
+
+    v1.0-mini has its own lists; v1.0-trainval/test use nuscenes-devkit's when it is installed. A scene no
+    list names (a newer release, a custom subset) goes to train/val by a hash of the seed and its name.
+    """
     from preprocess.sources import hashed_split
 
     if version == "v1.0-mini":
-        return {n: next((s for s, members in MINI_SPLITS.items() if n in members), "train") for n in names}
-    official = _devkit_splits()
-    if official:
-        return {n: next((s for s in ("train", "val", "test") if n in official.get(s, ())), "train") for n in names}
-    return {n: "val" if hashed_split(n) == "test" else "train" for n in names}
+        official = {k: list(v) for k, v in MINI_SPLITS.items()}
+    else:
+        official = _devkit_splits() or {}
+    listed = {n: s for s in ("train", "val", "test") for n in official.get(s, ())}
+    unlisted = sorted(n for n in names if n not in listed)
+    hashed = {n: "val" if hashed_split(f"{seed}:{n}") == "test" else "train" for n in unlisted}
+    return {n: listed.get(n) or hashed[n] for n in names}, unlisted
 
 
 def load_frame(item: FrameItem) -> Frame:
     src = item.source
     if not src["calib"] or not src["ego"]:
         raise BadInput(f"missing calibration entry: LiDAR sample_data {item.id} has no calibrated_sensor/ego_pose")
-    points = read_points_bin(src["file"], columns=5)
+    points = read_points_bin(src["file"], columns=5, root=src.get("root"))
     labels = None
     if src["lidarseg"]:
-        raw = np.fromfile(src["lidarseg"], dtype=np.uint8) if os.path.exists(src["lidarseg"]) else None
-        if raw is None:
-            raise BadInput(f"missing file: {src['lidarseg']}")
+        raw = np.fromfile(checked_path(src["lidarseg"], src.get("root")), dtype=np.uint8)
         if len(raw) != len(points):
             raise BadInput(f"label count mismatch: {src['lidarseg']} has {len(raw)} labels for {len(points)} points")
         lut = np.full(256, IGNORE_LABEL, np.uint8)
@@ -169,6 +183,6 @@ def load_frame(item: FrameItem) -> Frame:
         if not cam["calib"] or not cam["ego"] or not cam["calib"].get("camera_intrinsic"):
             raise BadInput(f"missing calibration entry: {cam['channel']} of frame {item.id}")
         T = lidar_to_camera(src["calib"], src["ego"], cam["calib"], cam["ego"])
-        cameras.append(CameraImage(cam["channel"], read_image(cam["file"]),
+        cameras.append(CameraImage(cam["channel"], read_image(cam["file"], src.get("root")),
                                    np.asarray(cam["calib"]["camera_intrinsic"], np.float64), T))
     return Frame(points, labels, cameras)

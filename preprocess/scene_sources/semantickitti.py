@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from preprocess.meshes import BadInput
+from preprocess.errors import BadInput
+from preprocess.input_files import checked_path
 from preprocess.scene_sources import IGNORE_LABEL, CameraImage, Frame, FrameItem, SceneCatalog, read_image, \
     read_points_bin
 
@@ -72,7 +73,7 @@ def list_frames(root: str, sequences: tuple[str, ...] | None = None, **_: Any) -
             label = os.path.join(base, seq, "labels", f"{name}.label")
             has_labels |= os.path.exists(label)
             items.append(FrameItem(f"{seq}/{name}", split, {
-                "dataset": "semantickitti", "file": os.path.join(velo, f"{name}.bin"),
+                "dataset": "semantickitti", "root": os.path.abspath(root), "file": os.path.join(velo, f"{name}.bin"),
                 "labels": label if split != "test" else None, "calib": os.path.join(base, seq, "calib.txt"),
                 "image": os.path.join(base, seq, "image_2", f"{name}.png")}))
         w, h = _image_size(os.path.join(base, seq, "image_2", f"{names[0]}.png")) if names else (0, 0)
@@ -93,14 +94,13 @@ def _image_size(path: str) -> tuple[int, int]:
 
 def load_frame(item: FrameItem) -> Frame:
     src = item.source
-    K, T = read_calib(src["calib"])
-    points = read_points_bin(src["file"], columns=4)
+    K, T = read_calib(checked_path(src["calib"], src.get("root"), what="calibration entry"))
+    points = read_points_bin(src["file"], columns=4, root=src.get("root"))
     labels = None
     if src["labels"]:
-        if not os.path.exists(src["labels"]):
-            raise BadInput(f"missing file: {src['labels']}")
+        checked_path(src["labels"], src.get("root"))
         raw = np.fromfile(src["labels"], dtype=np.uint32)
         if len(raw) != len(points):
             raise BadInput(f"label count mismatch: {src['labels']} has {len(raw)} labels for {len(points)} points")
         labels = label_lut()[raw & 0xFFFF]
-    return Frame(points, labels, [CameraImage("image_2", read_image(src["image"]), K, T)])
+    return Frame(points, labels, [CameraImage("image_2", read_image(src["image"], src.get("root")), K, T)])
