@@ -27,6 +27,9 @@ STR = "str"  # variable-length UTF-8 strings (never pickled objects)
 POINT_CHUNK = 1024  # points per chunk along the point axis: a loader reading N <= 1024 points decodes one chunk
 RAGGED_OFFSETS = {"points": "frames/offsets", "pairs": "pairs/offsets"}
 
+# A failed row whose reason starts with this failed for its machine (no OpenGL context, CUDA out of memory),
+# not for its input: a rerun builds it again, and the store is not finalized while any is left.
+RETRY_PREFIX = "environment: "
 PENDING, DONE, FAILED = 0, 1, 2
 STATUS_NAMES = {PENDING: "pending", DONE: "done", FAILED: "failed"}
 

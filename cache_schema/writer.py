@@ -41,7 +41,7 @@ from cache_schema.chunking import (
 )
 from cache_schema.errors import IncompleteCacheError, LayoutMismatchError
 from cache_schema.fingerprint import content_fingerprint
-from cache_schema.layout import DONE, FAILED, PENDING, RAGGED_OFFSETS, STR, ArraySpec, Layout
+from cache_schema.layout import DONE, FAILED, PENDING, RAGGED_OFFSETS, RETRY_PREFIX, STR, ArraySpec, Layout
 from cache_schema.lock import DEFAULT_HEARTBEAT_S, DEFAULT_STALE_AFTER_S, LOCK_NAME, WriterLock, verify_token
 from cache_schema.metadata import CacheAttrs
 from cache_schema.storage import Location, locate
@@ -108,9 +108,14 @@ class BlockWriter:
         return self.plan.block_range(block, self.layout.num_rows)
 
     def pending_blocks(self) -> list[int]:
-        """Blocks that still hold a pending row (all of them in a new store)."""
-        status = self.group[self.layout.status_path][:]
-        return [b for b in range(self.num_blocks) if (status[slice(*self.block_range(b))] == PENDING).any()]
+        """Blocks that still hold a pending row (all of them in a new store) or a row to retry."""
+        todo = (self.group[self.layout.status_path][:] == PENDING) | self.retry_rows()
+        return [b for b in range(self.num_blocks) if todo[slice(*self.block_range(b))].any()]
+
+    def retry_rows(self) -> np.ndarray:
+        """(rows,) bool: failed for environmental reasons (reason starts with ``RETRY_PREFIX``)."""
+        reasons = self.group[self.layout.status_path + "_reason"][:]
+        return np.fromiter((str(r).startswith(RETRY_PREFIX) for r in reasons), bool, len(reasons))
 
     def write_block(
         self,
@@ -333,6 +338,11 @@ class CacheWriter(BlockWriter):
             raise IncompleteCacheError(
                 f"{self.loc.url}: {pending.size} rows are still pending (blocks {blocks[:10]}"
                 f"{'...' if len(blocks) > 10 else ''}); write them before finalizing")
+        retry = np.flatnonzero(self.retry_rows())
+        if retry.size:
+            raise IncompleteCacheError(
+                f"{self.loc.url}: {retry.size} rows failed for environmental reasons (rows {retry[:10].tolist()}); "
+                "run the build again to retry them before finalizing")
         for spec in self.layout.by_axis("fixed"):
             if spec.path not in self.group:
                 raise IncompleteCacheError(f"{self.loc.url}: fixed array {spec.path} was never written")

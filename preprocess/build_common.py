@@ -1,20 +1,28 @@
 """What every cache builder shares: run options, the per-process teacher cache, block runs and the summary.
 
-A builder lists its inputs, creates or resumes the store, and hands every
-pending block to :func:`run_blocks`; :func:`summarize` reads the outcome back
-from the store, so a resumed or already-finished build reports the same way.
+A builder lists its inputs, creates or resumes the store, opens one executor
+(:func:`build_executor`) and hands every pending block to :func:`run_blocks`;
+:func:`summarize` reads the outcome back from the store, so a resumed or
+already-finished build reports the same way.
+
+The coordinator loads teachers only on the CPU (:func:`coordinator_teacher`,
+for their records and the class prompts): on a GPU node its process would
+otherwise hold a copy of every model on ``cuda:0`` next to a worker's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 from cache_schema import DONE, FAILED, CacheWriter
-from preprocess.cluster import run_tasks
+from preprocess.cluster import Executor, open_executor
+from preprocess.errors import (BadInput, environment_reason, is_environment_error, is_environment_reason)
 from preprocess.teachers import Teacher, load_teacher
 
 
@@ -24,6 +32,8 @@ class RunOptions:
 
     workers: int = 0
     scheduler: str | None = None
+    cluster: str = "local"                 # or "slurm" (dask-jobqueue)
+    cluster_options: tuple[str, ...] = ()  # KEY=VALUE for --cluster slurm
     gl_platform: str = "auto"
     overwrite: bool = False
     block_rows: int = 64
@@ -48,28 +58,67 @@ class BuildSummary:
     failed: Counter
     seconds: float
     stored_bytes: int
-    fingerprint: str
+    fingerprint: str | None
     already_complete: bool = False
     stage_seconds: dict[str, float] = field(default_factory=dict)
     unit: str = "shape"
     notes: list[str] = field(default_factory=list)
+    noted: Counter = field(default_factory=Counter)  # notes on done rows by kind ("texture missing": 3)
+
+    @property
+    def complete(self) -> bool:
+        """False while rows failed for environmental reasons wait for a rerun (the cache is not finalized)."""
+        return self.fingerprint is not None
 
     def __str__(self) -> str:
         if self.already_complete:
             return f"{self.url} is already complete ({self.rows} {self.unit}s, {self.fingerprint}); nothing to do."
         lines = [f"built {self.url}: {self.done} done, {sum(self.failed.values())} failed of {self.rows} "
                  f"{self.unit}s in {self.seconds:.1f} s; {self.stored_bytes / 2**20:.1f} MiB on disk",
-                 f"fingerprint {self.fingerprint}"]
+                 f"fingerprint {self.fingerprint}" if self.complete else
+                 "NOT finalized: rows failed for environmental reasons; run the same command again to retry them"]
         for reason, n in self.failed.most_common(10):
             lines.append(f"  failed x{n}: {reason}")
+        for reason, n in self.noted.most_common(10):
+            lines.append(f"  done with a note x{n}: {reason}")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
 @lru_cache(maxsize=8)
-def cached_teacher(name: str, batch_size: int) -> Teacher:
-    """One instance per process and name: workers keep their teachers between blocks."""
-    return load_teacher(name, batch_size=batch_size)
+def cached_teacher(name: str, batch_size: int, device: str | None = None) -> Teacher:
+    """One instance per process, name and device: workers keep their teachers between blocks."""
+    import torch
+
+    return load_teacher(name, device=torch.device(device) if device else None, batch_size=batch_size)
+
+
+def coordinator_teacher(name: str, batch_size: int = 64) -> Teacher:
+    """A teacher for the coordinator's own needs (records, class prompts): always on the CPU."""
+    return cached_teacher(name, batch_size, "cpu")
+
+
+def row_failure(err: Exception) -> str:
+    """The stored reason of a row that raised: its own message for bad input, ``environment: ...`` for the
+    machine's failures (retried on the next run), else the exception."""
+    if isinstance(err, BadInput):
+        return str(err)
+    if is_environment_error(err):
+        return environment_reason(err)
+    return f"{type(err).__name__}: {err}"
+
+
+@contextlib.contextmanager
+def build_executor(run: RunOptions) -> Iterator[Executor]:
+    with open_executor(run.workers, run.scheduler, run.cluster, run.cluster_options, run.progress) as ex:
+        yield ex
+
+
+def with_working_renderer(ex: Executor, run: RunOptions) -> RunOptions:
+    """Probe OpenGL on a worker before any row is built (EGL falls back to OSMesa; nothing works: stop)."""
+    from preprocess.render import working_gl_platform
+
+    return dataclasses.replace(run, gl_platform=ex.call(working_gl_platform, run.gl_platform))
 
 
 def set_torch_threads(run: RunOptions) -> None:
@@ -79,30 +128,38 @@ def set_torch_threads(run: RunOptions) -> None:
         torch.set_num_threads(run.torch_threads)
 
 
-def run_blocks(build_block: Callable[..., BlockReport], tasks: Sequence[tuple], weights: Sequence[int],
-               run: RunOptions, stages: Sequence[str], desc: str, unit: str) -> dict[str, float]:
+def run_blocks(ex: Executor, build_block: Callable[..., BlockReport], tasks: Sequence[tuple],
+               weights: Sequence[int], stages: Sequence[str], desc: str, unit: str) -> dict[str, float]:
     """Run every block task (here or on Dask) and add up the seconds each stage took."""
     stage_seconds = dict.fromkeys(stages, 0.0)
-    for report in run_tasks(build_block, tasks, weights, workers=run.workers, scheduler=run.scheduler,
-                            desc=desc, unit=unit, progress=run.progress):
+    for report in ex.map(build_block, tasks, weights, desc, unit):
         for s, sec in report.seconds.items():
             stage_seconds[s] = stage_seconds.get(s, 0.0) + sec
     return stage_seconds
 
 
-def summarize(writer: CacheWriter, url: str, fingerprint: str, start: float, unit: str,
+def finalize_unless_retrying(writer: CacheWriter) -> str | None:
+    """Finalize the store, or leave it building (None) while environment-failed rows wait for a rerun."""
+    return None if writer.retry_rows().any() else writer.finalize()
+
+
+def summarize(writer: CacheWriter, url: str, fingerprint: str | None, start: float, unit: str,
               stage_seconds: dict[str, float] | None = None, already_complete: bool = False) -> BuildSummary:
     """The outcome of a build, read back from the store."""
     status_path = writer.layout.status_path
     status = writer.group[status_path][:]
     reasons = writer.group[status_path + "_reason"][:]
     failed = Counter(reason_kind(str(x)) for x in reasons[status == FAILED])
+    noted = Counter(reason_kind(str(x)) for x in reasons[(status == DONE) & (reasons != "")])
     return BuildSummary(url, len(status), int((status == DONE).sum()), failed, time.perf_counter() - start,
                         int(writer.loc.fs.du(writer.loc.root)), fingerprint, already_complete=already_complete,
-                        stage_seconds=stage_seconds or {}, unit=unit)
+                        stage_seconds=stage_seconds or {}, unit=unit, noted=noted)
 
 
 def reason_kind(reason: str) -> str:
-    """Group reasons by their kind ("missing file: /a/b.obj" -> "missing file")."""
+    """Group reasons by their kind ("missing file: /a/b.obj" -> "missing file"; "environment: CUDA ..." ->
+    "environment: OutOfMemoryError")."""
+    if is_environment_reason(reason):
+        return ": ".join(reason.split(": ", 2)[:2])
     return reason.split(":", 1)[0] if ":" in reason else reason
 

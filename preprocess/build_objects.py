@@ -1,7 +1,7 @@
 """Object cache builder: meshes -> points, renders, captions, teacher embeddings -> `objects` cache.
 
 The coordinator (:func:`build_objects`) lists the dataset, loads the teachers
-once for their records and the class-prompt embeddings, creates or resumes the
+on its CPU for their records and the class-prompt embeddings, creates or resumes the
 store and hands every unfinished block of rows to :func:`build_block`, in this
 process or on Dask workers. A worker keeps its renderer and teachers between
 blocks, turns each shape into points and views (a broken shape becomes a failed
@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from cache_schema import DONE, FAILED, CacheAttrs, CacheWriter, objects_layout
-from preprocess.build_common import (BlockReport, BuildSummary, RunOptions, cached_teacher, run_blocks,
-                                     set_torch_threads, summarize)
+from preprocess.build_common import (BlockReport, BuildSummary, RunOptions, build_executor, cached_teacher,
+                                     coordinator_teacher, finalize_unless_retrying, row_failure, run_blocks,
+                                     set_torch_threads, summarize, with_working_renderer)
 from cache_schema.writer import BlockWriter
 from preprocess.captions import captioner_settings, make_captioner
 from preprocess.meshes import BadInput, load_mesh, normalize_unit_sphere
@@ -122,10 +123,8 @@ def build_block(url: str, token: str, cfg: ObjectBuildConfig, run: RunOptions, b
                 if part_label is None:
                     raise BadInput("no part labels: this cache stores them for every shape")
                 rows["part_label"][i] = part_label
-        except BadInput as e:
-            status[i], reasons[i] = FAILED, str(e)
         except Exception as e:  # never let one shape stop a build
-            status[i], reasons[i] = FAILED, f"{type(e).__name__}: {e}"
+            status[i], reasons[i] = FAILED, row_failure(e)
     ok = np.flatnonzero(status == DONE)
     t = time.perf_counter()
     for i, (caps, note) in zip(ok, captioner.caption([items[i] for i in ok], label_names, [rgb_all[i] for i in ok])):
@@ -193,21 +192,22 @@ def build_objects(url: str, cfg: ObjectBuildConfig, run: RunOptions = RunOptions
     catalog = catalog.limited(cfg.max_per_class).shuffled(cfg.seed)  # rows in a random order, not class by class
     if not catalog.items:
         raise ValueError(f"dataset {cfg.dataset!r} at {cfg.root!r} lists no shapes")
-    teachers = {n: cached_teacher(n, run.batch_size) for n in cfg.teachers}
+    teachers = {n: coordinator_teacher(n, run.batch_size) for n in cfg.teachers}  # records, class prompts
     captioner_info = captioner_settings(cfg.captioner, cfg.num_captions, cfg.captions_file)
     layout, attrs = make_layout_and_attrs(catalog, cfg, teachers, captioner_info)
     with CacheWriter.create(url, attrs, layout, overwrite=run.overwrite, max_block_rows=run.block_rows) as writer:
         if writer.is_finalized:
             return summarize(writer, url, writer.finalize(), start, "shape", already_complete=True)
-        pending = writer.pending_blocks()
-        tasks = [(url, writer.token, cfg, run, b, catalog.items[slice(*writer.block_range(b))], catalog.label_names)
-                 for b in pending]
-        stage_seconds = run_blocks(build_block, tasks, [len(t[5]) for t in tasks], run, STAGES,
-                                   desc=f"{cfg.dataset} shapes", unit="shape")
+        with build_executor(run) as ex:
+            run = with_working_renderer(ex, run)
+            tasks = [(url, writer.token, cfg, run, b, catalog.items[slice(*writer.block_range(b))],
+                      catalog.label_names) for b in writer.pending_blocks()]
+            stage_seconds = run_blocks(ex, build_block, tasks, [len(t[5]) for t in tasks], STAGES,
+                                       desc=f"{cfg.dataset} shapes", unit="shape")
         writer.write_fixed("views/camera", cfg.views.cameras())
         for name, t in teachers.items():
             if isinstance(t, ClipTeacher):
                 writer.write_fixed(f"teachers/{name}/class_text", t.encode_classes(list(catalog.label_names)))
         for split, rows in catalog.splits().items():
             writer.write_split(split, rows)
-        return summarize(writer, url, writer.finalize(), start, "shape", stage_seconds)
+        return summarize(writer, url, finalize_unless_retrying(writer), start, "shape", stage_seconds)

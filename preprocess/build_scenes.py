@@ -1,10 +1,11 @@
 """Scene cache builder: LiDAR frames -> points, cameras, point-pixel pairs, dense teacher features.
 
 The coordinator (:func:`build_scenes`) lists the frames, loads the teachers
-for their records, creates or resumes the store, fits the optional PCA on the
-patch features of the first frames in row order (a seeded random draw; stored
-at once, so a resumed build reduces with the same matrix), and hands every
-unfinished block of frames to
+on its CPU for their records, creates or resumes the store, has a worker fit
+the optional PCA (:func:`fit_pca`: frames spread evenly over the scene- and
+time-sorted listing, so every part of the dataset is in it; scored on other
+frames held out the same way; stored at once, so a resumed build reduces with
+the same matrix), and hands every unfinished block of frames to
 :func:`build_block`, here or on Dask workers, through the machinery the object
 builder uses. A broken frame (missing image or calibration, truncated points,
 labels that do not match, no point inside any camera) becomes a failed row
@@ -25,8 +26,9 @@ import torch
 from cache_schema import DONE, FAILED, CacheAttrs, CacheWriter, scenes_layout
 from cache_schema.metadata import TeacherRecord
 from cache_schema.writer import BlockWriter
-from preprocess.build_common import (BlockReport, BuildSummary, RunOptions, cached_teacher, run_blocks,
-                                     set_torch_threads, summarize)
+from preprocess.build_common import (BlockReport, BuildSummary, RunOptions, build_executor, cached_teacher,
+                                     coordinator_teacher, finalize_unless_retrying, row_failure, run_blocks,
+                                     set_torch_threads, summarize, with_working_renderer)
 from preprocess.dense_features import Pca, sample_at_pixels
 from preprocess.errors import BadInput
 from preprocess.pairs import PairConfig, Pairs, pair_points
@@ -52,7 +54,7 @@ class SceneBuildConfig:
     teachers: tuple[str, ...] = ("dinov2-vitb14",)
     feature_size: tuple[int, int] | None = None  # teacher input (width, height); None = per dataset
     pca_dim: int | None = None
-    pca_fit_frames: int = 8
+    pca_fit_frames: int = 32
     store_patch_grids: bool = False
     store_images: bool = False
     pairs: PairConfig = field(default_factory=PairConfig)
@@ -149,10 +151,8 @@ def build_block(url: str, token: str, cfg: SceneBuildConfig, run: RunOptions, bl
             loaded[i] = frame, frame_pairs(frame, item, cfg.pairs)
             report.seconds["load"] += t1 - t
             report.seconds["pair"] += time.perf_counter() - t1
-        except BadInput as e:
-            status[i], reasons[i] = FAILED, str(e)
         except Exception as e:  # never let one frame stop a build
-            status[i], reasons[i] = FAILED, f"{type(e).__name__}: {e}"
+            status[i], reasons[i] = FAILED, row_failure(e)
     rows: dict[str, Any] = {
         "frames/ids": np.array([it.id for it in items]),
         "cameras/K": np.zeros((n, c, 3, 3), np.float32),
@@ -212,34 +212,62 @@ def scene_teacher_record(teacher: Dinov2Teacher, cfg: SceneBuildConfig) -> Teach
     return dataclasses.replace(teacher.record, roles=("pair_features",), dim=dim, normalized=False, extra=extra)
 
 
-def _fit_pca(teacher: Dinov2Teacher, catalog: SceneCatalog, cfg: SceneBuildConfig) -> tuple[Pca, float]:
-    """PCA of the patch features of the first ``pca_fit_frames`` frames that load, in row order (a seeded
-    random draw across the dataset, not its first scene); its relative error."""
+PCA_MAX_PATCHES = 200_000  # patch features the PCA is fitted on, drawn with the seed from every fit frame
+
+
+def pca_sample_frames(listing: tuple[FrameItem, ...], fit: int) -> tuple[list[FrameItem], list[FrameItem]]:
+    """Frames to fit the PCA on and frames to score it on, alternating along the scene- and time-sorted
+    listing: both spread evenly over every scene, neither is the first few frames of one."""
+    held = max(2, fit // 4)
+    picks = np.unique(np.linspace(0, len(listing) - 1, min(len(listing), fit + held)).round().astype(int))
+    n_held = max(1, len(picks) * held // (fit + held)) if len(picks) > 1 else 0
+    every = len(picks) // max(n_held, 1)
+    scored = set(picks[every // 2::every][:n_held].tolist())
+    return ([listing[i] for i in picks if i not in scored], [listing[i] for i in picks if i in scored])
+
+
+def _patch_features(teacher: Dinov2Teacher, items: list[FrameItem], size: tuple[int, int]) -> np.ndarray:
     images = []
-    for item in catalog.items:
+    for item in items:
         try:
             images += [c.image for c in load_frame(item).cameras]
         except BadInput:
             continue
-        if len(images) >= cfg.pca_fit_frames * len(catalog.camera_names):
-            break
     if not images:
+        return np.zeros((0, teacher.dim), np.float32)
+    grids = teacher.encode_patch_grids(images, size)
+    return grids.permute(0, 2, 3, 1).reshape(-1, grids.shape[1]).numpy()
+
+
+def fit_pca(name: str, cfg: SceneBuildConfig, run: RunOptions, fit_items: list[FrameItem],
+            held_items: list[FrameItem]) -> tuple[Pca, dict[str, Any]]:
+    """Fit the PCA of teacher ``name`` (on a worker: it runs the teacher) and measure its held-out error."""
+    set_torch_threads(run)
+    choose_gl_platform(run.gl_platform)  # the demo scenes render their cameras
+    teacher = cached_teacher(name, run.batch_size)
+    sample = _patch_features(teacher, fit_items, cfg.input_size)  # type: ignore[arg-type]
+    if not len(sample):
         raise ValueError("no frame could be loaded to fit the PCA on")
-    grids = teacher.encode_patch_grids(images, cfg.input_size)
-    sample = grids.permute(0, 2, 3, 1).reshape(-1, grids.shape[1]).numpy()
+    if len(sample) > PCA_MAX_PATCHES:
+        sample = sample[np.random.default_rng(cfg.seed).choice(len(sample), PCA_MAX_PATCHES, replace=False)]
     pca = Pca.fit(sample, cfg.pca_dim, cfg.seed)  # type: ignore[arg-type]
-    return pca, pca.relative_error(sample)
+    held = _patch_features(teacher, held_items, cfg.input_size)  # type: ignore[arg-type]
+    stats = {"fit_frames": len(fit_items), "fit_patches": len(sample), "fit_relative_error": pca.relative_error(sample),
+             "heldout_frames": len(held_items), "heldout_patches": len(held),
+             "heldout_relative_error": pca.relative_error(held) if len(held) else None,
+             "frames": "spread evenly over the scene- and time-sorted listing, fit and held-out alternating"}
+    return pca, stats
 
 
 def build_scenes(url: str, cfg: SceneBuildConfig, run: RunOptions = RunOptions()) -> BuildSummary:
     """Build (or resume, or confirm) the scenes cache at ``url``."""
     start = time.perf_counter()
-    catalog = list_scene_source(cfg.dataset, cfg.root, version=cfg.version, sweeps=cfg.sweeps,
-                                frames=cfg.frames, seed=cfg.seed).limited(cfg.max_frames).shuffled(cfg.seed)
+    listing = list_scene_source(cfg.dataset, cfg.root, version=cfg.version, sweeps=cfg.sweeps,
+                                frames=cfg.frames, seed=cfg.seed).limited(cfg.max_frames)
+    catalog = listing.shuffled(cfg.seed)
     if not catalog.items:
         raise ValueError(f"dataset {cfg.dataset!r} at {cfg.root!r} lists no frames")
-    choose_gl_platform(run.gl_platform)
-    teachers = {n: cached_teacher(n, run.batch_size) for n in cfg.teachers}
+    teachers = {n: coordinator_teacher(n, run.batch_size) for n in cfg.teachers}  # CPU: records only
     for name, t in teachers.items():
         if not isinstance(t, Dinov2Teacher):
             raise ValueError(f"teacher {name!r}: scenes caches hold dense DINOv2 patch features; "
@@ -257,28 +285,35 @@ def build_scenes(url: str, cfg: SceneBuildConfig, run: RunOptions = RunOptions()
     with CacheWriter.create(url, attrs, layout, overwrite=run.overwrite, max_block_rows=run.block_rows) as writer:
         if writer.is_finalized:
             return summarize(writer, url, writer.finalize(), start, "frame", already_complete=True)
-        pcas: dict[str, Pca | None] = {}
-        for name, t in teachers.items():
-            pcas[name] = None
-            if cfg.pca_dim:
-                path = f"teachers/{name}/pca_components"
-                if path in writer.group:  # resuming: reduce with the matrix the first blocks used
-                    pcas[name] = Pca(writer.group[path][:], writer.group[f"teachers/{name}/pca_mean"][:])
-                else:
-                    pca, error = _fit_pca(t, catalog, cfg)
-                    writer.write_fixed(path, pca.components)
+        with build_executor(run) as ex:
+            if cfg.dataset == "demo-scenes":  # the only source that renders
+                run = with_working_renderer(ex, run)
+            pcas: dict[str, Pca | None] = {}
+            for name, t in teachers.items():
+                pcas[name] = None
+                if cfg.pca_dim:
+                    path = f"teachers/{name}/pca_components"
+                    if path in writer.group:  # resuming: reduce with the matrix the first blocks used
+                        pcas[name] = Pca(writer.group[path][:], writer.group[f"teachers/{name}/pca_mean"][:])
+                        continue
+                    pca, stats = ex.call(fit_pca, name, cfg, run, *pca_sample_frames(listing.items,
+                                                                                      cfg.pca_fit_frames))
                     writer.write_fixed(f"teachers/{name}/pca_mean", pca.mean)
+                    writer.write_fixed(path, pca.components)
+                    writer.group[path].attrs.update(stats)
                     pcas[name] = pca
                     notes.append(f"PCA {name}: {t.dim} -> {cfg.pca_dim} dims, relative reconstruction error "
-                                 f"{error:.3f} on the patch features of {cfg.pca_fit_frames} frames")
-        info = {"num_cameras": len(catalog.camera_names), "has_labels": catalog.has_labels,
-                "image_size": catalog.image_size}
-        tasks = [(url, writer.token, cfg, run, b, catalog.items[slice(*writer.block_range(b))], info, pcas)
-                 for b in writer.pending_blocks()]
-        stage_seconds = run_blocks(build_block, tasks, [len(t[5]) for t in tasks], run, STAGES,
-                                   desc=f"{cfg.dataset} frames", unit="frame")
+                                 f"{stats['heldout_relative_error']:.3f} on {stats['heldout_frames']} held-out "
+                                 f"frames ({stats['fit_relative_error']:.3f} on the {stats['fit_frames']} "
+                                 "it was fitted on)")
+            info = {"num_cameras": len(catalog.camera_names), "has_labels": catalog.has_labels,
+                    "image_size": catalog.image_size}
+            tasks = [(url, writer.token, cfg, run, b, catalog.items[slice(*writer.block_range(b))], info, pcas)
+                     for b in writer.pending_blocks()]
+            stage_seconds = run_blocks(ex, build_block, tasks, [len(t[5]) for t in tasks], STAGES,
+                                       desc=f"{cfg.dataset} frames", unit="frame")
         for split, rows in catalog.splits().items():
             writer.write_split(split, rows)
-        summary = summarize(writer, url, writer.finalize(), start, "frame", stage_seconds)
+        summary = summarize(writer, url, finalize_unless_retrying(writer), start, "frame", stage_seconds)
         summary.notes = notes
         return summary

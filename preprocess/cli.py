@@ -39,13 +39,16 @@ def _fail(e: Exception) -> None:
 
 def _build(build, url: str, cfg, run) -> None:
     """Run a builder and print its summary; input and cache problems end with a message, not a traceback."""
+    from preprocess.errors import EnvironmentFailure
     from preprocess.teachers import MissingWeightsError
 
     try:
         summary = build(url, cfg, run)
-    except (CacheError, MissingWeightsError, FileNotFoundError, ValueError) as e:
+    except (CacheError, MissingWeightsError, EnvironmentFailure, FileNotFoundError, ValueError) as e:
         _fail(e)
     typer.echo(str(summary))
+    if not summary.complete:
+        raise typer.Exit(1)
 
 
 @app.callback()
@@ -58,8 +61,9 @@ def objects(
     dataset: Annotated[str, typer.Argument(help="shapenet, modelnet40, meshes or demo (built in, no download).")],
     root: Annotated[Optional[str], typer.Option(help="Dataset folder (not needed for demo).")] = None,
     out: Annotated[Optional[str], typer.Option(help="Cache path or fsspec URL (default: caches/DATASET.zarr).")] = None,
-    teachers: Annotated[str, typer.Option(help="Comma-separated teachers, or 'base' (clip-vit-b16,dinov2-vitb14) "
-                                               "or 'tiny' (random, CPU-sized).")] = "base",
+    teachers: Annotated[Optional[str], typer.Option(
+        help="Comma-separated teachers, or 'base' (clip-vit-b16,dinov2-vitb14) or 'tiny' (random, CPU-sized). "
+             "Default: tiny for the built-in demo, base otherwise.")] = None,
     captioner: Annotated[str, typer.Option(help="template, file, blip2-opt-2.7b or blip2-tiny.")] = "template",
     captions_file: Annotated[Optional[str], typer.Option(help="JSON id -> caption(s), with --captioner file.")] = None,
     num_captions: Annotated[int, typer.Option(help="Captions per shape (K).")] = 5,
@@ -94,7 +98,8 @@ def objects(
         cfg = ObjectBuildConfig(
             dataset=dataset, root=root, num_points=points, point_dtype=point_dtype,
             views=ViewConfig(views, tuple(float(e) for e in elevations.split(",")), resolution, fov),
-            teachers=resolve_names(teachers), captioner=captioner, num_captions=num_captions,
+            teachers=resolve_names(teachers or ("tiny" if dataset == "demo" else "base")),
+            captioner=captioner, num_captions=num_captions,
             captions_file=captions_file, store_rgb=rgb, store_depth=depth, seed=seed,
             max_per_class=max_per_class, demo_per_class=demo_per_class)
     except ValueError as e:
@@ -125,15 +130,17 @@ def scenes(
                                          help="nuScenes: every LiDAR sweep (nearest camera images), "
                                               "not only the annotated keyframes.")] = False,
     frames: Annotated[int, typer.Option(help="demo-scenes: how many frames to generate.")] = 40,
-    teachers: Annotated[str, typer.Option(help="Comma-separated DINOv2 teachers: dinov2-vitb14 (pretrained), "
-                                               "dinov2-vitb14-random, dinov2-tiny (random, CPU-sized).")]
-    = "dinov2-vitb14",
+    teachers: Annotated[Optional[str], typer.Option(
+        help="Comma-separated DINOv2 teachers: dinov2-vitb14 (pretrained), dinov2-vitb14-random, dinov2-tiny "
+             "(random, CPU-sized). Default: dinov2-tiny for demo-scenes, dinov2-vitb14 otherwise.")] = None,
     feature_size: Annotated[Optional[str], typer.Option(
         help="Teacher input WIDTHxHEIGHT, multiples of 14 (default: 448x252 nuScenes, 812x252 SemanticKITTI, "
              "322x196 demo).")] = None,
     pca_dim: Annotated[Optional[int], typer.Option(help="Reduce pair features to this many dims with a PCA fitted "
-                                                        "on the first frames (default: full teacher dims).")] = None,
-    pca_fit_frames: Annotated[int, typer.Option(help="Frames whose patch features fit the PCA.")] = 8,
+                                                        "on frames spread over the dataset (default: full teacher dims).")] = None,
+    pca_fit_frames: Annotated[int, typer.Option(
+        help="Frames whose patch features fit the PCA, spread evenly over the scene- and time-sorted listing; "
+             "a quarter as many more, between them, measure its held-out error.")] = 32,
     patch_grids: Annotated[bool, typer.Option("--patch-grids/--no-patch-grids",
                                               help="Also store every camera's whole patch grid.")] = False,
     images: Annotated[bool, typer.Option("--images/--no-images",
@@ -164,7 +171,8 @@ def scenes(
     try:
         cfg = SceneBuildConfig(
             dataset=dataset, root=root, version=version, sweeps=sweeps, frames=frames,
-            teachers=resolve_names(teachers), feature_size=_size(feature_size), pca_dim=pca_dim,
+            teachers=resolve_names(teachers or ("dinov2-tiny" if dataset == "demo-scenes" else "dinov2-vitb14")),
+            feature_size=_size(feature_size), pca_dim=pca_dim,
             pca_fit_frames=pca_fit_frames, store_patch_grids=patch_grids, store_images=images,
             pairs=PairConfig(min_depth=min_depth, occlusion=occlusion), seed=seed, max_frames=max_frames)
     except ValueError as e:

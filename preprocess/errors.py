@@ -9,7 +9,7 @@ reason starting ``environment:``, and the next run builds them again.
 
 from __future__ import annotations
 
-ENVIRONMENT_PREFIX = "environment: "
+from cache_schema.layout import RETRY_PREFIX as ENVIRONMENT_PREFIX
 
 
 class BadInput(Exception):

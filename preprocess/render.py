@@ -9,19 +9,29 @@ background shows.
 
 The OpenGL platform is chosen before OpenGL is first imported: ``egl`` when a
 CUDA GPU is present, ``osmesa`` (Debian ``libosmesa6``) otherwise, or whatever
-``PYOPENGL_PLATFORM`` / ``--gl-platform`` says.
+``PYOPENGL_PLATFORM`` / ``--gl-platform`` says. PyOpenGL binds its platform at
+import, so a process cannot try EGL and then switch: :func:`working_gl_platform`
+tries each candidate in a short-lived subprocess on the machine that will render
+(a Dask worker) before any row is built, falls back from EGL to OSMesa with a
+warning, and stops the build with one line when neither works.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import trimesh
 
 from cache_schema.cameras import intrinsics_from_fov
+from preprocess.errors import EnvironmentFailure
+
+PROBE = "import pyrender; r = pyrender.OffscreenRenderer(16, 16); import trimesh; " \
+        "s = pyrender.Scene(); s.add(pyrender.Mesh.from_trimesh(trimesh.creation.box())); r.delete()"
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,54 @@ def choose_gl_platform(requested: str = "auto") -> str:
     return requested
 
 
+def gl_platform_error(platform: str, timeout: float = 60.0) -> str | None:
+    """None if pyrender can open an offscreen context on ``platform`` here; else the error's last line."""
+    env = {**os.environ, "PYOPENGL_PLATFORM": platform}
+    try:
+        done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"opening an offscreen {platform} context took over {timeout:.0f} s"
+    if done.returncode == 0:
+        return None
+    lines = [x for x in done.stderr.strip().splitlines() if x.strip()]
+    return lines[-1] if lines else f"exit code {done.returncode}"
+
+
+_WORKING: dict[tuple, str] = {}
+
+
+def working_gl_platform(requested: str = "auto") -> str:
+    """The platform this machine can render with: ``requested``, or OSMesa (with a warning) when EGL fails.
+
+    Raises :class:`EnvironmentFailure` naming what to install when nothing works. The answer is kept for the
+    life of the process (a worker probes once, not once per build).
+    """
+    key = (requested, os.environ.get("PYOPENGL_PLATFORM"), os.environ.get("EGL_DEVICE_ID"))
+    if key not in _WORKING:
+        _WORKING[key] = _probe(requested)
+    return _WORKING[key]
+
+
+def _probe(requested: str) -> str:
+    first = (os.environ.get("PYOPENGL_PLATFORM") or _default_platform()) if requested == "auto" else requested
+    if first not in ("osmesa", "egl"):
+        raise ValueError(f"GL platform must be auto, osmesa or egl, got {requested!r}")
+    error = gl_platform_error(first)
+    if error is None:
+        return first
+    if first == "egl":
+        fallback = gl_platform_error("osmesa")
+        if fallback is None:
+            warnings.warn(f"EGL cannot open an offscreen context ({error}); rendering with OSMesa on the CPU "
+                          "instead, which is slower", RuntimeWarning, stacklevel=2)
+            return "osmesa"
+        error = f"{error}; OSMesa: {fallback}"
+    raise EnvironmentFailure(
+        f"no OpenGL renderer works on this machine ({first}: {error}). Install Debian/Ubuntu libosmesa6 for CPU "
+        "rendering (make setup does), or libegl1 and an NVIDIA driver for --gl-platform egl")
+
+
 def _default_platform() -> str:
     try:
         import torch
@@ -103,11 +161,11 @@ class Renderer:
         if self._renderer is None:
             try:
                 import pyrender
-            except ImportError as e:  # e.g. libOSMesa.so missing
-                raise RuntimeError(
-                    f"pyrender could not load the {self.platform} OpenGL platform ({e}). On Debian/Ubuntu "
-                    "install libosmesa6 (CPU) or use --gl-platform egl on a GPU machine.") from e
-            self._renderer = pyrender.OffscreenRenderer(self.views.resolution, self.views.resolution)
+                self._renderer = pyrender.OffscreenRenderer(self.views.resolution, self.views.resolution)
+            except Exception as e:  # libOSMesa.so missing, no EGL device: the machine's fault, not the shape's
+                raise EnvironmentFailure(
+                    f"pyrender could not open an offscreen {self.platform} context ({type(e).__name__}: {e}). "
+                    "On Debian/Ubuntu install libosmesa6 (CPU) or use --gl-platform egl on a GPU machine.") from e
         return self._renderer
 
     def render(self, mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:

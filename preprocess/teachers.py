@@ -80,6 +80,18 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def hub_download_command(repo: str) -> str:
+    """The download command of the installed huggingface_hub: ``hf download`` (1.0 and later) or the older
+    ``huggingface-cli download``."""
+    try:
+        from importlib.metadata import version
+
+        major = int(version("huggingface_hub").split(".")[0])
+    except Exception:  # not installed: name the current CLI
+        major = 1
+    return f"{'hf' if major >= 1 else 'huggingface-cli'} download {repo}"
+
+
 def weights_fingerprint(model: torch.nn.Module) -> str:
     """sha256 of every parameter and buffer, by name: two caches with equal values used equal weights."""
     h = hashlib.sha256()
@@ -142,13 +154,15 @@ class Teacher:
         return torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda" else contextlib.nullcontext()
 
     def _missing(self, what: str, err: Exception) -> MissingWeightsError:
+        tiny = ("--teachers dinov2-tiny for a scenes cache, --teachers tiny for an objects cache"
+                if self.preset.family == "dinov2" else "--teachers tiny")
         return MissingWeightsError(
             f"Teacher {self.preset.name!r} needs the pretrained weights {what} (Hugging Face repo "
             f"{self.preset.hf_repo}), which are not in the local cache (HF_HOME="
             f"{os.environ.get('HF_HOME', '~/.cache/huggingface')}, HF_HUB_OFFLINE="
             f"{os.environ.get('HF_HUB_OFFLINE', '0')}). On a machine with internet access run "
-            f"`huggingface-cli download {self.preset.hf_repo}` and copy the cache folder to this machine's HF_HOME, "
-            f"or build with the randomly initialised `tiny` teachers (--teachers tiny) to test the pipeline. "
+            f"`{hub_download_command(self.preset.hf_repo or '')}` and copy the cache folder to this machine's "
+            f"HF_HOME, or build with the randomly initialised tiny teachers ({tiny}) to test the pipeline. "
             f"Underlying error: {type(err).__name__}: {str(err)[:300]}")
 
 

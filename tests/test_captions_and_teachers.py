@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -59,6 +60,20 @@ def test_blip2_tiny_captions_a_build(tmp_path):
     assert open_cache(url).captions().shape == (10, 2)
 
 
+def test_blip2_runs_in_half_precision_on_a_gpu_and_in_the_dtype_it_is_given():
+    import torch
+
+    from preprocess.captions import blip2_dtype
+
+    assert blip2_dtype("cuda") == torch.float16 and blip2_dtype("cpu") == torch.float32
+    model, processor = build_tiny_blip2()
+    captioner = Blip2Captioner(2, "blip2-tiny", model=model, processor=processor, max_new_tokens=5,
+                               device="cpu", dtype=torch.bfloat16)  # the half-precision path, on the CPU
+    assert {p.dtype for p in captioner.model.parameters()} == {torch.bfloat16}
+    out = captioner.caption(ITEMS, NAMES, VIEWS)
+    assert len(out) == 2 and all(len(caps) == 2 for caps, _ in out)
+
+
 def test_tiny_teachers_are_deterministic_and_marked_not_pretrained():
     clip = load_teacher("clip-tiny")
     assert clip.record.pretrained is False and clip.record.roles == ("image", "depth", "text", "class_text")
@@ -84,3 +99,7 @@ def test_missing_pretrained_weights_name_what_to_download(tmp_path, name, repo):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode != 0
     assert "MissingWeightsError" in run.stderr and repo in run.stderr and "--teachers tiny" in run.stderr
+    command = f"hf download {repo}"  # the CLI the installed huggingface_hub (>= 1.0) provides
+    assert command in run.stderr and shutil.which("hf", path=os.path.dirname(sys.executable))
+    if name.startswith("dinov2"):  # a value that is valid for the scenes cache, too
+        assert "--teachers dinov2-tiny for a scenes cache" in run.stderr
