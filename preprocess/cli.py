@@ -26,6 +26,12 @@ app = typer.Typer(help="Build teacher-feature caches from meshes or LiDAR scenes
 
 Workers = Annotated[int, typer.Option(help="Dask worker processes on this machine (0: run in this process).")]
 Scheduler = Annotated[Optional[str], typer.Option(help="Address of an existing Dask scheduler, e.g. tcp://head:8786.")]
+Cluster = Annotated[str, typer.Option(
+    help="local: --workers processes here (one per GPU on a GPU machine, via dask-cuda); slurm: submit SLURM jobs "
+         "with dask-jobqueue, one worker and one GPU each (see --cluster-option).")]
+ClusterOption = Annotated[Optional[list[str]], typer.Option(
+    "--cluster-option", help="KEY=VALUE for --cluster slurm, repeatable: jobs, queue, account, walltime, cores, "
+                             "memory, gpus (0 or 1 per job), job-extra, prologue, python, local-directory, interface.")]
 BatchSize = Annotated[int, typer.Option(help="Teacher inference batch size.")]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
 GlPlatform = Annotated[str, typer.Option(help="auto, osmesa (CPU) or egl (GPU), for rendering.")]
@@ -80,6 +86,8 @@ def objects(
     demo_per_class: Annotated[int, typer.Option(help="Shapes per demo category.")] = 40,
     workers: Workers = 0,
     scheduler: Scheduler = None,
+    cluster: Cluster = "local",
+    cluster_option: ClusterOption = None,
     gl_platform: GlPlatform = "auto",
     overwrite: Overwrite = False,
     block_rows: Annotated[int, typer.Option(help="Shapes per work unit (rounded down to a power of two).")] = 64,
@@ -105,7 +113,8 @@ def objects(
     except ValueError as e:
         _fail(e)
     _build(build_objects, out or f"caches/{dataset}.zarr", cfg, RunOptions(
-        workers=workers, scheduler=scheduler, gl_platform=gl_platform, overwrite=overwrite, block_rows=block_rows,
+        workers=workers, scheduler=scheduler, cluster=cluster, cluster_options=tuple(cluster_option or ()),
+        gl_platform=gl_platform, overwrite=overwrite, block_rows=block_rows,
         batch_size=batch_size, progress=progress))
 
 
@@ -153,6 +162,8 @@ def scenes(
     max_frames: Annotated[Optional[int], typer.Option(help="Keep the first N frames (quick runs).")] = None,
     workers: Workers = 0,
     scheduler: Scheduler = None,
+    cluster: Cluster = "local",
+    cluster_option: ClusterOption = None,
     gl_platform: GlPlatform = "auto",
     overwrite: Overwrite = False,
     block_rows: Annotated[int, typer.Option(help="Frames per work unit (rounded down to a power of two).")] = 16,
@@ -178,7 +189,8 @@ def scenes(
     except ValueError as e:
         _fail(e)
     _build(build_scenes, out or f"caches/{dataset}.zarr", cfg, RunOptions(
-        workers=workers, scheduler=scheduler, gl_platform=gl_platform, overwrite=overwrite, block_rows=block_rows,
+        workers=workers, scheduler=scheduler, cluster=cluster, cluster_options=tuple(cluster_option or ()),
+        gl_platform=gl_platform, overwrite=overwrite, block_rows=block_rows,
         batch_size=batch_size, progress=progress))
 
 
