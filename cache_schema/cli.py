@@ -47,7 +47,8 @@ def _info(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from cache_schema.validate import validate
 
-    problems = validate(args.path, _storage_options(args.storage_option))
+    problems = validate(args.path, _storage_options(args.storage_option), workers=args.workers,
+                        scheduler=args.scheduler)
     if args.json:
         print(json.dumps({"valid": not problems, "problems": [p.__dict__ for p in problems]}, indent=2))
     elif problems:
@@ -104,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="check layout, dtypes, shapes, offsets, finite teachers, row status, every chunk; "
                             "exit 1 with a list of problems if any")
     p.add_argument("--json", action="store_true", help="print {valid, problems} as JSON")
+    p.add_argument("--workers", type=int, default=None,
+                   help="threads checking blocks at once (default: up to 4); memory grows with it, a few blocks each")
+    p.add_argument("--scheduler", default=None, metavar="tcp://HOST:8786",
+                   help="check the blocks on this Dask cluster instead (its workers need this package)")
     p.set_defaults(func=_validate)
     p = sub.add_parser("unlock", parents=[common], help="remove a writer lock left by a dead build")
     p.set_defaults(func=_unlock)

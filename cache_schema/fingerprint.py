@@ -1,10 +1,21 @@
-"""Content fingerprint of a cache: sha256 over the decoded data of every array.
+"""Content fingerprint of a cache, from per-row digests that the workers write.
+
+Every worker hashes each row it writes, one sha256 per row and array (for
+ragged arrays: per frame, over that frame's values), into the private arrays
+``_digests/<path>``. ``finalize`` then hashes the content attributes, each
+array's header and its row digests in row order (small fixed arrays and
+offsets: their values), so it reads 32 bytes per row and array instead of the
+whole cache; ``cache validate`` recomputes the digests from the data, block by
+block in parallel, and names the rows that differ.
 
 Decoded bytes (not stored bytes) are hashed, so the fingerprint does not change
-with the compressor, its version or the chunk shapes; two builds that wrote
-the same values in any order, by any number of workers, agree. Root attributes
-that describe content (dataset, config, teachers, layout) are hashed too;
-build times and the tool version are not.
+with the compressor, its version, the chunk shapes or the block size; two
+builds that wrote the same values in any order, by any number of workers,
+agree. Root attributes that describe content (dataset, config, teachers,
+layout) are hashed too; build times and the tool version are not.
+
+Caches finalized before the digests existed (no ``build.fingerprint_scheme``)
+were fingerprinted by hashing every value in one pass: :func:`legacy_fingerprint`.
 """
 
 from __future__ import annotations
@@ -17,6 +28,9 @@ from collections.abc import Iterator
 import numpy as np
 import zarr
 
+SCHEME = "row-digests-v1"
+DIGESTS = "_digests"
+DIGEST_BYTES = 32
 CONTENT_ATTRS = ("schema", "schema_version", "kind", "dataset", "config", "teachers", "label_names", "layout", "splits")
 PRIVATE_PREFIX = "_"
 
@@ -52,8 +66,54 @@ def hash_header(h: hashlib._Hash, path: str, arr: zarr.Array) -> None:
     h.update(json.dumps([path, dtype, list(arr.shape)]).encode())
 
 
-def content_fingerprint(group: zarr.Group) -> str:
-    """``sha256:<hex>`` of the content attributes and every array's values."""
+def digest_path(path: str) -> str:
+    """Where the row digests of array ``path`` live."""
+    return f"{DIGESTS}/{path.replace('/', '.')}"
+
+
+def row_digests(values: np.ndarray) -> np.ndarray:
+    """(n, 32) uint8: sha256 of each row's canonical bytes."""
+    out = np.zeros((len(values), DIGEST_BYTES), np.uint8)
+    for i, row in enumerate(values):
+        out[i] = np.frombuffer(hashlib.sha256(block_bytes(np.asarray(row))).digest(), np.uint8)
+    return out
+
+
+def frame_digests(frames: list[np.ndarray]) -> np.ndarray:
+    """(n, 32) uint8: sha256 of each frame's values of a ragged array."""
+    return np.stack([np.frombuffer(hashlib.sha256(block_bytes(f)).digest(), np.uint8) for f in frames]) \
+        if frames else np.zeros((0, DIGEST_BYTES), np.uint8)
+
+
+def has_digests(group: zarr.Group) -> bool:
+    return DIGESTS in group
+
+
+def fingerprint_from_digests(attrs: dict, group: zarr.Group, digests: dict[str, np.ndarray]) -> str:
+    """``sha256:<hex>`` of the content attributes, each array's header and its row digests (``digests``: path ->
+    (rows, 32)); arrays without digests (fixed arrays, offsets) are hashed by value."""
+    h = hashlib.sha256()
+    h.update(json.dumps({k: attrs.get(k) for k in CONTENT_ATTRS}, sort_keys=True).encode())
+    for path in array_paths(group):
+        arr = group[path]
+        hash_header(h, path, arr)
+        if path in digests:
+            h.update(np.ascontiguousarray(digests[path], np.uint8).tobytes())
+        elif arr.ndim == 0:
+            h.update(block_bytes(np.asarray(arr[...])))
+        else:
+            for r0, r1 in row_ranges(arr):
+                h.update(block_bytes(arr[r0:r1]))
+    return "sha256:" + h.hexdigest()
+
+
+def stored_digests(group: zarr.Group, paths: list[str]) -> dict[str, np.ndarray]:
+    """The row digests the workers wrote, for every array in ``paths`` that has them."""
+    return {p: group[digest_path(p)][:] for p in paths if digest_path(p) in group}
+
+
+def legacy_fingerprint(group: zarr.Group) -> str:
+    """The fingerprint of caches finalized before row digests: every array's values hashed in one pass."""
     h = hashlib.sha256()
     attrs = dict(group.attrs)
     h.update(json.dumps({k: attrs.get(k) for k in CONTENT_ATTRS}, sort_keys=True).encode())

@@ -40,7 +40,8 @@ from cache_schema.chunking import (
     pow2_ceil,
 )
 from cache_schema.errors import IncompleteCacheError, LayoutMismatchError
-from cache_schema.fingerprint import content_fingerprint
+from cache_schema.fingerprint import (DIGEST_BYTES, SCHEME, digest_path, fingerprint_from_digests, frame_digests,
+                                      has_digests, legacy_fingerprint, row_digests, stored_digests)
 from cache_schema.layout import DONE, FAILED, PENDING, RAGGED_OFFSETS, RETRY_PREFIX, STR, ArraySpec, Layout
 from cache_schema.lock import DEFAULT_HEARTBEAT_S, DEFAULT_STALE_AFTER_S, LOCK_NAME, WriterLock, verify_token
 from cache_schema.metadata import CacheAttrs
@@ -71,6 +72,14 @@ def create_array(group: zarr.Group, spec: ArraySpec, shape: tuple[int, ...], chu
         config={"write_empty_chunks": True},
         overwrite=True,
     )
+
+
+def create_digests(group: zarr.Group, specs: Sequence[ArraySpec], num_rows: int, block_rows: int) -> None:
+    """The (rows, 32) digest array of every row and ragged array in ``specs`` (see ``fingerprint``)."""
+    for spec in specs:
+        if spec.axis in ("row", *RAGGED_OFFSETS):
+            dspec = ArraySpec(digest_path(spec.path), "uint8", (DIGEST_BYTES,), ("row", "sha256"), "row")
+            create_array(group, dspec, (num_rows, DIGEST_BYTES), (block_rows, DIGEST_BYTES))
 
 
 def _as_dtype(path: str, value: Any, spec: ArraySpec) -> np.ndarray:
@@ -147,13 +156,21 @@ class BlockWriter:
         if ragged and not self.layout.ragged_families():
             raise LayoutMismatchError(f"block {block}: an {self.layout.kind} cache has no ragged arrays")
         verify_token(self.loc, self.token)
+        status_path = self.layout.status_path
         with _write_all_chunks():
             if self.layout.ragged_families():
                 self._stage_ragged(block, n, ragged or {})
             for path, v in values.items():
                 self.group[path][start:stop] = v
-            self.group[self.layout.status_path + "_reason"][start:stop] = reasons_arr
-            self.group[self.layout.status_path][start:stop] = status_arr
+                self._write_digests(path, start, stop, row_digests(v))
+            self._write_digests(status_path + "_reason", start, stop, row_digests(reasons_arr))
+            self._write_digests(status_path, start, stop, row_digests(status_arr))
+            self.group[status_path + "_reason"][start:stop] = reasons_arr
+            self.group[status_path][start:stop] = status_arr
+
+    def _write_digests(self, path: str, start: int, stop: int, digests: np.ndarray) -> None:
+        if digest_path(path) in self.group:  # stores made before digests existed have none
+            self.group[digest_path(path)][start:stop] = digests
 
     def write_arrays(self, block: int, arrays: Mapping[str, Any]) -> None:
         """Write some row arrays of one block (e.g. a teacher added later); status is left alone."""
@@ -168,6 +185,7 @@ class BlockWriter:
                 if v.shape != (stop - start, *specs[path].inner_shape):
                     raise LayoutMismatchError(f"block {block}: {path} has shape {v.shape}")
                 self.group[path][start:stop] = v
+                self._write_digests(path, start, stop, row_digests(v))
 
     def _check_status(self, block: int, n: int, status: Any, reasons: Any) -> tuple[np.ndarray, np.ndarray]:
         status_arr = np.asarray(status, dtype=np.uint8)
@@ -199,6 +217,7 @@ class BlockWriter:
                     raise LayoutMismatchError(
                         f"block {block}: {spec.path} has per-frame lengths differing from {specs[0].path}")
                 counts = these
+                self._write_digests(spec.path, *self.block_range(block), frame_digests(parts))
                 flat = np.concatenate(parts) if parts else np.zeros((0, *spec.inner_shape), spec.dtype)
                 arr = create_array(stage, spec, flat.shape, chunk_for(spec, self.plan.target_bytes),
                                    name=spec.path.replace("/", "."))
@@ -257,6 +276,7 @@ class CacheWriter(BlockWriter):
                 for spec in layout.arrays:
                     if spec.axis == "row":
                         create_array(group, spec, (layout.num_rows, *spec.inner_shape), plan.chunks[spec.path])
+                create_digests(group, layout.arrays, layout.num_rows, plan.block_rows)
             if group.attrs.get("build", {}).get("state") != "finalized":
                 group.attrs["build"] = {"state": "building", "started": _now(), "fingerprint": None}
             return cls(loc, group, lock)
@@ -289,6 +309,8 @@ class CacheWriter(BlockWriter):
             if spec.axis == "row":
                 chunks[spec.path] = chunk_for(spec, self.plan.target_bytes, max_rows=self.plan.block_rows)
                 create_array(self.group, spec, (layout.num_rows, *spec.inner_shape), chunks[spec.path])
+        if has_digests(self.group):
+            create_digests(self.group, new, layout.num_rows, self.plan.block_rows)
         self.layout, self.plan = layout, ChunkPlan(self.plan.target_bytes, self.plan.block_rows, chunks)
         self.group.attrs.update({**json.loads(json.dumps(dict(attrs_update))), "layout": layout.to_dict(),
                                  "chunking": self.plan.to_dict(),
@@ -349,10 +371,16 @@ class CacheWriter(BlockWriter):
         if self.layout.ragged_families() and (STAGING in self.group or not self._consolidated()):
             with _write_all_chunks():
                 self._consolidate()
-        fingerprint = content_fingerprint(self.group)
+        if has_digests(self.group):
+            paths = [s.path for s in self.layout.arrays]
+            fingerprint = fingerprint_from_digests(dict(self.group.attrs), self.group,
+                                                   stored_digests(self.group, paths))
+            scheme = SCHEME
+        else:  # a store begun before row digests existed
+            fingerprint, scheme = legacy_fingerprint(self.group), "legacy-full-read"
         self.group.attrs["build"] = {
             "state": "finalized", "started": self.group.attrs["build"].get("started"), "finalized": _now(),
-            "fingerprint": fingerprint, "rows_done": int((status == DONE).sum()),
+            "fingerprint": fingerprint, "fingerprint_scheme": scheme, "rows_done": int((status == DONE).sum()),
             "rows_failed": int((status == FAILED).sum()),
         }
         if STAGING in self.group:
@@ -392,12 +420,19 @@ class CacheWriter(BlockWriter):
         self.close()
 
 def _gather(parts: list[zarr.Array], starts: np.ndarray, c0: int, c1: int) -> np.ndarray:
-    """Values [c0, c1) of the concatenation of ``parts`` (part b starts at ``starts[b]``)."""
+    """Values [c0, c1) of the concatenation of ``parts`` (part b starts at ``starts[b]``).
+
+    Only the parts that overlap the range are visited (a binary search), so consolidating is linear in
+    frames and output chunks, not their product.
+    """
     pieces = []
-    for b, part in enumerate(parts):
+    first = int(np.searchsorted(starts, c0, side="right")) - 1
+    for b in range(max(first, 0), len(parts)):
+        if starts[b] >= c1:
+            break
         lo, hi = max(c0, int(starts[b])), min(c1, int(starts[b + 1]))
         if lo < hi:
-            pieces.append(part[lo - starts[b]:hi - starts[b]])
+            pieces.append(parts[b][lo - starts[b]:hi - starts[b]])
     return np.concatenate(pieces)
 
 

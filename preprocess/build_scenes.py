@@ -72,7 +72,10 @@ class SceneBuildConfig:
         d["features"] = ("image resized (no crop) to feature_size; patch features sampled bilinearly at each "
                          "pair's pixel (grid_sample, align_corners=False, border)")
         d["pairs"]["rule"] = ("inside the image, camera depth > min_depth; with occlusion, not farther than "
-                              "(1 + tolerance) x the 3x3-eroded nearest depth of its cell x cell pixel cell")
+                              "(1 + tolerance) x the 3x3-eroded nearest depth of its cell x cell pixel cell, nor "
+                              "than (1 + tolerance) x the depth of the LiDAR surface quads over its pixel (quads "
+                              "of neighbouring returns within max_range_jump, drawn at their farthest corner over "
+                              "their bounding box grown by surface_margin)")
         return d
 
 

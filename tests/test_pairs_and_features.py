@@ -98,3 +98,76 @@ def test_pca_round_trip_error_is_reported_and_bounded():
     np.testing.assert_allclose(pca.inverse_transform(pca.transform(x)), x, atol=0.5)
     with pytest.raises(ValueError, match="PCA to 100 dims"):
         Pca.fit(x, 100)
+
+
+def _sweep(ranges: np.ndarray, elevations_deg: np.ndarray, azimuths_deg: np.ndarray) -> np.ndarray:
+    """Points of a spinning LiDAR with the given (rings, azimuths) ranges, sensor at the origin."""
+    el, az = np.meshgrid(np.deg2rad(elevations_deg), np.deg2rad(azimuths_deg), indexing="ij")
+    d = np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], -1)
+    return (d * ranges[..., None]).reshape(-1, 3)
+
+
+def test_lidar_surface_quads_join_neighbouring_returns_and_break_at_depth_jumps():
+    from preprocess.pairs import lidar_quads
+
+    rings, steps = np.linspace(-10, 5, 6), np.linspace(-20, 20, 41)
+    flat = _sweep(np.full((6, 41), 10.0), rings, steps)
+    quads = lidar_quads(flat, max_range_jump=0.2)
+    assert len(quads) == 5 * 40  # every cell of the ring x azimuth grid
+    ranges = np.full((6, 41), 10.0)
+    ranges[:, 21:] = 20.0  # an object edge between azimuth columns 20 and 21
+    quads = lidar_quads(_sweep(ranges, rings, steps), max_range_jump=0.2)
+    assert len(quads) == 5 * 39  # the 5 quads across the edge are gone
+    col = quads % 41
+    assert not ((col <= 20).any(axis=1) & (col >= 21).any(axis=1)).any()
+
+
+def test_a_point_between_sparse_foreground_returns_is_hidden_by_their_surface():
+    """A wall sampled 1.3 degrees apart: a point behind it falls between its returns in a large image, where a
+    point-sized depth test sees nothing in front of it."""
+    rings, steps = np.arange(-6.0, 6.1, 1.33), np.arange(-6.0, 6.1, 0.33)
+    wall = _sweep(np.full((len(rings), len(steps)), 8.0), rings, steps)
+    behind = 20.0 * np.array([[np.cos(np.deg2rad(-0.015)), 0.0, np.sin(np.deg2rad(-0.015))]])  # between two rings
+    pts = np.concatenate([wall, behind])
+    fx = 1266.0
+    big = np.array([[fx, 0, 800], [0, fx, 450], [0, 0, 1.0]])
+    cams = [(big, cam(0), (1600, 900))]
+    target = len(pts) - 1
+    assert target in pair_points(pts, cams, PairConfig(surface=False)).point  # slips through the point buffer
+    assert target not in pair_points(pts, cams, PairConfig()).point
+    kept = pair_points(pts, cams, PairConfig()).point
+    assert np.isin(np.arange(len(wall)), kept).mean() > 0.99  # the wall itself stays
+
+
+def test_occlusion_recall_on_a_nuscenes_like_street_against_rendered_depth():
+    """The issue's targets on one generated frame: >= 80% of hidden points removed, <= 2% of visible ones."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from bench_occlusion import rendered_depth, rig, truth
+
+    from preprocess.render import choose_gl_platform
+
+    choose_gl_platform("auto")
+    from preprocess.scene_sources.demo_scenes import cast_lidar, scene_primitives
+
+    size = (1600, 900)
+    lidar, cams = rig(*size)
+    hidden_removed = hidden_total = visible_removed = visible_total = 0
+    for frame in range(2):
+        primitives = scene_primitives(3, frame)
+        xyz = cast_lidar(primitives, lidar, np.random.default_rng(frame))[0][:, :3]
+        depth_maps = rendered_depth(primitives, cams, size)
+        T_lidar = lidar.lidar_to_world()
+        pairs = pair_points(xyz, [(K, T @ T_lidar, size) for _, K, T in cams], PairConfig())
+        for c, (_, K, T) in enumerate(cams):
+            idx, hidden = truth(xyz, K, T @ T_lidar, depth_maps[c], 1.0)
+            kept = np.isin(idx, pairs.point[pairs.camera == c])
+            hidden_removed += int((hidden & ~kept).sum())
+            hidden_total += int(hidden.sum())
+            visible_removed += int((~hidden & ~kept).sum())
+            visible_total += int((~hidden).sum())
+    assert hidden_total > 500
+    assert hidden_removed / hidden_total >= 0.80, hidden_removed / hidden_total
+    assert visible_removed / visible_total <= 0.02, visible_removed / visible_total

@@ -58,7 +58,8 @@ def test_nan_in_a_teacher_array(objects_cache):
     arr[3, 1, :2] = np.nan
     problems = _problems(url)
     assert "teachers/dinov2-tiny/image: 2 non-finite values (NaN or Inf)" in problems
-    assert any("fingerprint" in p for p in problems), "changed content must not match the recorded fingerprint"
+    # the recomputed row digests name the changed row (the recorded fingerprint would not match either)
+    assert "teachers/dinov2-tiny/image: 1 rows differ from what the build wrote, e.g. rows [3]" in problems
 
 
 def test_non_monotonic_offsets(scenes_cache):
@@ -101,3 +102,56 @@ def test_lock_left_by_a_running_or_dead_build_is_reported(tmp_path):
     url = str(tmp_path / "c.zarr")
     with CacheWriter.create(url, attrs, layout):
         assert any("a writer lock is present" in p for p in _problems(url))
+
+
+def test_a_pair_pointing_outside_its_frame_is_found_block_by_block(scenes_cache):
+    url, _ = scenes_cache
+    offsets = zarr.open_array(os.path.join(url, "frames", "offsets"), mode="r")[:]
+    pair_off = zarr.open_array(os.path.join(url, "pairs", "offsets"), mode="r")[:]
+    point = zarr.open_array(os.path.join(url, "pairs", "point"), mode="r+")
+    frame = len(pair_off) - 2  # the last frame: its block is not the first
+    point[int(pair_off[frame])] = int(offsets[frame + 1] - offsets[frame])  # one past its frame's points
+    problems = _problems(url)
+    assert "pairs/point: 1 pairs index a point outside their frame" in problems
+    assert f"pairs/point: 1 rows differ from what the build wrote, e.g. rows [{frame}]" in problems
+
+
+def test_a_changed_ragged_value_names_its_frame(scenes_cache):
+    url, _ = scenes_cache
+    pair_off = zarr.open_array(os.path.join(url, "pairs", "offsets"), mode="r")[:]
+    uv = zarr.open_array(os.path.join(url, "pairs", "uv"), mode="r+")
+    uv[int(pair_off[2]) + 1, 0] += 0.5  # the second pair of frame 2
+    assert _problems(url) == ["pairs/uv: 1 rows differ from what the build wrote, e.g. rows [2]"]
+
+
+def test_fingerprint_does_not_depend_on_the_block_size(tmp_path):
+    from conftest import build
+
+    a, _ = build(str(tmp_path / "a.zarr"), "scenes", max_block_rows=2)
+    b, _ = build(str(tmp_path / "b.zarr"), "scenes", max_block_rows=8)
+    assert a == b and validate(str(tmp_path / "a.zarr")) == [] and validate(str(tmp_path / "b.zarr")) == []
+
+
+def test_caches_finalized_before_row_digests_still_validate(objects_cache):
+    from cache_schema.fingerprint import legacy_fingerprint
+
+    url, _ = objects_cache
+    shutil.rmtree(os.path.join(url, "_digests"))
+    group = zarr.open_group(url, mode="r+")
+    group.attrs["build"] = {**group.attrs["build"], "fingerprint": legacy_fingerprint(group)}
+    assert validate(url) == []
+    zarr.open_array(os.path.join(url, "label"), mode="r+")[0] += 1
+    assert any("content fingerprint" in p and "differs from the recorded" in p for p in _problems(url))
+
+
+def test_validate_on_a_dask_cluster_finds_the_same_problems(scenes_cache):
+    from dask.distributed import LocalCluster
+
+    url, _ = scenes_cache
+    uv = zarr.open_array(os.path.join(url, "pairs", "uv"), mode="r+")
+    uv[5, 1] = 1e6
+    local = _problems(url)
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None, processes=True) as cluster:
+        remote = [str(p) for p in validate(url, scheduler=cluster.scheduler_address)]
+    assert local == remote and len(local) == 1 and "rows differ" in local[0]
+    assert cache_main(["validate", url, "--workers", "1"]) == 1

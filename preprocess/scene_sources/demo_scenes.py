@@ -197,8 +197,9 @@ def _renderer(size: tuple[int, int]):
     return _RENDERERS[size]
 
 
-def render_cameras(primitives: list[Primitive], cfg: DemoSceneConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(C, H, W, 3) uint8 images and (C, H, W) int labels (-1 = sky) of every camera."""
+def street_scene(primitives: list[Primitive]):
+    """A pyrender scene of the street (ground and every primitive, one mesh per class) and its segmentation
+    map (node -> class + 1)."""
     import pyrender
     import trimesh
 
@@ -235,6 +236,15 @@ def render_cameras(primitives: list[Primitive], cfg: DemoSceneConfig) -> tuple[n
             pose[:3, 3] = offset
             node = scene.add(pyrender.Mesh.from_trimesh(mesh, smooth=False), pose=pose)
             seg_map[node] = (label + 1, 0, 0)
+    return scene, seg_map
+
+
+def render_cameras(primitives: list[Primitive], cfg: DemoSceneConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(C, H, W, 3) uint8 images and (C, H, W) int labels (-1 = sky) of every camera."""
+    import pyrender
+    import trimesh
+
+    scene, seg_map = street_scene(primitives)
     K = cfg.K()
     camera = pyrender.IntrinsicsCamera(K[0, 0], K[1, 1], K[0, 2], K[1, 2], znear=0.05, zfar=500.0)
     cam_node = scene.add(camera)
