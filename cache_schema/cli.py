@@ -21,19 +21,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from cache_schema.errors import CacheError
+from cache_schema.storage import parse_storage_options
 
 
 def _storage_options(pairs: list[str]) -> dict[str, Any]:
-    opts: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--storage-option expects KEY=VALUE, got {pair!r}")
-        try:
-            opts[key] = json.loads(value)
-        except json.JSONDecodeError:
-            opts[key] = value
-    return opts
+    try:
+        return parse_storage_options(pairs)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
 
 
 def _info(args: argparse.Namespace) -> int:

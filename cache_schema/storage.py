@@ -7,6 +7,7 @@ beside them (the writer lock) and for listing chunk files.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,3 +55,77 @@ def locate(url: str | os.PathLike[str], storage_options: dict[str, Any] | None =
     if "file" in _protocols(fs):
         root = os.path.abspath(root)
     return Location(url=url, fs=fs, root=root, storage_options=opts)
+
+
+STORAGE_FLAGS = ("-o", "--storage-option")
+
+
+def parse_storage_options(pairs: list[str]) -> dict[str, Any]:
+    """``["anon=true", 'client_kwargs={"endpoint_url": "http://..."}']`` -> a dict (values parsed as JSON when
+    they are JSON)."""
+    opts: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--storage-option expects KEY=VALUE, got {pair!r}")
+        try:
+            opts[key] = json.loads(value)
+        except json.JSONDecodeError:
+            opts[key] = value
+    return opts
+
+
+def split_storage_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Take every ``-o KEY=VALUE`` / ``--storage-option KEY=VALUE`` out of a command line, wherever it stands."""
+    if "--help" in argv:  # let --help list the option
+        return argv, []
+    rest, pairs = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in STORAGE_FLAGS:
+            if i + 1 >= len(argv):
+                raise ValueError(f"{arg} needs KEY=VALUE")
+            pairs.append(argv[i + 1])
+            i += 2
+            continue
+        if arg.startswith("--storage-option="):
+            pairs.append(arg.split("=", 1)[1])
+        elif arg.startswith("-o") and len(arg) > 2 and not arg.startswith("--"):
+            pairs.append(arg[2:])
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, pairs
+
+
+def use_storage_options(options: dict[str, Any], urls: list[str]) -> list[str]:
+    """Make ``options`` the fsspec defaults for the protocols of ``urls`` (remote ones), in this process and in
+    the processes it starts (data-loader workers, local Dask workers read ``FSSPEC_<PROTOCOL>`` at import).
+
+    Every cache a command opens then gets them, without each function passing them on. Returns the protocols.
+    """
+    import fsspec.config
+
+    protocols = sorted({p for u in urls if "://" in u
+                        for p in [fsspec.core.split_protocol(u)[0]] if p and p not in ("file", "local")})
+    for proto in protocols:
+        fsspec.config.conf.setdefault(proto, {}).update(options)
+        merged = {**json.loads(os.environ.get(f"FSSPEC_{proto.upper()}", "{}")), **options}
+        os.environ[f"FSSPEC_{proto.upper()}"] = json.dumps(merged)
+    return protocols
+
+
+def apply_storage_args(argv: list[str] | tuple[str, ...] | None) -> list[str]:
+    """The command line without its ``-o/--storage-option KEY=VALUE`` pairs (taken from anywhere on it), which
+    become the fsspec defaults for every remote URL on the line (see :func:`use_storage_options`)."""
+    import sys
+
+    args, pairs = split_storage_args(list(argv) if argv is not None else sys.argv[1:])
+    if pairs:
+        try:
+            use_storage_options(parse_storage_options(pairs), args)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+    return args

@@ -210,4 +210,11 @@ def build_objects(url: str, cfg: ObjectBuildConfig, run: RunOptions = RunOptions
                 writer.write_fixed(f"teachers/{name}/class_text", t.encode_classes(list(catalog.label_names)))
         for split, rows in catalog.splits().items():
             writer.write_split(split, rows)
-        return summarize(writer, url, finalize_unless_retrying(writer), start, "shape", stage_seconds)
+        summary = summarize(writer, url, finalize_unless_retrying(writer), start, "shape", stage_seconds)
+        if not (cfg.store_rgb or cfg.store_depth):
+            v, r = cfg.views.num_views, cfg.views.resolution
+            summary.notes.append(
+                f"renders not stored (they were embedded, then dropped): {len(catalog.items)} shapes x {v} views x "
+                f"{r}x{r} RGB + fp16 depth would be {len(catalog.items) * v * r * r * 5 / 1e9:.1f} GB before "
+                "compression. Rebuild with --rgb --depth to keep them (add-teacher needs them).")
+        return summary

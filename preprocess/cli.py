@@ -58,7 +58,10 @@ def _build(build, url: str, cfg, run) -> None:
 
 
 @app.callback()
-def root() -> None:
+def root(storage_option: Annotated[Optional[list[str]], typer.Option(
+        "--storage-option", "-o", help="fsspec option KEY=VALUE for remote caches (s3://, gs://...), repeatable, "
+                                       "anywhere on the line: -o anon=true, -o 'client_kwargs={\"endpoint_url\": "
+                                       "\"http://minio:9000\"}'.")] = None) -> None:
     """Build teacher-feature caches from meshes or LiDAR scenes (see README)."""
 
 
@@ -79,8 +82,12 @@ def objects(
     elevations: Annotated[str, typer.Option(help="View elevations in degrees, cycled over the views.")] = "30,-15",
     resolution: Annotated[int, typer.Option(help="Render width = height in pixels.")] = 224,
     fov: Annotated[float, typer.Option(help="Vertical field of view in degrees.")] = 40.0,
-    rgb: Annotated[bool, typer.Option("--rgb/--no-rgb", help="Store the renders (lets teachers be added later).")] = True,
-    depth: Annotated[bool, typer.Option("--depth/--no-depth", help="Store the depth maps.")] = True,
+    rgb: Annotated[Optional[bool], typer.Option(
+        "--rgb/--no-rgb", help="Store the renders (lets teachers be added later, draws `cache show`). Default: "
+                               "stored for the demo only: at ShapeNet scale they are ~100 GB that most users "
+                               "never read.")] = None,
+    depth: Annotated[Optional[bool], typer.Option(
+        "--depth/--no-depth", help="Store the depth maps (default: like --rgb).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random choice (points, captions, demo shapes).")] = 0,
     max_per_class: Annotated[Optional[int], typer.Option(help="Keep the first N shapes of each class.")] = None,
     demo_per_class: Annotated[int, typer.Option(help="Shapes per demo category.")] = 40,
@@ -108,7 +115,8 @@ def objects(
             views=ViewConfig(views, tuple(float(e) for e in elevations.split(",")), resolution, fov),
             teachers=resolve_names(teachers or ("tiny" if dataset == "demo" else "base")),
             captioner=captioner, num_captions=num_captions,
-            captions_file=captions_file, store_rgb=rgb, store_depth=depth, seed=seed,
+            captions_file=captions_file, store_rgb=dataset == "demo" if rgb is None else rgb,
+            store_depth=(dataset == "demo" if rgb is None else rgb) if depth is None else depth, seed=seed,
             max_per_class=max_per_class, demo_per_class=demo_per_class)
     except ValueError as e:
         _fail(e)
@@ -273,4 +281,6 @@ def class_prompts(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    app(args=list(argv) if argv is not None else None, prog_name="preprocess")
+    from cache_schema.storage import apply_storage_args
+
+    app(args=apply_storage_args(argv), prog_name="preprocess")

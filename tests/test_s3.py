@@ -85,3 +85,31 @@ def test_cache_written_directly_to_s3(s3_env):
     fp_local, _ = build(f"memory://s3-compare-{bucket}/o.zarr", "objects", max_block_rows=8)
     assert fingerprint == fp_local
     assert validate(url, storage_options=opts) == []
+
+
+def test_storage_option_reaches_every_command_that_opens_a_cache(tmp_path, s3_env, monkeypatch):
+    """`-o` after the subcommand, in preprocess, train and cache alike; nothing else tells them the endpoint."""
+    import os
+    import subprocess
+    import sys
+
+    fs, bucket, opts = s3_env
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # only -o knows where the server is
+    o = ["-o", f"client_kwargs={json.dumps(opts['client_kwargs'])}"]
+    url = f"s3://{bucket}/demo.zarr"
+
+    def run(tool: str, *args: str) -> subprocess.CompletedProcess:
+        code = f"import sys; from {tool}.cli import main; sys.exit(main())"
+        return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "PYTHONPATH": os.getcwd()})
+
+    built = run("preprocess", "objects", "demo", "--out", url, "--points", "256", "--views", "2", "--resolution",
+                "32", "--num-captions", "1", "--max-per-class", "2", "--demo-per-class", "2", "--no-progress", *o)
+    assert built.returncode == 0, built.stderr
+    assert fs.exists(f"{bucket}/demo.zarr/zarr.json")
+    trained = run("train", "stage1", "--cache", url, "--out", str(tmp_path / "s1"), "--steps", "1", "--batch-size",
+                  "4", "--num-points", "128", "--workers", "0", "--no-progress", *o)
+    assert trained.returncode == 0, trained.stderr
+    assert (tmp_path / "s1" / "last.pt").exists()
+    checked = run("cache_schema", "validate", url, *o)
+    assert checked.returncode == 0 and "valid" in checked.stdout, checked.stdout + checked.stderr

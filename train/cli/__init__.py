@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated, Optional
 
 import typer
 
@@ -39,9 +40,13 @@ app.add_typer(evaluate.app, name="eval")
 
 
 @app.callback()
-def root() -> None:
+def root(storage_option: Annotated[Optional[list[str]], typer.Option(
+        "--storage-option", "-o", help="fsspec option KEY=VALUE for remote caches (s3://, gs://...), repeatable, "
+                                       "anywhere on the line: -o anon=true.")] = None) -> None:
     """Train point-cloud students from a teacher cache (see README)."""
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    app(args=list(argv) if argv is not None else None, prog_name="train")
+    from cache_schema.storage import apply_storage_args
+
+    app(args=apply_storage_args(argv), prog_name="train")
