@@ -345,7 +345,8 @@ class CacheWriter(BlockWriter):
             raise LayoutMismatchError(f"split {name!r}: row indices must be 1-D and within 0..{n - 1}")
         if np.unique(idx).size != idx.size:
             raise LayoutMismatchError(f"split {name!r} repeats rows")
-        spec = ArraySpec(f"split/{name}", "int32", (), ("row",), "fixed", len(idx))
+        # each split its own dimension: they differ in length, and xarray reads a group's dims as one set
+        spec = ArraySpec(f"split/{name}", "int32", (), (f"{name}_row",), "fixed", len(idx))
         create_array(self.group, spec, (len(idx),), (max(len(idx), 1),))[...] = idx.astype(np.int32)
         self.group.attrs["splits"] = sorted({*self.group.attrs.get("splits", []), name})
 
