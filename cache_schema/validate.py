@@ -73,12 +73,14 @@ def validate(url: str, storage_options: dict[str, Any] | None = None, workers: i
     ragged_problems = _check_ragged(arrays, layout, small)
     problems += ragged_problems
     problems += _check_splits(group, raw, layout)
+    part_allowed = None
     if "part_label" in arrays:
-        problems += _check_part_metadata(raw)
+        part_allowed, part_problems = _part_table(raw)
+        problems += part_problems
     if shape_problems or ragged_problems:
         return problems  # the block checks below rely on the shapes and offsets
     ranges = [plan.block_range(b, layout.num_rows) for b in range(plan.num_blocks(layout.num_rows))]
-    context = BlockContext.build(raw, layout, small, arrays)
+    context = BlockContext.build(layout, small, arrays, part_allowed)
     results = _map_blocks(loc.url, storage_options, ranges, context, workers, scheduler)
     problems += _merge_block_problems(results)
     unreadable = any("do not decode" in p.what for r in results for p in r.problems)
@@ -140,13 +142,13 @@ class BlockContext:
     part_allowed: np.ndarray | None            # (classes, parts) bool, when the cache has part labels
 
     @classmethod
-    def build(cls, raw: dict[str, Any], layout: Layout, small: dict[str, np.ndarray],
-              arrays: dict[str, zarr.Array]) -> BlockContext:
+    def build(cls, layout: Layout, small: dict[str, np.ndarray], arrays: dict[str, zarr.Array],
+              part_allowed: np.ndarray | None) -> BlockContext:
         families = {f: tuple(s.path for s in specs) for f, specs in layout.ragged_families().items()}
         offsets = {f: small[RAGGED_OFFSETS[f]] for f in families if RAGGED_OFFSETS[f] in small}
         n_cam = arrays["cameras/K"].shape[1] if "cameras/K" in arrays else None
         return cls(tuple(s.path for s in layout.by_axis("row")), families, offsets, n_cam, layout.status_path,
-                   _part_table(raw) if "part_label" in arrays else None)
+                   part_allowed)
 
 
 @dataclass
@@ -235,8 +237,7 @@ def _ragged_block(group: zarr.Group, path: str, off: np.ndarray, r0: int, r1: in
             bad_point += int(((values < 0) | (values >= n_points)).sum())
         if path == "pairs/camera" and context.num_cameras is not None:
             bad_camera += int((values >= context.num_cameras).sum())
-        if path.startswith("teachers/") and values.dtype.kind == "f":
-            nonfinite += int((~np.isfinite(values)).sum())
+        nonfinite += _count_nonfinite(path, values)
         c0 = c1
     if bad_point:
         out.append(Problem("pairs/point", f"{bad_point} pairs index a point outside their frame"))
@@ -250,12 +251,14 @@ def _ragged_block(group: zarr.Group, path: str, off: np.ndarray, r0: int, r1: in
     return digests, out
 
 
+def _count_nonfinite(path: str, data: np.ndarray) -> int:
+    """NaN and Inf values in a teacher array (0 for other arrays)."""
+    return int((~np.isfinite(data)).sum()) if path.startswith("teachers/") and data.dtype.kind == "f" else 0
+
+
 def _nonfinite(path: str, data: np.ndarray) -> list[Problem]:
-    if path.startswith("teachers/") and data.dtype.kind == "f":
-        bad = int((~np.isfinite(data)).sum())
-        if bad:
-            return [Problem(path, f"{bad} non-finite values (NaN or Inf)")]
-    return []
+    bad = _count_nonfinite(path, data)
+    return [Problem(path, f"{bad} non-finite values (NaN or Inf)")] if bad else []
 
 
 def _merge_block_problems(results: list[BlockResult]) -> list[Problem]:
@@ -297,17 +300,21 @@ def _check_fingerprint(group: zarr.Group, raw: dict[str, Any], layout: Layout, r
     return []
 
 
-def _part_table(raw: dict[str, Any]) -> np.ndarray | None:
+def _part_table(raw: dict[str, Any]) -> tuple[np.ndarray | None, list[Problem]]:
+    """(classes, parts) bool from ``config.parts`` (which part ids each class may use), or the problem with it."""
     parts = raw.get("config", {}).get("parts")
     if not parts or "names" not in parts or "class_parts" not in parts:
-        return None
+        return None, [Problem("part_label", "config.parts (names, class_parts) is missing: the labels mean nothing")]
     names = list(raw.get("label_names", []))
     allowed = np.zeros((len(names), len(parts["names"])), bool)
     for c, ids in parts["class_parts"].items():
-        if c not in names or any(not 0 <= i < len(parts["names"]) for i in ids):
-            return None
+        if c not in names:
+            return None, [Problem("part_label", f"config.parts names class {c!r}, not one of label_names")]
+        if any(not 0 <= i < len(parts["names"]) for i in ids):
+            last = len(parts["names"]) - 1
+            return None, [Problem("part_label", f"config.parts gives class {c!r} part ids outside 0-{last}")]
         allowed[names.index(c), ids] = True
-    return allowed
+    return allowed, []
 
 
 def _bad_part_rows(ids: np.ndarray, label: np.ndarray, status: np.ndarray | None, allowed: np.ndarray,
@@ -320,21 +327,6 @@ def _bad_part_rows(ids: np.ndarray, label: np.ndarray, status: np.ndarray | None
     if bad.size:
         return [Problem("part_label", f"{bad.size} rows have part ids outside their class's parts, e.g. rows "
                                       f"{bad[:5].tolist()}")]
-    return []
-
-
-def _check_part_metadata(raw: dict[str, Any]) -> list[Problem]:
-    """``config.parts`` must say what the part ids mean (the ids themselves are checked block by block)."""
-    parts = raw.get("config", {}).get("parts")
-    if not parts or "names" not in parts or "class_parts" not in parts:
-        return [Problem("part_label", "config.parts (names, class_parts) is missing: the labels mean nothing")]
-    names = list(raw.get("label_names", []))
-    for c, ids in parts["class_parts"].items():
-        if c not in names:
-            return [Problem("part_label", f"config.parts names class {c!r}, not one of label_names")]
-        if any(not 0 <= i < len(parts["names"]) for i in ids):
-            last = len(parts["names"]) - 1
-            return [Problem("part_label", f"config.parts gives class {c!r} part ids outside 0-{last}")]
     return []
 
 

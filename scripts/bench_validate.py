@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -73,18 +72,18 @@ def generate(url: str, frames: int, pairs: int, points: int, dim: int, block_row
 
 
 def validate_in_child(url: str, workers: int) -> tuple[float, float, list]:
-    """(seconds, peak RSS MiB, problems) of `cache validate` in a fresh process."""
-    code = ("import json, sys, time; from cache_schema.validate import validate; t = time.perf_counter(); "
-            f"p = validate({url!r}, workers={workers}); "
-            "print(json.dumps([time.perf_counter() - t, [str(x) for x in p]]))")
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    stdout = child.stdout.read()
-    _, status, usage = os.wait4(child.pid, 0)  # this child's own peak, not the largest of all children
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode:
-        raise RuntimeError(f"validate failed with exit code {child.returncode}")
-    seconds, problems = json.loads(stdout.strip().splitlines()[-1])
-    return seconds, usage.ru_maxrss / 1024, problems
+    """(seconds, peak RSS MiB, problems) of `cache validate` in a fresh process.
+
+    The peak is the child's own ``VmHWM`` (its address space's high-water mark): ``ru_maxrss`` of a child
+    also counts the parent's pages it was forked from.
+    """
+    code = ("import json, re, time; from cache_schema.validate import validate; t = time.perf_counter(); "
+            f"p = validate({url!r}, workers={workers}); s = time.perf_counter() - t; "
+            "hwm = int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)); "
+            "print(json.dumps([s, hwm, [str(x) for x in p]]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    seconds, hwm_kib, problems = json.loads(out.stdout.strip().splitlines()[-1])
+    return seconds, hwm_kib / 1024, problems
 
 
 def main() -> None:
