@@ -47,7 +47,7 @@ CACHE_ARGS ?=
 # The demo cache is lighter than the defaults (6 views of 128 px instead of 12 of 224) to stay within minutes on a CPU.
 DEMO_ARGS := --views 6 --resolution 128
 
-.PHONY: setup test test-slow demo cache bench-chunks bench-build bench-scenes bench-stage2 ablate-stage2 bench-train clean
+.PHONY: setup test test-slow demo cache bench-chunks bench-build bench-scenes bench-validate bench-occlusion bench-stage2 ablate-stage2 bench-train clean
 
 setup: $(STAMP)
 
@@ -143,6 +143,13 @@ bench-build: setup
 
 bench-scenes: setup
 	$(PY) scripts/bench_scenes.py
+
+# a generated 20-million-pair scene cache (~3 GB in /tmp, deleted afterwards): validate memory and speed
+bench-validate: setup
+	$(PY) scripts/bench_validate.py
+
+bench-occlusion: setup
+	$(PY) scripts/bench_occlusion.py
 
 bench-stage2: setup
 	@test -f $(RUNS)/demo-s1/last.pt || $(MAKE) --no-print-directory demo

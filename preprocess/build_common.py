@@ -22,7 +22,8 @@ from functools import lru_cache
 
 from cache_schema import DONE, FAILED, CacheWriter
 from preprocess.cluster import Executor, open_executor
-from preprocess.errors import (BadInput, environment_reason, is_environment_error, is_environment_reason)
+from preprocess.errors import (BadInput, EnvironmentFailure, environment_reason, is_environment_error,
+                               is_environment_reason)
 from preprocess.teachers import Teacher, load_teacher
 
 
@@ -91,6 +92,20 @@ def cached_teacher(name: str, batch_size: int, device: str | None = None) -> Tea
     import torch
 
     return load_teacher(name, device=torch.device(device) if device else None, batch_size=batch_size)
+
+
+def worker_teacher(name: str, batch_size: int) -> Teacher:
+    """A teacher on a worker's device; failing to load there (CUDA out of memory, a broken driver) is the
+    machine's fault: :class:`EnvironmentFailure`, the block stays pending and the next run retries it."""
+    from preprocess.teachers import MissingWeightsError
+
+    try:
+        return cached_teacher(name, batch_size)
+    except MissingWeightsError:
+        raise
+    except Exception as e:
+        raise EnvironmentFailure(f"teacher {name!r} could not be loaded on this worker "
+                                 f"({type(e).__name__}: {e})") from e
 
 
 def coordinator_teacher(name: str, batch_size: int = 64) -> Teacher:

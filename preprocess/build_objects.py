@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from cache_schema import DONE, FAILED, CacheAttrs, CacheWriter, objects_layout
-from preprocess.build_common import (BlockReport, BuildSummary, RunOptions, build_executor, cached_teacher,
+from preprocess.build_common import (BlockReport, BuildSummary, RunOptions, build_executor, worker_teacher,
                                      coordinator_teacher, finalize_unless_retrying, row_failure, run_blocks,
                                      set_torch_threads, summarize, with_working_renderer)
 from cache_schema.writer import BlockWriter
@@ -73,7 +73,7 @@ def _worker_tools(cfg: ObjectBuildConfig, run: RunOptions):
     set_torch_threads(run)
     renderer = Renderer(cfg.views, run.gl_platform)
     captioner = make_captioner(cfg.captioner, cfg.num_captions, cfg.captions_file, cfg.seed)
-    return renderer, captioner, {n: cached_teacher(n, run.batch_size) for n in cfg.teachers}
+    return renderer, captioner, {n: worker_teacher(n, run.batch_size) for n in cfg.teachers}
 
 
 def _shape_views(item: MeshItem, cfg: ObjectBuildConfig, renderer: Renderer, report: BlockReport):

@@ -26,7 +26,7 @@ import torch
 from cache_schema import DONE, FAILED, CacheAttrs, CacheWriter, scenes_layout
 from cache_schema.metadata import TeacherRecord
 from cache_schema.writer import BlockWriter
-from preprocess.build_common import (BlockReport, BuildSummary, RunOptions, build_executor, cached_teacher,
+from preprocess.build_common import (BlockReport, BuildSummary, RunOptions, build_executor, worker_teacher,
                                      coordinator_teacher, finalize_unless_retrying, row_failure, run_blocks,
                                      set_torch_threads, summarize, with_working_renderer)
 from preprocess.dense_features import Pca, sample_at_pixels
@@ -86,7 +86,7 @@ class SceneBuildConfig:
 def _worker_teachers(cfg: SceneBuildConfig, run: RunOptions) -> dict[str, Dinov2Teacher]:
     set_torch_threads(run)
     choose_gl_platform(run.gl_platform)  # the demo scenes render their cameras
-    return {n: cached_teacher(n, run.batch_size) for n in cfg.teachers}  # type: ignore[misc]
+    return {n: worker_teacher(n, run.batch_size) for n in cfg.teachers}  # type: ignore[misc]
 
 
 def _checked_frame(item: FrameItem, num_cameras: int, has_labels: bool) -> Frame:
@@ -247,7 +247,7 @@ def fit_pca(name: str, cfg: SceneBuildConfig, run: RunOptions, fit_items: list[F
     """Fit the PCA of teacher ``name`` (on a worker: it runs the teacher) and measure its held-out error."""
     set_torch_threads(run)
     choose_gl_platform(run.gl_platform)  # the demo scenes render their cameras
-    teacher = cached_teacher(name, run.batch_size)
+    teacher = worker_teacher(name, run.batch_size)
     sample = _patch_features(teacher, fit_items, cfg.input_size)  # type: ignore[arg-type]
     if not len(sample):
         raise ValueError("no frame could be loaded to fit the PCA on")

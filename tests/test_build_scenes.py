@@ -110,6 +110,16 @@ ARGS = ["scenes", "demo-scenes", "--frames", "8", "--teachers", "dinov2-tiny", "
         "--pca-dim", "8", "--pca-fit-frames", "2", "--patch-grids", "--images", "--block-rows", "2", "--no-progress"]
 
 
+def test_pca_frames_are_spread_over_every_scene_and_the_held_out_ones_are_others():
+    from preprocess.build_scenes import pca_sample_frames
+
+    listing = tuple(f"scene-{s}/frame-{i:03d}" for s in range(6) for i in range(40))  # as sources list them
+    fit, held = pca_sample_frames(listing, 32)
+    assert len(fit) == 32 and len(held) == 8 and not set(fit) & set(held)
+    assert {f.split("/")[0] for f in fit} == {f"scene-{s}" for s in range(6)}  # not the first frames of one
+    assert len({f.split("/")[0] for f in held}) >= 4
+
+
 def test_killed_demo_scene_build_resumes_to_the_same_cache_as_a_dask_build(tmp_path):
     killed = str(tmp_path / "killed.zarr")
     kill_midway(ARGS, killed, "frames/status", finished=2)
@@ -130,6 +140,10 @@ def test_killed_demo_scene_build_resumes_to_the_same_cache_as_a_dask_build(tmp_p
     assert b.array("teachers/dinov2-tiny/pair_features").shape[1] == 8
     comps = b.array("teachers/dinov2-tiny/pca_components")[:]
     np.testing.assert_allclose(comps @ comps.T, np.eye(8), atol=1e-4)
+    fit = dict(b.array("teachers/dinov2-tiny/pca_components").attrs)
+    assert fit["fit_frames"] == 2 and fit["heldout_frames"] == 1 and fit["heldout_patches"] > 0
+    assert 0 < fit["fit_relative_error"] < 1 and 0 < fit["heldout_relative_error"] < 1
+    assert f"{fit['heldout_relative_error']:.3f} on 1 held-out frames" in run.stdout
     # the stored grid, sampled at the pairs, gives the stored pair features
     cam, uv = b.ragged("pairs/camera", 3), b.ragged("pairs/uv", 3)
     grid = b.array("teachers/dinov2-tiny/patch_grid")[3].astype(np.float32)  # (C, h, w, D)

@@ -94,3 +94,27 @@ def test_rows_lost_to_the_environment_are_retried_and_bad_rows_are_not(tmp_path,
     assert all(status[i] == FAILED for i in bad)  # the data's own failures stay failed, with their reasons
     assert not any(str(r).startswith("environment: ") for r in final.array("status_reason")[:])
     assert np.array_equal(final.status, open_cache(str(tmp_path / "clean.zarr")).status)
+
+
+def test_a_teacher_that_cannot_load_on_a_worker_stops_the_build_and_the_rerun_finishes_it(tmp_path, monkeypatch):
+    """Loading on the worker's device fails (as CUDA out of memory would): one clear error, no row written."""
+    from preprocess import build_common
+
+    def no_memory(name, batch_size, device=None):
+        if device != "cpu":  # the coordinator's CPU copy loads; the worker's GPU copy does not
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.50 GiB")
+        return real(name, batch_size, device)
+
+    real = build_common.cached_teacher
+    monkeypatch.setattr(build_common, "cached_teacher", no_memory)
+    from preprocess.build_objects import _worker_tools
+
+    _worker_tools.cache_clear()
+    url = str(tmp_path / "c.zarr")
+    cfg = ObjectBuildConfig("demo", max_per_class=1, demo_per_class=1, **SMALL)
+    with pytest.raises(EnvironmentFailure, match="teacher 'clip-tiny' could not be loaded on this worker"):
+        build_objects(url, cfg, RUN)
+    assert (open_cache(url, allow_incomplete=True).status == PENDING).all()
+    monkeypatch.setattr(build_common, "cached_teacher", real)
+    _worker_tools.cache_clear()
+    assert build_objects(url, cfg, RUN).complete
