@@ -13,14 +13,15 @@ import numpy as np
 
 from cache_schema import DONE, CacheWriter, objects_layout
 from cache_schema.writer import BlockWriter
-from preprocess.build_objects import cached_teacher, embed_block_arrays
+from preprocess.build_common import coordinator_teacher, worker_teacher
+from preprocess.build_objects import embed_block_arrays
 from preprocess.cluster import run_tasks
 from preprocess.teachers import ClipTeacher
 
 
 def _embed_block(url: str, token: str, name: str, batch_size: int, block: int) -> int:
     writer = BlockWriter.attach(url, token)
-    teacher = cached_teacher(name, batch_size)
+    teacher = worker_teacher(name, batch_size)
     g = writer.group
     start, stop = writer.block_range(block)
     ok = np.flatnonzero(g["status"][start:stop] == DONE)
@@ -37,7 +38,7 @@ def _embed_block(url: str, token: str, name: str, batch_size: int, block: int) -
 def add_teacher(url: str, name: str, workers: int = 0, scheduler: str | None = None, batch_size: int = 64,
                 progress: bool = True) -> str:
     """Embed the stored views and captions of ``url`` with teacher ``name``; returns a one-line summary."""
-    teacher = cached_teacher(name, batch_size)
+    teacher = coordinator_teacher(name, batch_size)  # CPU: the record and the class prompts
     with CacheWriter.open_existing(url) as writer:
         g = writer.group
         attrs = dict(g.attrs)

@@ -12,13 +12,13 @@ The store gets a new fingerprint.
 from __future__ import annotations
 
 from cache_schema import CacheWriter, objects_layout
-from preprocess.build_common import cached_teacher
+from preprocess.build_common import coordinator_teacher
 from preprocess.teachers import ClipTeacher
 
 
 def add_class_prompts(url: str, name: str) -> str:
     """Embed the class names of ``url`` with CLIP teacher ``name``; returns a one-line summary."""
-    teacher = cached_teacher(name, 64)
+    teacher = coordinator_teacher(name)
     if not isinstance(teacher, ClipTeacher):
         raise ValueError(f"{name!r} has no text tower; class prompts need a CLIP teacher (e.g. clip-vit-b16)")
     with CacheWriter.open_existing(url) as writer:
