@@ -49,9 +49,7 @@ def load_mesh(item: MeshItem, root: str | None = None) -> tuple[trimesh.Trimesh,
     if header.nbytes is not None and os.path.getsize(path) < header.nbytes:
         raise BadInput(f"truncated file: {name} holds {os.path.getsize(path)} bytes, its header promises "
                        f"{header.nbytes}")
-    if path.lower().endswith(".obj"):
-        check_obj_indices(path)
-        check_obj_references(path, root)
+    texture_missing = check_obj(path, root) if path.lower().endswith(".obj") else False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # trimesh warns on missing textures; we check that ourselves
@@ -67,7 +65,7 @@ def load_mesh(item: MeshItem, root: str | None = None) -> tuple[trimesh.Trimesh,
     if header.faces is not None and len(mesh.faces) < header.faces:
         raise BadInput(f"truncated file: {name} declares {header.faces} faces, holds {len(mesh.faces)}")
     check_mesh(mesh, name)
-    notes = ["texture missing: rendered without it"] if _has_missing_texture(path) else []
+    notes = ["texture missing: rendered without it"] if texture_missing else []
     bad_edges = non_manifold_edges(mesh)
     if bad_edges:
         notes.append(f"non-manifold: {bad_edges} edges shared by more than two faces (surface sampled as is)")
@@ -127,38 +125,38 @@ def read_header(path: str) -> Header:
     return Header()
 
 
-def check_obj_indices(path: str) -> None:
-    """OBJ vertex indices start at 1 (negative: relative); 0 or an index past the vertex count is an error."""
+def check_obj(path: str, root: str | None) -> bool:
+    """Check an OBJ in one read; True when a diffuse texture its materials name is missing.
+
+    Vertex indices start at 1 (negative ones count back); 0 or an index past the vertex count is an error.
+    Material libraries and their texture maps must resolve inside the dataset root (trimesh skips a refused
+    material silently, so the reason is found here). Regex scans over the bytes: OBJ files can be large.
+    """
     with open(path, "rb") as f:
         data = f.read()
+    name = os.path.basename(path)
     num_vertices = len(re.findall(rb"^[ \t]*v[ \t]", data, re.M))
     faces = b"\n".join(re.findall(rb"^[ \t]*f[ \t]+([^\r\n]*)", data, re.M))
     index = np.array(re.findall(rb"(?:^|[ \t])(-?\d+)", faces, re.M), dtype=np.int64)  # vertex of each v/vt/vn
     bad = (index == 0) | (np.abs(index) > num_vertices)
-    if not bad.any():
-        return
-    value = int(index[np.argmax(bad)])
-    line = _first_face_line_with(data, value)
-    why = "OBJ indices start at 1" if value == 0 else f"the file has {num_vertices} vertices"
-    raise BadInput(f"bad face index: {os.path.basename(path)} line {line}: vertex index {value} ({why})")
-
-
-def check_obj_references(path: str, root: str | None) -> None:
-    """Material libraries and their texture maps must resolve inside the dataset root (trimesh would
-    skip a refused material silently, so the reason is found here)."""
-    if root is None:
-        return
-    folder = os.path.dirname(path)
-    for mtl in _directives(path, rb"mtllib"):
-        mtl_path = os.path.join(folder, mtl)
-        if not is_inside(mtl_path, root):
-            raise BadInput(f"outside dataset root: {os.path.basename(path)} names the material library {mtl!r}, "
-                           f"which resolves to {os.path.realpath(mtl_path)}")
-        for image in _directives(mtl_path, rb"map_Kd"):
+    if bad.any():
+        value = int(index[np.argmax(bad)])
+        why = "OBJ indices start at 1" if value == 0 else f"the file has {num_vertices} vertices"
+        raise BadInput(f"bad face index: {name} line {_first_face_line_with(data, value)}: vertex index {value} "
+                       f"({why})")
+    missing = False
+    for mtl in _directives(data, rb"mtllib"):
+        mtl_path = os.path.join(os.path.dirname(path), mtl)
+        if root is not None and not is_inside(mtl_path, root):
+            raise BadInput(f"outside dataset root: {name} names the material library {mtl!r}, which resolves to "
+                           f"{os.path.realpath(mtl_path)}")
+        for image in _directives(_read_or_empty(mtl_path), rb"map_Kd"):
             image_path = os.path.join(os.path.dirname(mtl_path), image.split()[-1])
-            if not is_inside(image_path, root):
+            if root is not None and not is_inside(image_path, root):
                 raise BadInput(f"outside dataset root: {mtl} names the texture {image!r}, which resolves to "
                                f"{os.path.realpath(image_path)}")
+            missing |= not os.path.exists(image_path)
+    return missing
 
 
 def _first_face_line_with(data: bytes, value: int) -> int:
@@ -183,26 +181,16 @@ def _merge(loaded: trimesh.Scene | trimesh.Trimesh, name: str) -> trimesh.Trimes
         return trimesh.util.concatenate([trimesh.Trimesh(g.vertices, g.faces, process=False) for g in geoms])
 
 
-def _has_missing_texture(path: str) -> bool:
-    """An .obj whose .mtl names a diffuse map that is not there (a regex scan: OBJ files can be large)."""
-    if not path.lower().endswith(".obj"):
-        return False
-    folder = os.path.dirname(path)
-    for mtl in _directives(path, rb"mtllib"):
-        mtl_path = os.path.join(folder, mtl)
-        for image in _directives(mtl_path, rb"map_Kd"):
-            if not os.path.exists(os.path.join(os.path.dirname(mtl_path), image.split()[-1])):
-                return True
-    return False
-
-
-def _directives(path: str, keyword: bytes) -> list[str]:
-    """Arguments of every ``keyword ...`` line of a text file (missing file: none)."""
+def _read_or_empty(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return []
+            return f.read()
+    except OSError:  # a missing .mtl: trimesh renders without it
+        return b""
+
+
+def _directives(data: bytes, keyword: bytes) -> list[str]:
+    """Arguments of every ``keyword ...`` line of a text file's bytes."""
     pattern = rb"^[ \t]*" + keyword + rb"[ \t]+(.+?)[ \t]*\r?$"
     return [m.decode(errors="replace") for m in re.findall(pattern, data, flags=re.M | re.I)]
 

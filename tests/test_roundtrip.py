@@ -110,3 +110,27 @@ def test_missing_store_is_a_clear_error(tmp_path):
 
     with pytest.raises(NotACacheError, match="no cache at"):
         open_cache(str(tmp_path / "nothing.zarr"))
+
+
+def test_consolidation_reads_only_the_staged_blocks_each_output_chunk_overlaps():
+    """Linear in frames: each output chunk visits the blocks it overlaps, not every block."""
+    from cache_schema.writer import _gather
+
+    class Counted:
+        def __init__(self, values):
+            self.values, self.reads = values, 0
+
+        def __getitem__(self, key):
+            self.reads += 1
+            return self.values[key]
+
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(0, 50, 2000)  # 2,000 staged blocks, some empty
+    whole = np.arange(int(sizes.sum()))
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    parts = [Counted(whole[a:b]) for a, b in zip(starts[:-1], starts[1:])]
+    step = 1000
+    out = np.concatenate([_gather(parts, starts, c0, min(c0 + step, len(whole))) for c0 in range(0, len(whole), step)])
+    np.testing.assert_array_equal(out, whole)
+    reads = sum(p.reads for p in parts)
+    assert reads <= len(parts) + len(whole) // step + 1  # each block once, plus one split per chunk edge
