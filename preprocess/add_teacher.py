@@ -13,9 +13,8 @@ import numpy as np
 
 from cache_schema import DONE, CacheWriter, objects_layout
 from cache_schema.writer import BlockWriter
-from preprocess.build_common import coordinator_teacher, worker_teacher
+from preprocess.build_common import RunOptions, build_executor, coordinator_teacher, worker_teacher
 from preprocess.build_objects import embed_block_arrays
-from preprocess.cluster import run_tasks
 from preprocess.teachers import ClipTeacher
 
 
@@ -35,9 +34,10 @@ def _embed_block(url: str, token: str, name: str, batch_size: int, block: int) -
     return n
 
 
-def add_teacher(url: str, name: str, workers: int = 0, scheduler: str | None = None, batch_size: int = 64,
-                progress: bool = True) -> str:
-    """Embed the stored views and captions of ``url`` with teacher ``name``; returns a one-line summary."""
+def add_teacher(url: str, name: str, run: RunOptions = RunOptions()) -> str:
+    """Embed the stored views and captions of ``url`` with teacher ``name`` (on the workers ``run`` says: here,
+    local, SLURM or a scheduler); returns a one-line summary."""
+    batch_size = run.batch_size
     teacher = coordinator_teacher(name, batch_size)  # CPU: the record and the class prompts
     with CacheWriter.open_existing(url) as writer:
         g = writer.group
@@ -60,9 +60,9 @@ def add_teacher(url: str, name: str, workers: int = 0, scheduler: str | None = N
         blocks = list(range(writer.num_blocks))
         tasks = [(url, writer.token, name, batch_size, b) for b in blocks]
         weights = [np.subtract(*writer.block_range(b)[::-1]) for b in blocks]
-        for _ in run_tasks(_embed_block, tasks, weights, workers=workers, scheduler=scheduler,
-                           desc=f"add {name}", unit="shape", progress=progress):
-            pass
+        with build_executor(run) as ex:
+            for _ in ex.map(_embed_block, tasks, weights, desc=f"add {name}", unit="shape"):
+                pass
         if isinstance(teacher, ClipTeacher):
             writer.write_fixed(f"teachers/{name}/class_text", teacher.encode_classes(list(attrs["label_names"])))
         fingerprint = writer.finalize()

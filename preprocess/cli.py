@@ -249,17 +249,22 @@ def add_teacher(
     teacher: Annotated[str, typer.Option(help="Teacher to add, e.g. dinov2-vitb14.")],
     workers: Workers = 0,
     scheduler: Scheduler = None,
+    cluster: Cluster = "local",
+    cluster_option: ClusterOption = None,
     batch_size: BatchSize = 64,
     progress: Progress = True,
 ) -> None:
     """Add a teacher's arrays to a finished cache from its stored renders and captions (no re-rendering)."""
     from preprocess.add_teacher import add_teacher as run_add_teacher
+    from preprocess.build_common import RunOptions
+    from preprocess.errors import EnvironmentFailure
     from preprocess.teachers import MissingWeightsError
 
+    run = RunOptions(workers=workers, scheduler=scheduler, cluster=cluster,
+                     cluster_options=tuple(cluster_option or ()), batch_size=batch_size, progress=progress)
     try:
-        summary = run_add_teacher(cache, teacher, workers=workers, scheduler=scheduler, batch_size=batch_size,
-                                  progress=progress)
-    except (CacheError, MissingWeightsError, FileNotFoundError, ValueError, KeyError) as e:
+        summary = run_add_teacher(cache, teacher, run)
+    except (CacheError, MissingWeightsError, EnvironmentFailure, FileNotFoundError, ValueError, KeyError) as e:
         _fail(e)
     typer.echo(summary)
 

@@ -218,14 +218,6 @@ def _local_cluster(workers: int):
         yield cluster
 
 
-def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple], weights: Sequence[int], *, workers: int = 0,
-              scheduler: str | None = None, desc: str = "build", unit: str = "row",
-              progress: bool = True) -> Iterator[Any]:
-    """``fn(*task)`` for every task on a cluster of its own (for jobs that need no set-up call)."""
-    with open_executor(workers, scheduler, progress=progress) as ex:
-        yield from ex.map(fn, tasks, weights, desc, unit)
-
-
 def progress_interval() -> float:
     """Seconds between bar updates: live on a terminal, every 30 s in a log file (CI, nohup)."""
     return 0.1 if sys.stderr.isatty() else 30.0

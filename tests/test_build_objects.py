@@ -125,10 +125,10 @@ def test_add_teacher_from_stored_renders_equals_a_full_build(tmp_path):
     both = build_objects(str(tmp_path / "both.zarr"), ObjectBuildConfig("demo", max_per_class=1, **SMALL), QUIET)
     url = str(tmp_path / "clip-only.zarr")
     build_objects(url, ObjectBuildConfig("demo", max_per_class=1, **{**SMALL, "teachers": ("clip-tiny",)}), QUIET)
-    message = add_teacher(url, "dinov2-tiny", progress=False)
+    message = add_teacher(url, "dinov2-tiny", RunOptions(progress=False))
     assert "added teacher 'dinov2-tiny'" in message
     assert open_cache(url).fingerprint == both.fingerprint
-    assert "already has" in add_teacher(url, "dinov2-tiny", progress=False)
+    assert "already has" in add_teacher(url, "dinov2-tiny", RunOptions(progress=False))
 
 
 def test_rows_are_written_in_a_seeded_random_order_that_depends_on_the_ids_alone():
