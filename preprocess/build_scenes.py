@@ -100,7 +100,7 @@ def _checked_frame(item: FrameItem, num_cameras: int, has_labels: bool) -> Frame
 
 def frame_pairs(frame: Frame, item: FrameItem, cfg: PairConfig) -> Pairs:
     pairs = pair_points(frame.points[:, :3], [(c.K, c.T_lidar_to_cam, c.image.shape[1::-1]) for c in frame.cameras],
-                        cfg)
+                        cfg, rings=frame.rings)
     if len(pairs) == 0:
         raise BadInput(f"no points in any camera: none of the {len(frame.points)} points of {item.id} "
                        f"projects into an image beyond {cfg.min_depth} m")

@@ -70,12 +70,15 @@ RING_GAP = np.deg2rad(0.1)   # elevations further apart than this are different 
 MAX_QUAD_FRACTION = 0.25     # quads wider or taller than this share of the image are not drawn (sensor-near)
 
 
-def lidar_quads(xyz: np.ndarray, max_range_jump: float) -> np.ndarray:
+def lidar_quads(xyz: np.ndarray, max_range_jump: float, rings: np.ndarray | None = None) -> np.ndarray:
     """(Q, 4) point indices of the surface quads of a spinning LiDAR sweep (points in the sensor frame).
 
-    Rings are found from the elevation angles (gaps above 0.1 degrees), so no ring index is needed. A quad
-    joins a point, the next azimuth on its ring, and the returns of the next ring nearest in azimuth to
-    both, when their ranges agree within ``max_range_jump`` and the azimuth steps are regular.
+    ``rings``: each point's laser index where the format stores it (nuScenes); lasers are put in order of
+    their median elevation, since laser ids need not be (Velodyne interleaves them). Without it rings are
+    found from the elevation angles (gaps above 0.1 degrees), which holds for lasers on one axis but not at
+    short range for lasers mounted centimetres apart. A quad joins a point, the next azimuth on its ring,
+    and the returns of the next ring nearest in azimuth to both, when their ranges agree within
+    ``max_range_jump`` and the azimuth steps are regular.
     """
     n = len(xyz)
     if n < 4:
@@ -83,9 +86,14 @@ def lidar_quads(xyz: np.ndarray, max_range_jump: float) -> np.ndarray:
     r = np.linalg.norm(xyz, axis=1)
     el = np.arcsin(np.clip(xyz[:, 2] / np.maximum(r, 1e-9), -1, 1))
     az = np.arctan2(xyz[:, 1], xyz[:, 0])
-    by_el = np.argsort(el, kind="stable")
-    ring = np.empty(n, np.int64)
-    ring[by_el] = np.concatenate([[0], np.cumsum(np.diff(el[by_el]) > RING_GAP)])
+    if rings is not None:
+        ids, ring = np.unique(np.asarray(rings), return_inverse=True)
+        median_el = np.array([np.median(el[ring == i]) for i in range(len(ids))])
+        ring = np.argsort(np.argsort(median_el, kind="stable"))[ring]  # rank of each laser by elevation
+    else:
+        by_el = np.argsort(el, kind="stable")
+        ring = np.empty(n, np.int64)
+        ring[by_el] = np.concatenate([[0], np.cumsum(np.diff(el[by_el]) > RING_GAP)])
     key = ring * 8.0 + (az + np.pi)  # sorted by ring, then azimuth (2 pi < 8)
     order = np.argsort(key, kind="stable")
     skey, sring, saz = key[order], ring[order], az[order]
@@ -148,10 +156,10 @@ def surface_depth(uv: np.ndarray, depth: np.ndarray, quads: np.ndarray, width: i
 
 
 def pair_points(xyz: np.ndarray, cameras: list[tuple[np.ndarray, np.ndarray, tuple[int, int]]],
-                cfg: PairConfig = PairConfig()) -> Pairs:
+                cfg: PairConfig = PairConfig(), rings: np.ndarray | None = None) -> Pairs:
     """Pairs of every camera ``(K, T_lidar_to_cam, (width, height))``, camera by camera, points in order."""
     point, camera, uvs = [], [], []
-    quads = lidar_quads(xyz[:, :3].astype(np.float64), cfg.max_range_jump) if cfg.occlusion and cfg.surface \
+    quads = lidar_quads(xyz[:, :3].astype(np.float64), cfg.max_range_jump, rings) if cfg.occlusion and cfg.surface \
         else np.zeros((0, 4), np.int64)
     for c, (K, T, (w, h)) in enumerate(cameras):
         uv, depth = project_points(xyz.astype(np.float64), K, T)

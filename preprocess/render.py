@@ -77,6 +77,7 @@ def look_at(eye: np.ndarray, target=(0.0, 0.0, 0.0), up=(0.0, 1.0, 0.0)) -> np.n
 
 def choose_gl_platform(requested: str = "auto") -> str:
     """Set ``PYOPENGL_PLATFORM`` (must happen before OpenGL is imported) and return it."""
+    load_llvm_users_first()
     if requested == "auto":
         requested = os.environ.get("PYOPENGL_PLATFORM") or _default_platform()
     if requested not in ("osmesa", "egl"):
@@ -135,6 +136,21 @@ def _probe(requested: str) -> str:
     raise EnvironmentFailure(
         f"no OpenGL renderer works on this machine ({first}: {error}). Install Debian/Ubuntu libosmesa6 for CPU "
         "rendering (make setup does), or libegl1 and an NVIDIA driver for --gl-platform egl")
+
+
+def load_llvm_users_first() -> None:
+    """Import triton (through torch's check for it) before Mesa is loaded for a context.
+
+    Mesa's llvmpipe (OSMesa, and EGL without a GPU) and triton both carry LLVM; triton's library loaded
+    after Mesa's (which ``import pyrender`` loads) segfaults at import, and transformers imports it (through
+    torch._dynamo). Loaded the other way round, both work. :func:`choose_gl_platform` calls it, and every
+    path to pyrender goes through that first.
+    """
+    try:
+        from torch.utils._triton import has_triton_package
+    except ImportError:  # no torch here: nothing to protect
+        return
+    has_triton_package()
 
 
 def _default_platform() -> str:

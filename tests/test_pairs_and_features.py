@@ -171,3 +171,28 @@ def test_occlusion_recall_on_a_nuscenes_like_street_against_rendered_depth():
     assert hidden_total > 500
     assert hidden_removed / hidden_total >= 0.80, hidden_removed / hidden_total
     assert visible_removed / visible_total <= 0.02, visible_removed / visible_total
+
+
+def test_stored_ring_indices_hold_where_elevations_cannot_tell_the_lasers_apart():
+    """Lasers mounted a few centimetres apart (as on an HDL-64E) shift each ring's elevation with range: close to
+    the sensor neighbouring rings overlap in elevation and cannot be told apart; the stored laser ids (Velodyne
+    interleaves them, so they are put in elevation order first) still give every quad."""
+    from preprocess.pairs import lidar_quads
+
+    rings, steps = np.arange(9) * 1.33 - 5.0, np.linspace(-20, 20, 41)
+    ranges = np.tile(np.linspace(2.0, 10.0, 41), (9, 1))  # a slanted wall from 2 to 10 m
+    xyz = _sweep(ranges, rings, steps).reshape(9, 41, 3)
+    xyz[..., 2] += np.array([0.03, -0.03] * 4 + [0.03])[:, None]  # alternate lasers 3 cm up and down
+    xyz = xyz.reshape(-1, 3)
+    laser_ids = np.repeat(np.array([0, 5, 1, 6, 2, 7, 3, 8, 4]), 41)  # interleaved ids, not elevation order
+    ring_of, col_of = np.arange(len(xyz)) // 41, np.arange(len(xyz)) % 41
+
+    def true_cells(quads: np.ndarray) -> int:
+        """Quads that are one cell of the laser x azimuth grid: 4 distinct returns, neighbours both ways."""
+        r, c = np.sort(ring_of[quads], axis=1), np.sort(col_of[quads], axis=1)
+        return int(((r[:, 3] - r[:, 0] == 1) & (c[:, 3] - c[:, 0] == 1)
+                    & (np.sort(quads, axis=1)[:, 1:] != np.sort(quads, axis=1)[:, :-1]).all(axis=1)).sum())
+
+    assert true_cells(lidar_quads(xyz, 0.2)) < 0.8 * 8 * 40  # inferred rings fall apart near the sensor
+    quads = lidar_quads(xyz, 0.2, rings=laser_ids)
+    assert len(quads) == true_cells(quads) == 8 * 40

@@ -58,3 +58,16 @@ def test_unit_cube_head_on_has_the_analytic_depth():
     width_px = 2 * f * half / expected  # the front face's projected width
     covered = (d[50] > 0).sum()
     assert abs(covered - width_px) <= 2, (covered, width_px)
+
+
+def test_a_process_that_rendered_can_still_load_the_teachers():
+    """Mesa (OSMesa/EGL llvmpipe) and triton both carry LLVM: triton imported after Mesa segfaults, and transformers
+    imports it through torch. Rendering first, then loading a DINOv2 teacher, must work in one process."""
+    import subprocess
+    import sys
+
+    code = ("import trimesh; from preprocess.render import Renderer, ViewConfig; "
+            "rgb, _ = Renderer(ViewConfig(num_views=1, resolution=16)).render(trimesh.creation.box()); "
+            "from preprocess.teachers import load_teacher; load_teacher('dinov2-tiny'); print('ok', rgb.std() > 0)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "ok True" in run.stdout, (run.returncode, run.stderr[-2000:])

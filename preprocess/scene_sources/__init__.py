@@ -49,6 +49,7 @@ class Frame:
     points: np.ndarray               # (N, 4) float32: x, y, z, intensity
     labels: np.ndarray | None        # (N,) uint8 or None
     cameras: list[CameraImage]
+    rings: np.ndarray | None = None  # (N,) laser index of each point, where the format stores it (nuScenes)
 
 
 @dataclass(frozen=True)

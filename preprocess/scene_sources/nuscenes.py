@@ -165,7 +165,8 @@ def load_frame(item: FrameItem) -> Frame:
     src = item.source
     if not src["calib"] or not src["ego"]:
         raise BadInput(f"missing calibration entry: LiDAR sample_data {item.id} has no calibrated_sensor/ego_pose")
-    points = read_points_bin(src["file"], columns=5, root=src.get("root"))
+    raw = read_points_bin(src["file"], columns=5, root=src.get("root"), keep=5)
+    points, rings = raw[:, :4].copy(), raw[:, 4].astype(np.int16)  # x, y, z, intensity; ring (laser) index
     labels = None
     if src["lidarseg"]:
         raw = np.fromfile(checked_path(src["lidarseg"], src.get("root")), dtype=np.uint8)
@@ -185,4 +186,4 @@ def load_frame(item: FrameItem) -> Frame:
         T = lidar_to_camera(src["calib"], src["ego"], cam["calib"], cam["ego"])
         cameras.append(CameraImage(cam["channel"], read_image(cam["file"], src.get("root")),
                                    np.asarray(cam["calib"]["camera_intrinsic"], np.float64), T))
-    return Frame(points, labels, cameras)
+    return Frame(points, labels, cameras, rings)
