@@ -107,8 +107,9 @@ def use_storage_options(options: dict[str, Any], urls: list[str]) -> list[str]:
     """
     import fsspec.config
 
+    known = set(fsspec.available_protocols())  # not tcp:// (a --scheduler address) or other non-storage URLs
     protocols = sorted({p for u in urls if "://" in u
-                        for p in [fsspec.core.split_protocol(u)[0]] if p and p not in ("file", "local")})
+                        for p in [fsspec.core.split_protocol(u)[0]] if p in known and p not in ("file", "local")})
     for proto in protocols:
         fsspec.config.conf.setdefault(proto, {}).update(options)
         merged = {**json.loads(os.environ.get(f"FSSPEC_{proto.upper()}", "{}")), **options}

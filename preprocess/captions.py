@@ -124,7 +124,8 @@ class Blip2Captioner(Captioner):
 
 
 def blip2_dtype(device):
-    """Half precision on a GPU (BLIP-2 OPT-2.7b: ~7.7 GB instead of ~15.5 GB in fp32), fp32 on the CPU."""
+    """Half precision on a GPU (BLIP-2 OPT-2.7b, 3.8 B parameters: 7.7 GB of weights instead of 15.5 GB), fp32 on
+    the CPU."""
     import torch
 
     return torch.float16 if torch.device(device).type == "cuda" else torch.float32

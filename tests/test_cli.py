@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -62,3 +63,19 @@ def test_typer_entry_points_explain_themselves(module, words):
     app = __import__(module, fromlist=["app"]).app
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0 and words in result.output
+
+
+def test_storage_options_are_taken_from_anywhere_and_applied_to_storage_urls_only(monkeypatch):
+    import fsspec.config
+
+    from cache_schema.storage import split_storage_args, use_storage_options
+
+    args, pairs = split_storage_args(["stage1", "-o", "anon=true", "--cache", "s3://b/c.zarr", "-oregion=eu",
+                                      "--storage-option=key=k", "--storage-option", "x=1"])
+    assert args == ["stage1", "--cache", "s3://b/c.zarr"] and pairs == ["anon=true", "region=eu", "key=k", "x=1"]
+    assert split_storage_args(["stage1", "--help", "-o", "a=b"])[1] == []  # --help shows the option instead
+    monkeypatch.setattr(fsspec.config, "conf", {})
+    monkeypatch.setenv("FSSPEC_S3", "{}")  # recorded, so the test leaves the environment as it found it
+    assert use_storage_options({"anon": True}, ["s3://b/c.zarr", "tcp://head:8786", "caches/local.zarr"]) == ["s3"]
+    assert fsspec.config.conf == {"s3": {"anon": True}}
+    assert json.loads(os.environ["FSSPEC_S3"]) == {"anon": True}  # for the processes it starts
