@@ -23,7 +23,7 @@ from cache_schema import open_cache
 from preprocess.teachers import load_teacher
 from train.data.objects import ObjectStream, StreamConfig
 from train.losses import MultiTeacherLoss
-from train.models.point_mae import PointMAEConfig
+from train.models.encoders import create_encoder
 from train.models.student import Student
 from train.ops import farthest_point_sample
 
@@ -39,7 +39,7 @@ def _epochs(stream: ObjectStream, batch: int):
 def run(url: str, steps: int, batch: int, model_name: str, online: bool) -> dict:
     cache = open_cache(url)
     stream = ObjectStream(url, StreamConfig())
-    model = Student(PointMAEConfig.preset(model_name), stream.head_dims)
+    model = Student(create_encoder(model_name), stream.head_dims)
     loss_fn = MultiTeacherLoss({t: 1.0 for t in stream.terms})
     head_of = {term: t for term, (t, _) in stream.terms.items()}
     opt = torch.optim.AdamW(list(model.parameters()) + list(loss_fn.parameters()), lr=1e-4)

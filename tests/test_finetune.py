@@ -136,10 +136,10 @@ def test_exported_encoder_loads_without_pickle_and_computes_the_same(full_run, t
     with torch.inference_mode():
         tokens, feature = encoder(points)
         _, expected = model.encoder(points)
-    assert tokens.shape == (2, 16, encoder.config.trans_dim) and feature.shape == (2, 2 * encoder.config.trans_dim)
+    assert tokens.shape == (2, 16, encoder.token_dim) and feature.shape == (2, 2 * encoder.token_dim)
     assert torch.equal(feature, expected)
-    config, weights = encoder_state(path)
-    assert config == model.encoder.config
+    record, weights, _ = encoder_state(path)
+    assert record == model.encoder.describe() and record["name"] == "point-mae"
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"not a tensor file at all")
     with pytest.raises(CheckpointError, match="not a safetensors file"):

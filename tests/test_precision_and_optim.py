@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from train.losses import MultiTeacherLoss
 from train.models.fusion import mean_pair_features
 from train.models.lidar_backbone import TokenMixing
-from train.models.point_mae import PointMAEConfig
+from train.models.encoders.point_mae import PointMAEConfig, PointMAEEncoder
 from train.models.student import Student
 from train.ops import knn
 from train.ops.reference import knn_naive
@@ -27,7 +27,7 @@ SMALL = PointMAEConfig(trans_dim=32, depth=2, num_heads=2, num_group=16, group_s
 
 def _objective() -> Stage1Objective:
     torch.manual_seed(0)
-    return Stage1Objective(Student(SMALL, {"t": 16}), MultiTeacherLoss({"t/text": 1.0, "t/image": 1.0}),
+    return Stage1Objective(Student(PointMAEEncoder(SMALL), {"t": 16}), MultiTeacherLoss({"t/text": 1.0, "t/image": 1.0}),
                            {"t/text": "t", "t/image": "t"})
 
 
@@ -81,7 +81,7 @@ def test_no_weight_decay_on_biases_norms_tokens_positions_and_temperatures():
     assert "student.encoder.pos_embed.0.weight" in decayed  # a Linear weight of the position MLP, as Point-MAE
     assert all(p.ndim >= 2 for n, p in objective.named_parameters() if n in decayed)
     assert decayed | kept == {n for n, _ in objective.named_parameters()} and not decayed & kept
-    assert not decays("local_decoder.mask_token", torch.zeros(1, 1, 4))
+    assert not decays("mask_token", torch.zeros(1, 1, 4), {"mask_token"}) and decays("w", torch.zeros(1, 1, 4))
 
 
 def test_temperature_is_bounded_after_the_step_and_keeps_its_gradient_at_the_bound():

@@ -15,7 +15,7 @@ from train.cli import app
 from train.downstream.segment import SegmentConfig, evaluate_partseg, load_segmenter, train_segment
 from train.metrics import part_iou_scores
 from train.models.part_segmentation import PartSegmentation, restrict_to_class
-from train.models.point_mae import PointMAEConfig, PointMAEEncoder
+from train.models import create_encoder
 from train.ops import three_nn_interpolate
 
 SMALL = dict(num_points=256, num_group=16, group_size=16, batch_size=8, workers=0, warmup_epochs=1, log_every=5,
@@ -69,7 +69,7 @@ def test_a_short_run_on_demo_parts_clearly_beats_the_untrained_model(seg_run, sm
     cache = open_cache(small_demo_cache)
     assert cache.has_part_labels and len(cache.part_names) == 31
     torch.manual_seed(0)
-    untrained = PartSegmentation(PointMAEEncoder(PointMAEConfig.preset("tiny", num_group=16, group_size=16)),
+    untrained = PartSegmentation(create_encoder("point-mae-tiny", num_group=16, group_size=16),
                                  len(cache.label_names), len(cache.part_names))
     before = evaluate_partseg(untrained, cache, "test", 256)
     model, state = load_segmenter(os.path.join(out, "best.pt"))

@@ -36,10 +36,10 @@ def test_info_nce_equals_the_formula_by_hand():
 
 
 def test_gradients_reach_every_head_and_temperature():
-    from train.models.point_mae import PointMAEConfig
+    from train.models import create_encoder
     from train.models.student import Student
 
-    model = Student(PointMAEConfig.preset("tiny", depth=1, num_group=8, group_size=8), {"clip": 16, "dino": 12})
+    model = Student(create_encoder("point-mae-tiny", depth=1, num_group=8, group_size=8), {"clip": 16, "dino": 12})
     loss = MultiTeacherLoss({"clip/text": 1.0, "clip/image": 0.5, "dino/image": 1.0})
     out = model(torch.randn(4, 64, 3))
     targets = {"clip/text": torch.randn(4, 16), "clip/image": torch.randn(4, 16), "dino/image": torch.randn(4, 12)}

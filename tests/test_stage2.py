@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from train.models.masked_distillation import (MaskedDistillation, MaskedDistillationConfig, random_mask,
                                               split_visible_masked)
-from train.models.point_mae import PointMAEConfig
+from train.models.encoders.point_mae import PointMAEConfig, PointMAEEncoder, PointMAEPatches
 from train.models.student import Student
 from train.ops.reference import chamfer_naive
 
@@ -25,14 +25,14 @@ SMALL = PointMAEConfig(trans_dim=32, depth=1, num_heads=2, num_group=8, group_si
 
 def _setup(**cfg):
     torch.manual_seed(0)
-    student = Student(SMALL, {"t": 8})
+    student = Student(PointMAEEncoder(SMALL), {"t": 8})
     model = MaskedDistillation(student, MaskedDistillationConfig(**cfg), token_dim=16, global_dim=64).eval()
     points = torch.randn(2, 64, 3)
-    neighborhood, center = student.encoder.group(points)
+    patches = student.encoder.tokenize(points)
     teacher_tokens = torch.randn(2, 8, 16)   # every token its own random feature: a mix-up cannot match
     teacher_global = torch.randn(2, 64)
     mask = torch.tensor([[1, 0, 1, 1, 0, 1, 0, 1], [0, 1, 1, 0, 1, 1, 1, 0]], dtype=torch.bool)  # 5 of 8
-    return model, neighborhood, center, teacher_tokens, teacher_global, mask
+    return model, patches, patches.centers, teacher_tokens, teacher_global, mask
 
 
 def _capture(module):
@@ -42,10 +42,10 @@ def _capture(module):
 
 
 def test_the_jigsaw_shuffles_content_while_positions_and_targets_stay_in_token_order():
-    model, nb, center, tt, tg, mask = _setup()
+    model, patches, center, tt, tg, mask = _setup()
     perm = torch.stack([torch.randperm(8, generator=torch.Generator().manual_seed(s)) for s in (1, 2)])
     seen = _capture(model.local_decoder)
-    out = model(nb, center, tt, tg, mask=mask, perm=perm, details=True)
+    out = model(patches, tt, tg, mask=mask, perm=perm, details=True)
     ids = out["token_ids"]
     np.testing.assert_array_equal(ids.numpy(), split_visible_masked(mask).numpy())  # slots keep token order
     for b in range(2):
@@ -68,11 +68,11 @@ def test_the_jigsaw_shuffles_content_while_positions_and_targets_stay_in_token_o
 
 
 def test_shuffling_tokens_with_positions_and_targets_is_a_no_op_but_the_jigsaw_is_not():
-    model, nb, center, tt, tg, mask = _setup(use_global=False)
+    model, patches, center, tt, tg, mask = _setup(use_global=False)
     model.requires_grad_(False)
     perm = torch.stack([torch.randperm(8, generator=torch.Generator().manual_seed(s)) for s in (3, 4)])
     identity = torch.arange(8).expand(2, 8)
-    plain = model(nb, center, tt, tg, mask=mask, perm=identity, details=True)
+    plain = model(patches, tt, tg, mask=mask, perm=identity, details=True)
     x, ids = plain["decoder_input"], plain["token_ids"]
 
     def loss_of(content, slot_ids):  # the local term for given decoder content and per-slot token ids
@@ -86,38 +86,38 @@ def test_shuffling_tokens_with_positions_and_targets_is_a_no_op_but_the_jigsaw_i
     together = loss_of(x.gather(1, perm[..., None].expand_as(x)), ids.gather(1, perm))
     assert abs(float(together - plain["local"])) < 1e-6
     # the jigsaw: only the content moves -> a different loss
-    jigsaw = model(nb, center, tt, tg, mask=mask, perm=perm)["local"]
+    jigsaw = model(patches, tt, tg, mask=mask, perm=perm)["local"]
     torch.testing.assert_close(jigsaw, loss_of(x.gather(1, perm[..., None].expand_as(x)), ids))
     assert abs(float(jigsaw - plain["local"])) > 1e-3
     # and so does --no-shuffle against shuffling: the ablation measures something
     off = MaskedDistillation(model.student, MaskedDistillationConfig(shuffle=False, use_global=False), 16, 64).eval()
     off.load_state_dict(model.state_dict())
-    torch.testing.assert_close(off(nb, center, tt, tg, mask=mask)["local"], plain["local"])
+    torch.testing.assert_close(off(patches, tt, tg, mask=mask)["local"], plain["local"])
 
 
 def test_without_shuffling_the_order_is_visible_then_masked():
-    model, nb, center, tt, tg, mask = _setup(shuffle=False)
-    out = model(nb, center, tt, tg, mask=mask, details=True)
+    model, patches, center, tt, tg, mask = _setup(shuffle=False)
+    out = model(patches, tt, tg, mask=mask, details=True)
     expected = torch.stack([torch.cat([torch.nonzero(~m).flatten(), torch.nonzero(m).flatten()]) for m in mask])
     np.testing.assert_array_equal(out["token_ids"].numpy(), expected.numpy())
 
 
 def test_the_global_decoder_sees_only_visible_tokens_without_positions():
-    model, nb, center, tt, tg, mask = _setup()
+    model, patches, center, tt, tg, mask = _setup()
     seen = _capture(model.global_decoder)
-    out = model(nb, center, tt, tg, mask=mask, details=True)
+    out = model(patches, tt, tg, mask=mask, details=True)
     assert seen["x"].shape == (2, 1 + 3, 32)                    # the cls token and 3 visible of 8 patches
     torch.testing.assert_close(seen["x"], out["global_input"])
     assert torch.count_nonzero(seen["pos"]) == 0
     # cls and tokens are what the encoder gives for the visible patches alone
-    vis, vis_global = model.student.encoder.forward_groups(nb, center, visible=~mask)
-    torch.testing.assert_close(seen["x"][:, 1:], vis)
-    torch.testing.assert_close(seen["x"][:, 0], vis_global[:, :32])
+    encoded = model.student.encoder.encode(patches, visible=~mask)
+    torch.testing.assert_close(seen["x"][:, 1:], encoded.tokens)
+    torch.testing.assert_close(seen["x"][:, 0], encoded.cls)
     # so moving the masked patches' points changes nothing the global decoder sees
-    moved = nb.clone()
+    moved = patches.neighborhood.clone()
     moved[mask] += torch.randn_like(moved[mask])
     seen_before = seen["x"]
-    model(moved, center, tt, tg, mask=mask)
+    model(PointMAEPatches(center, moved), tt, tg, mask=mask)
     torch.testing.assert_close(seen["x"], seen_before)
 
 
@@ -130,8 +130,9 @@ def test_mask_ratio_is_respected():
 
 
 def test_points_target_reconstructs_the_masked_patches():
-    model, nb, center, tt, tg, mask = _setup(target="points", use_global=False)
-    out = model(nb, center, None, None, mask=mask, details=True)
+    model, patches, center, tt, tg, mask = _setup(target="points", use_global=False)
+    nb = patches.neighborhood
+    out = model(patches, None, None, mask=mask, details=True)
     assert {"points", "total"} <= set(out) and "local" not in out and "global" not in out
     # the loss is the Chamfer distance of each masked patch's prediction to that patch's own points
     pred, truth = out["points_prediction"], nb[mask]                  # (B*Gm, K, 3) each, in the same order
@@ -140,7 +141,7 @@ def test_points_target_reconstructs_the_masked_patches():
     # the encoder never sees the masked points, so moving them moves only the target, and the loss with it
     moved = nb.clone()
     moved[mask] += 0.5
-    out_moved = model(moved, center, None, None, mask=mask, details=True)
+    out_moved = model(PointMAEPatches(center, moved), None, None, mask=mask, details=True)
     torch.testing.assert_close(out_moved["points_prediction"], pred)
     assert not torch.allclose(out_moved["points"], out["points"])
     out["total"].backward()
@@ -207,8 +208,8 @@ def test_exported_teacher_features_equal_on_the_fly_ones(small_demo_cache, stage
     stream = ObjectStream(url, task.stream_config())
     stream.set_position(0, 0, 8)
     batch = next(iter(DataLoader(stream, batch_size=None)))
-    nb, center = task.teacher.encoder.group(batch["points"])
-    tokens, glob = task.teacher(nb, center)
+    taught = task.teacher(task.teacher.encoder.tokenize(batch["points"]))
+    tokens, glob = taught.tokens, taught.global_feature
     torch.testing.assert_close(batch[f"{task.teacher_name}/tokens"], tokens, atol=2e-2, rtol=1e-2)  # float16 store
     torch.testing.assert_close(batch[f"{task.teacher_name}/global"], glob, atol=2e-2, rtol=1e-2)
     assert "already has" in export_teacher(stage1_ckpt, url, num_points=128, progress=False)

@@ -56,16 +56,36 @@ STAGE_NAMES = {"stage1": "a `train stage1`", "stage2": "a `train stage2`", "fusi
                "finetune": "a `train finetune`", "segment": "a `train segment`"}
 
 
+def encoder_record(state: dict) -> dict:
+    """``{"name": family, "config": {...}}`` of the encoder a checkpoint holds. Checkpoints written before the
+    encoder registry stored only ``model_config``: they are Point-MAE's."""
+    if isinstance(state.get("encoder"), dict) and "name" in state["encoder"]:
+        return state["encoder"]
+    return {"name": "point-mae", "config": state["model_config"]}
+
+
+ENCODER_STAGES = ("stage1", "stage2", "finetune", "segment")  # checkpoints whose model holds an ``encoder``
+
+
 def load(path: str, stage: str | tuple[str, ...] | None = None) -> dict:
     """A checkpoint's contents; ``stage`` (one kind or several) refuses any other kind with a one-line message."""
+    return check_stage(read(path), path, stage)
+
+
+def read(path: str):
+    """What a ``torch.save`` file holds, read with ``weights_only=True`` (nothing in it runs); one-line errors."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for what is not a checkpoint
         # torch's own text advises weights_only=False, which would run whatever the file holds: not repeated
         raise CheckpointError(f"{path} is not a readable checkpoint of this tool ({type(e).__name__}: damaged, "
                               "truncated or another kind of file)") from None
+
+
+def check_stage(state, path: str, stage: str | tuple[str, ...] | None = None) -> dict:
+    """``state`` if it is a checkpoint of this tool of kind ``stage``; a one-line error otherwise."""
     if not isinstance(state, dict) or "stage" not in state:
         raise CheckpointError(f"{path} is not a checkpoint of this tool (no 'stage' record)")
     wanted = (stage,) if isinstance(stage, str) else stage

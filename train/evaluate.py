@@ -15,17 +15,22 @@ from sklearn.svm import LinearSVC
 from cache_schema import DONE, open_cache
 from train import checkpoint
 from train.data.objects import head_dims
-from train.models.point_mae import PointMAEConfig
+from train.encoder_io import build_from
+from train.models.encoders import create_encoder, encoder_from_record
 from train.models.student import Student
 
 
-def load_student(ckpt: str, cache, preset: str = "tiny", seed: int = 0) -> Student:
-    """A trained student from a checkpoint, or ``"random"``: an untrained one with heads for the cache."""
+def load_student(ckpt: str, cache, preset: str = "point-mae-tiny", seed: int = 0) -> Student:
+    """A trained student from a stage-1 / stage-2 checkpoint; any other encoder file (a fine-tuned or exported
+    encoder, a released checkpoint) without heads; or ``"random"``: an untrained one with heads for the cache."""
     if ckpt == "random":
         torch.manual_seed(seed)
-        return Student(PointMAEConfig.preset(preset), head_dims(cache)).eval()
-    state = checkpoint.load(ckpt, stage=("stage1", "stage2"))  # another cache (e.g. ModelNet40) is allowed
-    model = Student(PointMAEConfig(**state["model_config"]), state["heads"])
+        return Student(create_encoder(preset), head_dims(cache)).eval()
+    try:
+        state = checkpoint.load(ckpt, stage=("stage1", "stage2"))  # another cache (e.g. ModelNet40) is allowed
+    except checkpoint.CheckpointError:
+        return Student(build_from(ckpt)[0], {}).eval()  # features only: linear probe and few-shot SVM
+    model = Student(encoder_from_record(checkpoint.encoder_record(state)), state["heads"])
     model.load_state_dict(state["model"])
     return model.eval()
 

@@ -30,10 +30,10 @@ def export_teacher(ckpt: str, url: str, num_points: int = 1024, batch_size: int 
         raise ValueError(f"{url} is a {cache.kind} cache; export-teacher works on objects caches")
     if name in cache.teachers:
         return f"{url} already has teacher {name!r}; nothing to do."
-    c, g = encoder.config.trans_dim, encoder.config.num_group
-    record = TeacherRecord(name, "teacher-cache", "point-mae stage-1", "none", "sha256:" + name[7:], c,
+    c, g, d = encoder.token_dim, encoder.num_tokens, encoder.global_dim
+    record = TeacherRecord(name, "teacher-cache", f"{encoder.family} stage-1", "none", "sha256:" + name[7:], c,
                            ("tokens", "global"), normalized=False, pretrained=False,
-                           extra={"num_tokens": g, "global_dim": 2 * c, "num_points": num_points, "ckpt": ckpt,
+                           extra={"num_tokens": g, "global_dim": d, "num_points": num_points, "ckpt": ckpt,
                                   "input": f"first {num_points} stored points, no augmentation"})
     specs = objects_layout(cache.num_rows, 1, 1, 1, {name: record}).arrays
     status, points = cache.status, cache.array("points")
@@ -43,7 +43,7 @@ def export_teacher(ckpt: str, url: str, num_points: int = 1024, batch_size: int 
         for block in tqdm(range(writer.num_blocks), desc=f"export {name}", unit="block", disable=not progress):
             start, stop = writer.block_range(block)
             tokens = np.zeros((stop - start, g, c), np.float32)
-            glob = np.zeros((stop - start, 2 * c), np.float32)
+            glob = np.zeros((stop - start, d), np.float32)
             ok = np.flatnonzero(status[start:stop] == DONE)
             block_points = points[start:stop, :num_points]                 # one read per block
             for s in range(0, len(ok), batch_size):
@@ -52,4 +52,4 @@ def export_teacher(ckpt: str, url: str, num_points: int = 1024, batch_size: int 
                 tokens[rows], glob[rows] = t.numpy(), gl.numpy()
             writer.write_arrays(block, {f"teachers/{name}/tokens": tokens, f"teachers/{name}/global": glob})
         fingerprint = writer.finalize()
-    return f"exported {name} (tokens {g}x{c}, global {2 * c}) of {ckpt} into {url}; fingerprint {fingerprint}"
+    return f"exported {name} (tokens {g}x{c}, global {d}) of {ckpt} into {url}; fingerprint {fingerprint}"

@@ -42,7 +42,7 @@ class LoopConfig:
 
     cache: str
     out: str
-    model: str = "tiny"
+    model: str = "point-mae-tiny"  # a registered encoder (train.models.list_encoders())
     steps: int = 300
     batch_size: int = 32
     lr: float = 1e-3

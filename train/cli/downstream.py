@@ -9,6 +9,7 @@ import typer
 
 from cache_schema.errors import CacheError
 from train.cli.options import (
+    ENCODERS_HELP,
     Out,
     Overwrite,
     Precision,
@@ -26,7 +27,7 @@ from train.cli.options import (
 
 Init = Annotated[str, typer.Option(help="Encoder to start from: a stage-1 / stage-2 / finetune checkpoint, an exported "
                                         ".safetensors, or random.")]
-ModelPreset = Annotated[str, typer.Option(help="Point-MAE preset with --init random: tiny or base.")]
+ModelPreset = Annotated[str, typer.Option("--model", help=f"Encoder with --init random: {ENCODERS_HELP}.")]
 
 
 def finetune(
@@ -36,7 +37,7 @@ def finetune(
     init: Init = "random",
     protocol: Annotated[str, typer.Option(help="full (encoder + MLP-3 head trained), mlp3 (encoder frozen, MLP-3 "
                                                "head) or linear (encoder frozen, one linear layer).")] = "full",
-    model: ModelPreset = "tiny",
+    model: ModelPreset = "point-mae-tiny",
     recipe: Annotated[str, typer.Option(help="auto (from the cache), modelnet40 or scanobjectnn: the defaults of "
                                              "every option below left unset.")] = "auto",
     epochs: Annotated[Optional[int], typer.Option(help="Epochs [recipe: 300].")] = None,
@@ -83,17 +84,25 @@ def finetune(
 
 
 def export_encoder(
-    ckpt: Annotated[str, typer.Argument(help="A stage-1, stage-2 or finetune checkpoint.")],
-    out: Annotated[str, typer.Option(help="The .safetensors file to write.")],
+    ckpt: Annotated[str, typer.Argument(help="A stage-1, stage-2, finetune or segment checkpoint, an exported "
+                                              "encoder, or a released Point-MAE / Point-M2AE checkpoint.")],
+    out: Annotated[str, typer.Option(help="The file to write: .safetensors, or .pth with --format point-mae / "
+                                          "point-m2ae.")],
+    fmt: Annotated[str, typer.Option("--format", help="safetensors (this tool: nothing pickled, load with `from "
+                                                      "train import load_encoder`), or the encoder's family "
+                                                      "(point-mae, point-m2ae): {'base_model': state} in the "
+                                                      "official names + OUT.yaml with the official config's model: "
+                                                      "section, for the official fine-tuning code.")]
+    = "safetensors",
 ) -> None:
-    """Write the encoder alone with its config (safetensors, nothing pickled); load it with
-    `from train import load_encoder`."""
+    """Write the encoder alone: for this tool (safetensors) or for the official repositories (.pth + .yaml)."""
     from train.encoder_io import export_encoder as run_export
 
-    if not out.endswith(".safetensors"):
-        fail(ValueError(f"--out must end in .safetensors, got {out!r}"))
+    wanted = ".safetensors" if fmt == "safetensors" else ".pth"
+    if not out.endswith(wanted):
+        fail(ValueError(f"--out must end in {wanted} with --format {fmt}, got {out!r}"))
     try:
-        typer.echo(json.dumps(run_export(ckpt, out)))
+        typer.echo(json.dumps(run_export(ckpt, out, fmt)))
     except (CacheError, FileNotFoundError, ValueError) as e:
         fail(e)
 
@@ -106,7 +115,7 @@ def fewshot(
     folds: Annotated[int, typer.Option(help="Folds, each fine-tuned from --init.")] = 10,
     queries: Annotated[int, typer.Option(help="Test objects per class and fold.")] = 20,
     init: Init = "random",
-    model: ModelPreset = "tiny",
+    model: ModelPreset = "point-mae-tiny",
     epochs: Annotated[Optional[int], typer.Option(help="Epochs per fold [Point-MAE's few-shot config: 150].")]
     = None,
     warmup_epochs: Annotated[Optional[int], typer.Option(help="[10]")] = None,
@@ -142,7 +151,7 @@ def segment(
     out: Out,
     cache: RunCache = None,
     init: Init = "random",
-    model: ModelPreset = "tiny",
+    model: ModelPreset = "point-mae-tiny",
     train_split: Annotated[Optional[str], typer.Option(help="[trainval when the cache has it, else train]")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs [Point-MAE: 300].")] = None,
     warmup_epochs: Annotated[Optional[int], typer.Option(help="[10]")] = None,

@@ -47,21 +47,21 @@ def _evaluate(what: str, cache: str, ckpt: str, model: str, as_json: bool, **kwa
 
 
 @app.command("zeroshot")
-def eval_zeroshot(cache: Cache, ckpt: Ckpt, split: str = "test", model: Preset = "tiny",
+def eval_zeroshot(cache: Cache, ckpt: Ckpt, split: str = "test", model: Preset = "point-mae-tiny",
                   num_points: Points = 1024, json_out: Json = False) -> None:
     """Zero-shot classification through the text-teacher head: top-1 / top-5 against class prompts."""
     _evaluate("zeroshot", cache, ckpt, model, json_out, split=split, num_points=num_points)
 
 
 @app.command("linear")
-def eval_linear(cache: Cache, ckpt: Ckpt, model: Preset = "tiny", num_points: Points = 1024,
+def eval_linear(cache: Cache, ckpt: Ckpt, model: Preset = "point-mae-tiny", num_points: Points = 1024,
                 c: Annotated[float, typer.Option(help="SVM regularisation C.")] = 1.0, json_out: Json = False) -> None:
     """Linear probe: a linear SVM on frozen global features (train split), accuracy on the test split."""
     _evaluate("linear_probe", cache, ckpt, model, json_out, num_points=num_points, c=c)
 
 
 @app.command("svm-fewshot")
-def eval_svm_fewshot(cache: Cache, ckpt: Ckpt, model: Preset = "tiny", n_way: int = 5, m_shot: int = 10,
+def eval_svm_fewshot(cache: Cache, ckpt: Ckpt, model: Preset = "point-mae-tiny", n_way: int = 5, m_shot: int = 10,
                  draws: int = 10, num_points: Points = 1024, json_out: Json = False) -> None:
     """n-way m-shot linear SVMs on frozen features over random draws (not the fine-tuning protocol of the papers'
     few-shot tables: that is `train fewshot`)."""

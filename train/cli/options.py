@@ -12,7 +12,10 @@ from cache_schema.errors import CacheError
 
 Cache = Annotated[str, typer.Option(help="Cache path or fsspec URL.")]
 Ckpt = Annotated[str, typer.Option(help="Checkpoint (.pt), or 'random' for an untrained encoder.")]
-Preset = Annotated[str, typer.Option(help="Model preset for --ckpt random (tiny or base).")]
+ENCODERS_HELP = ("point-mae-tiny (CPU), point-mae (the official 12 x 384), point-m2ae-tiny (CPU) or point-m2ae (the "
+                 "official multi-scale encoder, the paper's best rows); tiny and base are point-mae-tiny and point-mae")
+Model = Annotated[str, typer.Option("--model", help=f"Encoder of a new model: {ENCODERS_HELP}.")]
+Preset = Annotated[str, typer.Option("--model", help=f"Encoder for --ckpt random: {ENCODERS_HELP}.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 Points = Annotated[int, typer.Option(help="Points per shape fed to the encoder.")]
 Out = Annotated[str, typer.Option(help="Run directory (checkpoints, metrics.csv, tensorboard/, config.json).")]

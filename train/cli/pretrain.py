@@ -8,6 +8,7 @@ import typer
 
 from cache_schema.errors import CacheError
 from train.cli.options import (
+    Model,
     BatchSize,
     Cache,
     CkptEvery,
@@ -37,7 +38,7 @@ def stage1(
     ctx: typer.Context,
     out: Out,
     cache: RunCache = None,
-    model: Annotated[str, typer.Option(help="Point-MAE preset: tiny (CPU) or base (12 x 384, the paper's).")] = "tiny",
+    model: Model = "point-mae-tiny",
     steps: Steps = 300,
     batch_size: BatchSize = 32,
     lr: Lr = 1e-3,
@@ -90,7 +91,9 @@ def stage2(
     num_points: Points = 1024,
     workers: Workers = 2,
     seed: int = 0,
-    mask_ratio: Annotated[float, typer.Option(help="Share of patches hidden from the encoder.")] = 0.6,
+    mask_ratio: Annotated[Optional[float], typer.Option(
+        help="Share of the encoder's output tokens hidden from it. Default: the encoder family's own (Point-MAE "
+             "0.6 of its patches; Point-M2AE 0.8 of its coarsest scale).")] = None,
     shuffle: Annotated[bool, typer.Option("--shuffle/--no-shuffle", help="Token shuffling before the local decoder.")]
     = True,
     local: Annotated[bool, typer.Option("--local/--no-local", help="Local (per-token) distillation, eq. 4.")] = True,

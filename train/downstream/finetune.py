@@ -28,16 +28,16 @@ from train.downstream.classify import evaluate_classifier
 from train.downstream.recipe import EpochTask, RecipeConfig, build_encoder
 from train.loop import run
 from train.models.classifier import PROTOCOLS, PointClassifier
-from train.models.point_mae import PointMAEConfig, PointMAEEncoder
+from train.models.encoders import encoder_from_record
 
 __all__ = ["RECIPES", "FinetuneConfig", "FinetuneTask", "build_encoder", "load_classifier", "train_finetune"]
 
 RECIPES = {
     "modelnet40": dict(epochs=300, warmup_epochs=10, batch_size=32, lr=5e-4, weight_decay=0.05, grad_clip=10.0,
-                       num_points=1024, num_group=64, group_size=32, augmentation="scale-translate",
+                       num_points=1024, augmentation="scale-translate",
                        label_smoothing=0.2, drop_path_rate=0.1),
     "scanobjectnn": dict(epochs=300, warmup_epochs=10, batch_size=32, lr=5e-4, weight_decay=0.05, grad_clip=10.0,
-                         num_points=2048, num_group=128, group_size=32, augmentation="rotate",
+                         num_points=2048, augmentation="rotate",
                          label_smoothing=0.2, drop_path_rate=0.1),
 }
 
@@ -63,7 +63,7 @@ class FinetuneConfig(RecipeConfig):
             recipe = recipe_for(open_cache(self.cache))
         if recipe not in RECIPES:
             raise ValueError(f"--recipe is auto or one of {', '.join(RECIPES)}, got {self.recipe!r}")
-        cfg = self.filled(RECIPES[recipe], recipe=recipe)
+        cfg = self.filled(RECIPES[recipe], recipe, recipe=recipe)
         if cfg.protocol not in PROTOCOLS:
             raise ValueError(f"--protocol is one of {', '.join(PROTOCOLS)}, got {cfg.protocol!r}")
         if not 0 <= cfg.label_smoothing < 1:
@@ -92,7 +92,8 @@ class FinetuneTask(EpochTask):
     def build(self, stream, device, rank, world):
         cache = open_cache(self.cfg.cache)
         self.label_names = cache.label_names
-        self.model = PointClassifier(build_encoder(self.cfg), len(self.label_names), self.cfg.protocol).to(device)
+        encoder = build_encoder(self.cfg, self.cfg.recipe)
+        self.model = PointClassifier(encoder, len(self.label_names), self.cfg.protocol).to(device)
         return self.model
 
     def losses(self, ddp, batch, device, autocast) -> dict[str, torch.Tensor]:
@@ -109,7 +110,7 @@ class FinetuneTask(EpochTask):
         return {"train_accuracy": acc}
 
     def state(self) -> dict:
-        return {"model": self.model.state_dict(), "model_config": self.model.encoder.config.to_dict(),
+        return {"model": self.model.state_dict(), "encoder": self.model.encoder.describe(),
                 "protocol": self.cfg.protocol, "label_names": list(self.label_names),
                 "num_points": self.cfg.num_points}
 
@@ -117,7 +118,7 @@ class FinetuneTask(EpochTask):
         self.model.load_state_dict(state["model"])
 
     def describe(self) -> dict:
-        return {"model": self.model.encoder.config.to_dict(), "protocol": self.cfg.protocol,
+        return {"encoder": self.model.encoder.describe(), "protocol": self.cfg.protocol,
                 "recipe": self.cfg.recipe, "init": self.cfg.init}
 
     def validate(self, url: str, split: str) -> dict[str, float]:
@@ -129,7 +130,7 @@ class FinetuneTask(EpochTask):
 def load_classifier(ckpt: str) -> tuple[PointClassifier, dict]:
     """A fine-tuned classifier (eval mode) and its checkpoint record."""
     state = checkpoint.load(ckpt, stage="finetune")
-    encoder = PointMAEEncoder(PointMAEConfig(**state["model_config"]))
+    encoder = encoder_from_record(checkpoint.encoder_record(state))
     model = PointClassifier(encoder, len(state["label_names"]), state["protocol"])
     model.load_state_dict(state["model"])
     return model.eval(), state

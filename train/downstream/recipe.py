@@ -8,20 +8,20 @@ from dataclasses import dataclass
 
 from train.data.augment import AUGMENTATIONS
 from train.data.objects import SAMPLINGS
-from train.encoder_io import encoder_state
+from train.encoder_io import encoder_state, start_from
 from train.loop import LoopConfig, Task
-from train.models.point_mae import PointMAEConfig, PointMAEEncoder
+from train.models.encoders import FAMILIES, PointEncoder, create_encoder, encoder_config
 
 
 @dataclass
 class RecipeConfig(LoopConfig):
     """A downstream run; ``None`` settings come from the task's recipe (:meth:`filled`)."""
 
-    init: str = "random"  # a stage-1 / stage-2 / downstream checkpoint, an exported encoder, or "random"
+    init: str = "random"  # a checkpoint of this tool, an exported encoder, a released one, or "random"
     epochs: int | None = None
     warmup_epochs: int | None = None
     augmentation: str | None = None
-    num_group: int | None = None  # unset after the recipe: the preset's or the checkpoint's
+    num_group: int | None = None  # unset: the family's recipe, else the preset's or the checkpoint's
     group_size: int | None = None
     drop_path_rate: float | None = None
     # the loop's settings the recipe decides unless given
@@ -34,8 +34,17 @@ class RecipeConfig(LoopConfig):
     val_split: str | None = "test"  # the published protocols validate on test every epoch
     samplings = SAMPLINGS  # every way the stream samples (fps too: part labels follow their points)
 
-    def filled(self, settings: dict, **changes):
-        """A copy with every ``None`` setting from the recipe's ``settings`` (and ``changes``), checked."""
+    def family(self) -> type[PointEncoder]:
+        """The encoder family the run starts from: ``--model`` with ``--init random``, else the init file's."""
+        if self.init == "random":
+            return encoder_config(self.model)[0]
+        return FAMILIES[encoder_state(self.init)[0]["name"]]
+
+    def filled(self, settings: dict, family_recipe: str, **changes):
+        """A copy with every ``None`` setting from the recipe's ``settings``, the encoder family's own recipe
+        ``family_recipe`` on top (e.g. Point-M2AE's label smoothing), and ``changes``; checked."""
+        own = {k: v for k, v in self.family().recipes.get(family_recipe, {}).items() if k != "encoder"}
+        settings = {**settings, **own}
         cfg = dataclasses.replace(self, **changes, **{k: v for k, v in settings.items() if getattr(self, k) is None})
         if cfg.augmentation not in AUGMENTATIONS:
             raise ValueError(f"--augmentation is one of {', '.join(AUGMENTATIONS)}, got {cfg.augmentation!r}")
@@ -57,13 +66,12 @@ class EpochTask(Task):
         return self.cfg
 
 
-def build_encoder(cfg: RecipeConfig) -> PointMAEEncoder:
-    """The encoder to start from: pre-trained weights (any grouping: no weight depends on it) or a random one."""
-    grouping = {k: getattr(cfg, k) for k in ("num_group", "group_size", "drop_path_rate")
-                if getattr(cfg, k) is not None}
+def build_encoder(cfg: RecipeConfig, recipe: str | None = None) -> PointEncoder:
+    """The encoder to start from: pre-trained weights or a random one, with the settings no weight depends on
+    (grouping, pooling, drop path) from the family's ``recipe`` and then the run's options. What the init file
+    lacks (a fresh cls token) or holds besides the encoder (a head, a decoder) is printed, once."""
+    overrides = {k: getattr(cfg, k) for k in ("num_group", "group_size", "drop_path_rate")
+                 if getattr(cfg, k) is not None}
     if cfg.init == "random":
-        return PointMAEEncoder(PointMAEConfig.preset(cfg.model, **grouping))
-    config, weights = encoder_state(cfg.init)
-    encoder = PointMAEEncoder(dataclasses.replace(config, **grouping))
-    encoder.load_state_dict(weights)
-    return encoder
+        return create_encoder(cfg.model, recipe, **overrides)
+    return start_from(cfg.init, "--init", recipe, **overrides)

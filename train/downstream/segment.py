@@ -28,7 +28,7 @@ from train.downstream.recipe import EpochTask, RecipeConfig, build_encoder
 from train.loop import run
 from train.metrics import part_iou_scores
 from train.models.part_segmentation import PartSegmentation, restrict_to_class
-from train.models.point_mae import PointMAEConfig, PointMAEEncoder
+from train.models.encoders import encoder_from_record
 
 RECIPE = dict(epochs=300, warmup_epochs=10, batch_size=16, lr=2e-4, weight_decay=0.05, grad_clip=10.0,
               num_points=2048, drop_path_rate=0.1, augmentation="scale-shift")
@@ -48,7 +48,7 @@ class SegmentConfig(RecipeConfig):
         split = self.train_split or ("trainval" if "trainval" in cache.split_names else "train")
         if split not in cache.split_names:
             raise ValueError(f"--train-split {split!r}: {self.cache} has the splits {', '.join(cache.split_names)}")
-        return self.filled(RECIPE, train_split=split)
+        return self.filled(RECIPE, "segment", train_split=split)
 
 
 class SegmentTask(EpochTask):
@@ -65,7 +65,8 @@ class SegmentTask(EpochTask):
         cache = open_cache(self.cfg.cache)
         self.label_names, self.part_names = cache.label_names, cache.part_names
         self.class_parts = [ids.tolist() for ids in cache.class_parts]
-        self.model = PartSegmentation(build_encoder(self.cfg), len(self.label_names), len(self.part_names)).to(device)
+        encoder = build_encoder(self.cfg, "segment")
+        self.model = PartSegmentation(encoder, len(self.label_names), len(self.part_names)).to(device)
         return self.model
 
     def losses(self, ddp, batch, device, autocast) -> dict[str, torch.Tensor]:
@@ -76,7 +77,7 @@ class SegmentTask(EpochTask):
         return {"total": F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1))}
 
     def state(self) -> dict:
-        return {"model": self.model.state_dict(), "model_config": self.model.encoder.config.to_dict(),
+        return {"model": self.model.state_dict(), "encoder": self.model.encoder.describe(),
                 "label_names": list(self.label_names), "part_names": list(self.part_names),
                 "class_parts": self.class_parts, "num_points": self.cfg.num_points}
 
@@ -84,7 +85,7 @@ class SegmentTask(EpochTask):
         self.model.load_state_dict(state["model"])
 
     def describe(self) -> dict:
-        return {"model": self.model.encoder.config.to_dict(), "init": self.cfg.init,
+        return {"encoder": self.model.encoder.describe(), "init": self.cfg.init,
                 "train_split": self.cfg.train_split, "num_parts": len(self.part_names)}
 
     def validate(self, url: str, split: str) -> dict[str, float]:
@@ -140,7 +141,7 @@ def evaluate_partseg(model: PartSegmentation, cache, split: str, num_points: int
 
 def load_segmenter(ckpt: str) -> tuple[PartSegmentation, dict]:
     state = checkpoint.load(ckpt, stage="segment")
-    model = PartSegmentation(PointMAEEncoder(PointMAEConfig(**state["model_config"])), len(state["label_names"]),
+    model = PartSegmentation(encoder_from_record(checkpoint.encoder_record(state)), len(state["label_names"]),
                              len(state["part_names"]))
     model.load_state_dict(state["model"])
     return model.eval(), state

@@ -1,10 +1,11 @@
-"""Shape classification on a Point-MAE encoder, under the three protocols of ACT / ReCon.
+"""Shape classification on a point encoder (any family), under the three protocols of ACT / ReCon.
 
-    points (B, N, 3) -> PointMAEEncoder -> global feature (B, 2C) = concat(cls, max over tokens)
-      full    encoder trained, MLP-3 head: Linear(2C, 256)-BN-ReLU-Dropout(0.5)-Linear(256, 256)-BN-ReLU-
-              Dropout(0.5)-Linear(256, classes)  (Point-MAE's ``cls_head_finetune``)
+    points (B, N, 3) -> encoder -> global feature (B, F): Point-MAE concat(cls, max over tokens), F = 2C;
+                                   Point-M2AE mean + max (ModelNet40) or concat(mean, max) (ScanObjectNN)
+      full    encoder trained, MLP-3 head: Linear(F, 256)-BN-ReLU-Dropout(0.5)-Linear(256, 256)-BN-ReLU-
+              Dropout(0.5)-Linear(256, classes)  (Point-MAE's and Point-M2AE's ``cls_head_finetune``)
       mlp3    encoder frozen, the same MLP-3 head
-      linear  encoder frozen, one Linear(2C, classes)
+      linear  encoder frozen, one Linear(F, classes)
 
 A frozen encoder stays in eval mode (its BatchNorm statistics and dropout
 paths do not move) and runs without gradients: its weights and buffers end a
@@ -16,7 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from train.models.point_mae import PointMAEEncoder, _init_weights
+from train.models.encoders import PointEncoder
+from train.models.encoders.point_mae import _init_weights
 
 PROTOCOLS = ("full", "mlp3", "linear")
 
@@ -36,7 +38,7 @@ def classification_head(in_dim: int, num_classes: int, protocol: str) -> nn.Modu
 class PointClassifier(nn.Module):
     """Encoder + head; ``forward(points) -> logits (B, classes)``."""
 
-    def __init__(self, encoder: PointMAEEncoder, num_classes: int, protocol: str) -> None:
+    def __init__(self, encoder: PointEncoder, num_classes: int, protocol: str) -> None:
         super().__init__()
         if protocol not in PROTOCOLS:
             raise ValueError(f"--protocol is one of {', '.join(PROTOCOLS)}, got {protocol!r}")

@@ -1,7 +1,8 @@
 """Stage-2 of MMPD (Section 3.2): masked point modelling that predicts a frozen stage-1 model's features.
 
-    groups, centres = FPS + kNN of the cloud (shared with the teacher: same tokens)
-    mask a random 60% of the G patches; the student encoder sees only the visible ones
+    patches = encoder.tokenize(points)   (shared with the teacher: the same tokens)
+    mask a random share of the G output tokens (encoder.random_mask: Point-MAE 60% of its patches; a
+    hierarchical encoder masks its coarsest scale and back-projects); the student encoder sees the visible ones
     local:  [encoded visible ; mask tokens]                  (B, G, C); slot i holds token ids[i], ids = [vis ; masked]
             -> shuffle the content: slot i gets the content of slot perm[i]   (perm: random per cloud)
             -> + pos_embed(centre of token ids[i]) in slot i      (added after the shuffle, unshuffled order)
@@ -11,16 +12,21 @@
             belongs elsewhere, the position and target of slot i do not move. Permuting content,
             positions and targets together would change nothing, as the decoder is permutation-equivariant.
     global: [cls ; visible encoded tokens] -> separate decoder (no shuffle, no positions)
-            -> head([cls out, max over token outs])                 (the shape of the encoder's global feature)
+            -> head(encoder.pool(token outs, cls out))               (pooled as the encoder pools its global feature)
             loss 1 - cos(prediction, teacher_global)                 (eq. 5)
     total = local + global                                             (eq. 6)
 
-The global decoder also reads the encoder's cls token: it attended to the
-visible patches only, so nothing of the masked ones leaks in, and without it
-the cls half of the global feature (what probes read) would get no signal.
+The global decoder also reads the encoder's cls token where the family has one (Point-MAE): it attended to the
+visible patches only, so nothing of the masked ones leaks in, and without it the cls half of the global feature
+(what probes read) would get no signal. A family without one (Point-M2AE) pools its tokens alone.
+
+With a hierarchical encoder (Point-M2AE) the tokens are those of its coarsest scale: the paper's local loss is
+between "the output tokens of the first-stage and second-stage models", and those are the encoder's outputs;
+the masking is Point-M2AE's own (coarsest scale, back-projected), as Section 3.2 builds on it.
 
 ``target="points"`` is the Point-MAE baseline instead of the local term: the
-decoder (no shuffle) reconstructs the masked patches' points, Chamfer-L2.
+decoder (no shuffle) reconstructs the masked patches' points, Chamfer-L2 (families whose output tokens are
+point patches: Point-MAE).
 """
 
 from __future__ import annotations
@@ -31,14 +37,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.models.point_mae import TransformerEncoder, _init_weights
+from train.models.encoders.base import Patches, random_token_mask
+from train.models.encoders.point_mae import TransformerEncoder, _init_weights
 from train.models.student import Student
 from train.ops import chamfer_distance
 
 
 @dataclass(frozen=True)
 class MaskedDistillationConfig:
-    mask_ratio: float = 0.6
+    mask_ratio: float = 0.6  # of the encoder's output tokens
     shuffle: bool = True
     local: bool = True
     use_global: bool = True
@@ -46,13 +53,7 @@ class MaskedDistillationConfig:
     decoder_depth: int = 2
 
 
-def random_mask(batch: int, groups: int, ratio: float, device=None) -> torch.Tensor:
-    """(B, G) bool, True = masked; exactly round(ratio * G) per cloud (Point-MAE's random masking)."""
-    num_mask = int(round(ratio * groups))
-    if not 0 < num_mask < groups:
-        raise ValueError(f"mask ratio {ratio} masks {num_mask} of {groups} patches; keep at least one of each")
-    order = torch.rand(batch, groups, device=device).argsort(dim=1)
-    return order < num_mask
+random_mask = random_token_mask  # the name the tests and scripts know
 
 
 def split_visible_masked(mask: torch.Tensor) -> torch.Tensor:
@@ -67,33 +68,43 @@ class MaskedDistillation(nn.Module):
     def __init__(self, student: Student, cfg: MaskedDistillationConfig, token_dim: int, global_dim: int) -> None:
         super().__init__()
         self.student, self.cfg = student, cfg
-        enc = student.encoder.config
-        c = enc.trans_dim
+        enc = student.encoder
+        c, heads = enc.token_dim, enc.config.num_heads
+        if cfg.target == "points" and not hasattr(enc.config, "group_size"):
+            raise ValueError(f"--target points reconstructs point patches; {enc.family}'s output tokens are not "
+                             "patches of points (its own reconstruction objective is not built yet)")
         if cfg.local or cfg.target == "points":
             self.mask_token = nn.Parameter(torch.zeros(1, 1, c))
             self.decoder_pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, c))
-            self.local_decoder = TransformerEncoder(c, cfg.decoder_depth, enc.num_heads, 0.0)
+            self.local_decoder = TransformerEncoder(c, cfg.decoder_depth, heads, 0.0)
             self.local_norm = nn.LayerNorm(c)
-            out = 3 * enc.group_size if cfg.target == "points" else token_dim
+            out = 3 * enc.config.group_size if cfg.target == "points" else token_dim
             self.local_head = nn.Linear(c, out)
         if cfg.use_global:
-            self.global_decoder = TransformerEncoder(c, cfg.decoder_depth, enc.num_heads, 0.0)
+            self.global_decoder = TransformerEncoder(c, cfg.decoder_depth, heads, 0.0)
             self.global_norm = nn.LayerNorm(c)
-            self.global_head = nn.Linear(2 * c, global_dim)  # reads [cls, max over tokens], as the encoder does
+            self.global_head = nn.Linear(enc.global_dim, global_dim)  # reads the tokens pooled as the encoder does
         for name, m in self.named_children():
             if name != "student":
                 m.apply(_init_weights)
         if hasattr(self, "mask_token"):
             nn.init.trunc_normal_(self.mask_token, std=0.02)
 
-    def forward(self, neighborhood: torch.Tensor, center: torch.Tensor, teacher_tokens: torch.Tensor | None,
-                teacher_global: torch.Tensor | None, mask: torch.Tensor | None = None,
-                perm: torch.Tensor | None = None, details: bool = False) -> dict[str, torch.Tensor]:
-        """Losses (``local`` or ``points``, ``global``, ``total``); ``details`` adds the intermediate tensors."""
+    def no_weight_decay(self) -> set[str]:
+        return {"mask_token"} if hasattr(self, "mask_token") else set()
+
+    def forward(self, patches: Patches, teacher_tokens: torch.Tensor | None, teacher_global: torch.Tensor | None,
+                mask: torch.Tensor | None = None, perm: torch.Tensor | None = None,
+                details: bool = False) -> dict[str, torch.Tensor]:
+        """Losses (``local`` or ``points``, ``global``, ``total``); ``details`` adds the intermediate tensors.
+
+        ``teacher_tokens`` (B, G, D) and ``teacher_global`` (B, D_g): the frozen model's outputs for ``patches``."""
+        encoder, center = self.student.encoder, patches.centers
         b, g = center.shape[:2]
         if mask is None:
-            mask = random_mask(b, g, self.cfg.mask_ratio, center.device)
-        visible, visible_global = self.student.encoder.forward_groups(neighborhood, center, visible=~mask)
+            mask = encoder.random_mask(patches, self.cfg.mask_ratio)
+        encoded = encoder.encode(patches, visible=~mask)
+        visible = encoded.tokens
         out: dict[str, torch.Tensor] = {}
         if self.cfg.local or self.cfg.target == "points":
             token_ids = split_visible_masked(mask)                                   # (B, G) slot -> token
@@ -105,7 +116,8 @@ class MaskedDistillation(nn.Module):
             pos_centres = torch.gather(center, 1, token_ids.unsqueeze(-1).expand(-1, -1, 3))
             y = self.local_head(self.local_norm(self.local_decoder(x, self.decoder_pos_embed(pos_centres))))
             if self.cfg.target == "points":
-                masked = y[:, visible.shape[1]:].reshape(-1, self.student.encoder.config.group_size, 3)
+                neighborhood = patches.neighborhood
+                masked = y[:, visible.shape[1]:].reshape(-1, neighborhood.shape[2], 3)
                 truth = neighborhood[mask].reshape(-1, neighborhood.shape[2], 3)
                 out["points"] = chamfer_distance(masked.float(), truth.float())
                 if details:
@@ -120,10 +132,10 @@ class MaskedDistillation(nn.Module):
                 out.update(token_ids=token_ids, perm=perm, decoder_input=x, pos_centres=pos_centres, local_prediction=y)
         if self.cfg.use_global:
             # the encoder's output for the visible patches: its cls token (which attended to them alone) + tokens
-            cls = visible_global[:, None, :visible.shape[-1]]
-            x = torch.cat([cls, visible], dim=1)                                    # (B, 1+Gv, C)
+            has_cls = encoded.cls is not None
+            x = torch.cat([encoded.cls[:, None], visible], dim=1) if has_cls else visible   # (B, [1+]Gv, C)
             gx = self.global_norm(self.global_decoder(x, torch.zeros_like(x)))       # no positional embeddings
-            pred = self.global_head(torch.cat([gx[:, 0], gx[:, 1:].max(dim=1).values], dim=-1))
+            pred = self.global_head(encoder.pool(gx[:, 1:], gx[:, 0]) if has_cls else encoder.pool(gx, None))
             out["global"] = (1 - F.cosine_similarity(pred.float(), teacher_global.float(), dim=-1)).mean()
             if details:
                 out.update(global_input=x)

@@ -1,13 +1,24 @@
-"""Part segmentation on a Point-MAE encoder, as Point-MAE's ``segmentation/models/pt.py`` builds it.
+"""Part segmentation heads on a point encoder's intermediates, one per published design.
+
+The encoder names the design it was published with (``segmentation_head``); no head names a family.
+
+``shared-centres`` (Point-MAE's ``segmentation/models/pt.py``): levels at the same centres
 
     points (B, N, 3), object class c (B,)
-      -> Group + mini-PointNet tokens + pos_embed (the pre-trained encoder)
-      -> transformer; the patch tokens after blocks fetch = (d/3, 2d/3, d) (3, 7, 11 of 12), normed, concatenated
-                                                                               # (B, G, 3C)
+      -> encoder.forward_intermediates: the normed patch tokens after blocks (d/3, 2d/3, d) = 3, 7, 11 of 12,
+         concatenated                                                          # (B, G, 3C)
       -> global: max and mean over patches (B, 3C each) + label_conv(one-hot c) (B, 64), repeated to every point
       -> propagation: 3-NN inverse-distance interpolation from the patch centres to every point, concatenated
          with its xyz, MLP (4C, 8C/3) = (1536, 1024) at C = 384                  # (B, N, 8C/3)
       -> per-point MLP: conv 512-BN-ReLU-dropout 0.5, 256-BN-ReLU, num_parts    # (B, N, parts)
+
+``per-level`` (Point-M2AE's ``segmentation/Point_M2AE_SEG.py``): levels at their own centres
+
+      -> encoder.forward_intermediates: each scale's tokens, normed by its own norm   # (B, G_l, C_l)
+      -> propagation per level: 3-NN interpolation to every point, with its xyz, MLP (C_l + 3 -> 4C -> 1024)
+         at C = the last level's width, concatenated                             # (B, N, 3 x 1024)
+      -> global: max + mean over points (one sum, B, 3072) + label_conv(one-hot c) (B, 64), to every point
+      -> per-point MLP: conv 1024-BN-ReLU-dropout 0.5, 512-BN-ReLU, 256-BN-ReLU, num_parts
 
 Scores for parts outside the object's class are masked at evaluation (``restrict_to_class``).
 """
@@ -17,13 +28,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from train.models.point_mae import PointMAEEncoder
+from train.models.encoders import PointEncoder
 from train.ops import three_nn_interpolate
-
-
-def fetch_layers(depth: int) -> list[int]:
-    """Block indices read by the head: [3, 7, 11] for 12 blocks, [0, 2, 3] for 4."""
-    return sorted({max(0, round(depth * (k + 1) / 3) - 1) for k in range(3)})
 
 
 def _mlp(channels: list[int]) -> nn.Sequential:
@@ -33,44 +39,71 @@ def _mlp(channels: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class PartSegmentation(nn.Module):
-    """``forward(points, object_class) -> logits (B, N, num_parts)``."""
+def _label_conv(num_classes: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv1d(num_classes, 64, 1, bias=False), nn.BatchNorm1d(64), nn.LeakyReLU(0.2))
 
-    def __init__(self, encoder: PointMAEEncoder, num_classes: int, num_parts: int) -> None:
+
+class PartSegmentation(nn.Module):
+    """``forward(points, object_class) -> logits (B, N, num_parts)``; the design is the encoder's."""
+
+    def __init__(self, encoder: PointEncoder, num_classes: int, num_parts: int) -> None:
         super().__init__()
+        if encoder.segmentation_head not in DESIGNS:
+            raise ValueError(f"{encoder.family} names segmentation head {encoder.segmentation_head!r}; known: "
+                             f"{', '.join(DESIGNS)}")
         self.encoder, self.num_classes, self.num_parts = encoder, num_classes, num_parts
-        c = encoder.config.trans_dim
-        self.fetch = fetch_layers(encoder.config.depth)
-        feat = len(self.fetch) * c
-        prop = round(8 * c / 3)
-        self.label_conv = nn.Sequential(nn.Conv1d(num_classes, 64, 1, bias=False), nn.BatchNorm1d(64),
-                                        nn.LeakyReLU(0.2))
+        self.design = encoder.segmentation_head
+        self.label_conv = _label_conv(num_classes)
+        DESIGNS[self.design][0](self, encoder.intermediate_dims, encoder.token_dim)
+
+    def _build_shared_centres(self, dims: list[int], c: int) -> None:
+        feat, prop = sum(dims), round(8 * c / 3)
         self.propagation = _mlp([feat + 3, 4 * c, prop])
         self.head = nn.Sequential(nn.Conv1d(prop + 2 * feat + 64, 512, 1), nn.BatchNorm1d(512), nn.ReLU(),
                                   nn.Dropout(0.5), nn.Conv1d(512, 256, 1), nn.BatchNorm1d(256), nn.ReLU(),
-                                  nn.Conv1d(256, num_parts, 1))
+                                  nn.Conv1d(256, self.num_parts, 1))
+
+    def _build_per_level(self, dims: list[int], c: int) -> None:
+        self.propagations = nn.ModuleList(_mlp([d + 3, 4 * c, 1024]) for d in dims)
+        feat = 1024 * len(dims)
+        self.head = nn.Sequential(nn.Conv1d(2 * feat + 64, 1024, 1), nn.BatchNorm1d(1024), nn.ReLU(),
+                                  nn.Dropout(0.5), nn.Conv1d(1024, 512, 1), nn.BatchNorm1d(512), nn.ReLU(),
+                                  nn.Conv1d(512, 256, 1), nn.BatchNorm1d(256), nn.ReLU(),
+                                  nn.Conv1d(256, self.num_parts, 1))
 
     def token_features(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, G, len(fetch) * C) patch features from three depths and the patch centres (B, G, 3)."""
-        enc = self.encoder
-        neighborhood, center = enc.group(points)
-        tokens = enc.reduce_dim(enc.encoder(neighborhood))
-        b = tokens.shape[0]
-        x = torch.cat([enc.cls_token.expand(b, -1, -1), tokens], dim=1)
-        pos = torch.cat([enc.cls_pos.expand(b, -1, -1), enc.pos_embed(center)], dim=1)
-        layers = enc.blocks.forward_layers(x, pos, self.fetch)
-        return torch.cat([enc.norm(h)[:, 1:] for h in layers], dim=-1), center
+        """(B, G, F) patch features of every level, concatenated, and the patch centres (B, G, 3): the
+        ``shared-centres`` design's input."""
+        levels = self.encoder.forward_intermediates(self.encoder.tokenize(points))
+        return torch.cat([level.features for level in levels], dim=-1), levels[0].centers
 
-    def forward(self, points: torch.Tensor, object_class: torch.Tensor) -> torch.Tensor:
-        b, n, _ = points.shape
+    def _forward_shared_centres(self, points: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        n = points.shape[1]
         feats, center = self.token_features(points)                                   # (B, G, F)
-        one_hot = nn.functional.one_hot(object_class, self.num_classes).to(feats.dtype).unsqueeze(-1)
-        global_feature = torch.cat([feats.max(dim=1)[0], feats.mean(dim=1), self.label_conv(one_hot)[..., 0]],
-                                   dim=-1)                                            # (B, 2F + 64)
+        global_feature = torch.cat([feats.max(dim=1)[0], feats.mean(dim=1), label], dim=-1)  # (B, 2F + 64)
         per_point = three_nn_interpolate(points, center, feats)                       # (B, N, F)
         x = self.propagation(torch.cat([per_point, points.to(per_point.dtype)], dim=-1).transpose(1, 2))
-        x = torch.cat([x, global_feature.unsqueeze(-1).expand(-1, -1, n)], dim=1)
+        return torch.cat([x, global_feature.unsqueeze(-1).expand(-1, -1, n)], dim=1)
+
+    def _forward_per_level(self, points: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        n = points.shape[1]
+        levels = self.encoder.forward_intermediates(self.encoder.tokenize(points))
+        x = torch.cat([prop(torch.cat([points.to(lv.features.dtype), three_nn_interpolate(points, lv.centers,
+                                                                                          lv.features)],
+                                      dim=-1).transpose(1, 2))
+                       for prop, lv in zip(self.propagations, levels)], dim=1)       # (B, L x 1024, N)
+        global_feature = torch.cat([x.max(dim=2)[0] + x.mean(dim=2), label], dim=-1)  # (B, L x 1024 + 64)
+        return torch.cat([global_feature.unsqueeze(-1).expand(-1, -1, n), x], dim=1)
+
+    def forward(self, points: torch.Tensor, object_class: torch.Tensor) -> torch.Tensor:
+        one_hot = nn.functional.one_hot(object_class, self.num_classes).to(points.dtype).unsqueeze(-1)
+        label = self.label_conv(one_hot)[..., 0]                                      # (B, 64)
+        x = DESIGNS[self.design][1](self, points, label)
         return self.head(x).transpose(1, 2)                                           # (B, N, parts)
+
+
+DESIGNS = {"shared-centres": (PartSegmentation._build_shared_centres, PartSegmentation._forward_shared_centres),
+           "per-level": (PartSegmentation._build_per_level, PartSegmentation._forward_per_level)}
 
 
 def restrict_to_class(logits: torch.Tensor, object_class: torch.Tensor, class_parts: torch.Tensor) -> torch.Tensor:

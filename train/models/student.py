@@ -1,11 +1,11 @@
-"""The stage-1 student: a Point-MAE encoder with one projection head per teacher."""
+"""The stage-1 student: a point encoder (any registered family) with one projection head per teacher."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from train.models.point_mae import PointMAEConfig, PointMAEEncoder
+from train.models.encoders import PointEncoder
 
 
 class ProjectionHead(nn.Module):
@@ -22,12 +22,12 @@ class ProjectionHead(nn.Module):
 class Student(nn.Module):
     """Encoder + heads; ``heads`` maps teacher name -> embedding dim."""
 
-    def __init__(self, config: PointMAEConfig, heads: dict[str, int]) -> None:
+    def __init__(self, encoder: PointEncoder, heads: dict[str, int]) -> None:
         super().__init__()
-        self.encoder = PointMAEEncoder(config)
+        self.encoder = encoder
         self.heads = nn.ModuleDict({name: ProjectionHead(self.encoder.global_dim, dim) for name, dim in heads.items()})
 
     def forward(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per teacher, the (unnormalised) point embedding (B, D); plus ``"_global"`` (B, 2C)."""
+        """Per teacher, the (unnormalised) point embedding (B, D); plus ``"_global"`` (B, global_dim)."""
         _, g = self.encoder(points)
         return {"_global": g, **{name: head(g) for name, head in self.heads.items()}}

@@ -1,4 +1,4 @@
-"""Stage-1: multi-teacher contrastive alignment of a Point-MAE student (MMPD, Section 3.1).
+"""Stage-1: multi-teacher contrastive alignment of a point-encoder student (MMPD, Section 3.1).
 
     train stage1 --cache caches/demo.zarr --out runs/s1                       # one process
     torchrun --nproc_per_node=2 -m train stage1 --cache ... --out runs/s1     # DDP on one node
@@ -20,7 +20,7 @@ from train.data.objects import StreamConfig
 from train.loop import CacheMismatchError, LoopConfig, Task, cache_identity, check_same_cache, lr_at, run
 from train.evaluate import validate_student
 from train.losses import MultiTeacherLoss
-from train.models.point_mae import PointMAEConfig
+from train.models.encoders import create_encoder
 from train.models.student import Student
 
 __all__ = ["CacheMismatchError", "Stage1Config", "Stage1Task", "cache_identity", "check_same_cache", "lr_at",
@@ -57,7 +57,7 @@ class Stage1Task(Task):
         if unknown:
             raise ValueError(f"--weight names no term of {self.cfg.cache}: {', '.join(unknown)}; its terms are "
                              f"{', '.join(sorted(stream.terms))}")
-        self.model = Student(PointMAEConfig.preset(self.cfg.model), stream.head_dims)
+        self.model = Student(create_encoder(self.cfg.model, "pretrain"), stream.head_dims)
         weights = {t: self.cfg.term_weights.get(t, 1.0) for t in stream.terms}
         self.loss_fn = MultiTeacherLoss(weights, rank, world)
         self.objective = Stage1Objective(self.model, self.loss_fn,
@@ -72,7 +72,7 @@ class Stage1Task(Task):
 
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "loss": self.loss_fn.state_dict(),
-                "model_config": self.model.encoder.config.to_dict(),
+                "encoder": self.model.encoder.describe(),
                 "heads": {n: h.proj.out_features for n, h in self.model.heads.items()}}
 
     def load_state(self, state: dict) -> None:
@@ -84,7 +84,7 @@ class Stage1Task(Task):
                 **{f"temperature/{k}": 1 / float(p.detach().exp()) for k, p in self.loss_fn.logit_scales.items()}}
 
     def describe(self) -> dict:
-        return {"model": self.model.encoder.config.to_dict()}
+        return {"encoder": self.model.encoder.describe()}
 
     def validate(self, url: str, split: str) -> dict[str, float]:
         return validate_student(self.model, url, split, self.cfg.num_points, prefer="zeroshot")

@@ -20,10 +20,12 @@ from torch import nn
 
 from train import checkpoint
 from train.data.objects import StreamConfig
+from train.encoder_io import start_from
 from train.evaluate import validate_student
 from train.loop import LoopConfig, Task, run
+from train.models.encoders import PointEncoder, encoder_from_record
+from train.models.encoders.base import Encoded, Patches
 from train.models.masked_distillation import MaskedDistillation, MaskedDistillationConfig
-from train.models.point_mae import PointMAEConfig, PointMAEEncoder
 from train.models.student import Student
 
 
@@ -32,7 +34,7 @@ class Stage2Config(LoopConfig):
     teacher: str | None = None          # stage-1 checkpoint: the frozen teacher and the initialisation
     init: str = "ckpt"                  # or "random"
     teacher_source: str = "model"       # or "cache": features exported with `train export-teacher`
-    mask_ratio: float = 0.6
+    mask_ratio: float | None = None     # None: the encoder family's own (Point-MAE 0.6, Point-M2AE 0.8)
     shuffle: bool = True
     local: bool = True
     use_global: bool = True
@@ -45,15 +47,16 @@ class Stage2Config(LoopConfig):
         if self.encoder_lr_scale is None:
             self.encoder_lr_scale = 0.1 if self.init == "ckpt" else 1.0
 
-    def distillation(self) -> MaskedDistillationConfig:
-        return MaskedDistillationConfig(self.mask_ratio, self.shuffle, self.local, self.use_global, self.target,
+    def distillation(self, default_mask_ratio: float) -> MaskedDistillationConfig:
+        ratio = default_mask_ratio if self.mask_ratio is None else self.mask_ratio
+        return MaskedDistillationConfig(ratio, self.shuffle, self.local, self.use_global, self.target,
                                         self.decoder_depth)
 
 
 class FrozenTeacher(nn.Module):
     """The stage-1 encoder, frozen: no gradients, always in eval mode (asking for train mode is an error)."""
 
-    def __init__(self, encoder: PointMAEEncoder) -> None:
+    def __init__(self, encoder: PointEncoder) -> None:
         super().__init__()
         self.encoder = encoder.requires_grad_(False)
         super().train(False)
@@ -64,8 +67,8 @@ class FrozenTeacher(nn.Module):
         return super().train(False)
 
     @torch.no_grad()
-    def forward(self, neighborhood: torch.Tensor, center: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encoder.forward_groups(neighborhood, center)
+    def forward(self, patches: Patches) -> Encoded:
+        return self.encoder.encode(patches)
 
 
 def stage1_fingerprint(state: dict) -> str:
@@ -79,8 +82,16 @@ def stage1_fingerprint(state: dict) -> str:
 
 
 def load_stage1(path: str) -> tuple[dict, Student]:
-    state = checkpoint.load(path, stage="stage1")
-    model = Student(PointMAEConfig(**state["model_config"]), state["heads"])
+    """A stage-1 checkpoint's record and student; an encoder from outside this tool's runs (an exported
+    ``.safetensors``, a released Point-MAE / Point-M2AE checkpoint) as a student without heads."""
+    obj = None if path.endswith(".safetensors") else checkpoint.read(path)
+    if isinstance(obj, dict) and "stage" in obj:
+        state = checkpoint.check_stage(obj, path, "stage1")  # another stage's run is refused, not guessed at
+    else:
+        encoder = start_from(path, "--teacher")
+        state = {"model": {f"encoder.{k}": v for k, v in encoder.state_dict().items()}, "heads": {},
+                 "encoder": encoder.describe()}
+    model = Student(encoder_from_record(checkpoint.encoder_record(state)), state["heads"])
     model.load_state_dict(state["model"])
     return state, model
 
@@ -111,12 +122,14 @@ class Stage2Task(Task):
         if self.cfg.teacher_source == "cache" and self.teacher_name not in open_teachers(self.cfg.cache):
             raise ValueError(f"{self.cfg.cache} has no exported features {self.teacher_name!r} of {self.cfg.teacher}; "
                              f"run `train export-teacher --ckpt {self.cfg.teacher} --cache {self.cfg.cache}` first")
-        student = Student(PointMAEConfig(**self.teacher_state["model_config"]), self.teacher_state["heads"])
+        student = Student(encoder_from_record(checkpoint.encoder_record(self.teacher_state)),
+                          self.teacher_state["heads"])
         if self.cfg.init == "ckpt":
             student.load_state_dict(self.teacher_state["model"])
         student.heads.requires_grad_(False)  # carried over for zero-shot, not trained here
-        c = student.encoder.config.trans_dim
-        self.module = MaskedDistillation(student, self.cfg.distillation(), c, 2 * c).to(device)
+        encoder = student.encoder
+        self.module = MaskedDistillation(student, self.cfg.distillation(encoder.default_mask_ratio),
+                                         encoder.token_dim, encoder.global_dim).to(device)
         self.teacher = self.teacher.to(device)
         return self.module
 
@@ -129,22 +142,20 @@ class Stage2Task(Task):
             raise RuntimeError("the stage-2 teacher must stay frozen and in eval mode")
         points = batch["points"].to(device, non_blocking=True)
         with autocast:
-            neighborhood, center = self.module.student.encoder.group(points)
+            patches = self.module.student.encoder.tokenize(points)
             tokens = glob = None
-            if self.cfg.target == "features":
-                if self.cfg.teacher_source == "cache":
-                    tokens = batch[f"{self.teacher_name}/tokens"].to(device)
-                    glob = batch[f"{self.teacher_name}/global"].to(device)
-                else:
-                    tokens, glob = self.teacher(neighborhood, center)
-            elif self.cfg.use_global:
-                _, glob = self.teacher(neighborhood, center)
-            out = ddp(neighborhood, center, tokens, glob)
+            if self.cfg.teacher_source == "cache" and self.cfg.target == "features":
+                tokens = batch[f"{self.teacher_name}/tokens"].to(device)
+                glob = batch[f"{self.teacher_name}/global"].to(device)
+            elif self.cfg.target == "features" or self.cfg.use_global:
+                taught = self.teacher(patches)
+                tokens, glob = taught.tokens, taught.global_feature
+            out = ddp(patches, tokens, glob)
         return out
 
     def state(self) -> dict:
         student = self.module.student
-        return {"model": student.state_dict(), "model_config": student.encoder.config.to_dict(),
+        return {"model": student.state_dict(), "encoder": student.encoder.describe(),
                 "heads": {n: h.proj.out_features for n, h in student.heads.items()},
                 "decoders": {k: v for k, v in self.module.state_dict().items() if not k.startswith("student.")},
                 "teacher": {"ckpt": self.cfg.teacher, "name": self.teacher_name}}
@@ -156,7 +167,7 @@ class Stage2Task(Task):
         return validate_student(self.module.student, url, split, self.cfg.num_points, prefer="linear")
 
     def describe(self) -> dict:
-        return {"model": self.module.student.encoder.config.to_dict(),
+        return {"encoder": self.module.student.encoder.describe(),
                 "teacher": {"ckpt": self.cfg.teacher, "name": self.teacher_name}}
 
 

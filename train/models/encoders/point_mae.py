@@ -1,4 +1,4 @@
-"""Point-MAE encoder (Pang et al., 2022), as in the reference implementation.
+"""Point-MAE encoder (Pang et al., 2022), as the reference implementation (Pang-Yatian/Point-MAE) computes it.
 
     points (B, N, 3)
       -> Group: FPS picks G centres, kNN takes S neighbours each, centred   # (B, G, S, 3)
@@ -7,22 +7,22 @@
       -> [cls] + tokens -> TransformerEncoder (pre-norm ViT blocks)         # (B, 1+G, C)
       -> global feature = concat(cls, max over tokens)                      # (B, 2C)
 
-Presets live in ``train/model_configs/*.json`` (``point-mae-base``: 12 layers,
-384 dims, 6 heads, 64 groups of 32; ``point-mae-tiny`` for CPUs).
+Presets: ``point-mae`` (the official model: 12 layers, 384 dims, 6 heads, 64 groups of 32; alias ``base``) and
+``point-mae-tiny`` for CPUs, in ``train/model_configs/``. Parameter names follow the official fine-tuning model
+(``PointTransformer``) except the MLP (``mlp.0`` / ``mlp.2`` for ``mlp.fc1`` / ``mlp.fc2``); :func:`from_official`
+and :func:`to_official` map the released checkpoints.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
+from train.models.encoders import register_family
+from train.models.encoders.base import Encoded, Level, Patches, PointEncoder
 from train.ops import farthest_point_sample, knn
-
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "model_configs")
 
 
 @dataclass(frozen=True)
@@ -34,15 +34,6 @@ class PointMAEConfig:
     group_size: int = 32
     encoder_dims: int = 384
     drop_path_rate: float = 0.1
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> PointMAEConfig:
-        path = os.path.join(CONFIG_DIR, f"point-mae-{name}.json")
-        if not os.path.exists(path):
-            known = sorted(f[len("point-mae-"):-5] for f in os.listdir(CONFIG_DIR) if f.startswith("point-mae-"))
-            raise ValueError(f"unknown model preset {name!r}; known: {known}")
-        with open(path) as f:
-            return cls(**{**json.load(f), **overrides})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -145,8 +136,27 @@ class TransformerEncoder(nn.Module):
         return out
 
 
-class PointMAEEncoder(nn.Module):
-    """Point cloud -> token features (B, G, C) and a global feature (B, 2C)."""
+@dataclass
+class PointMAEPatches(Patches):
+    """Point-MAE's grouping: ``neighborhood`` (B, G, S, 3) points relative to their centre ``centers`` (B, G, 3)."""
+
+    neighborhood: torch.Tensor
+
+
+def fetch_layers(depth: int) -> list[int]:
+    """The block outputs Point-MAE's segmentation head reads: [3, 7, 11] of 12 blocks, [0, 2, 3] of 4."""
+    return sorted({max(0, round(depth * (k + 1) / 3) - 1) for k in range(3)})
+
+
+@register_family
+class PointMAEEncoder(PointEncoder):
+    """Point cloud -> tokens (B, G, C) and a global feature (B, 2C) = concat(cls, max over tokens)."""
+
+    family = "point-mae"
+    config_class = PointMAEConfig
+    default_mask_ratio = 0.6
+    recipes = {"modelnet40": {"encoder": {"num_group": 64, "group_size": 32}},       # cfgs/finetune_modelnet.yaml
+               "scanobjectnn": {"encoder": {"num_group": 128, "group_size": 32}}}    # cfgs/finetune_scan_*.yaml
 
     def __init__(self, config: PointMAEConfig) -> None:
         super().__init__()
@@ -163,33 +173,57 @@ class PointMAEEncoder(nn.Module):
         self.apply(_init_weights)
 
     @property
+    def token_dim(self) -> int:
+        return self.config.trans_dim
+
+    @property
     def global_dim(self) -> int:
         return 2 * self.config.trans_dim
 
-    def group(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def num_tokens(self) -> int:
+        return self.config.num_group
+
+    @property
+    def intermediate_dims(self) -> list[int]:
+        return [self.config.trans_dim] * len(fetch_layers(self.config.depth))
+
+    def tokenize(self, points: torch.Tensor) -> PointMAEPatches:
         """FPS + kNN patches (B, G, S, 3) and their centres (B, G, 3); deterministic for given points."""
-        return self.group_divider(points)
+        neighborhood, center = self.group_divider(points)
+        return PointMAEPatches(center, neighborhood)
 
-    def forward_groups(self, neighborhood: torch.Tensor, center: torch.Tensor,
-                       visible: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens (B, G', C) and global feature (B, 2C) of grouped points.
-
-        ``visible`` (B, G) bool keeps only those patches (the same number per
-        cloud), in their order, as Point-MAE's masked encoder does.
-        """
-        tokens = self.reduce_dim(self.encoder(neighborhood))                         # (B, G, C)
+    def _embed(self, patches: PointMAEPatches, visible: torch.Tensor | None):
+        """[cls ; patch tokens] (B, 1+G', C), their positional embeddings and the kept centres (B, G', 3)."""
+        tokens = self.reduce_dim(self.encoder(patches.neighborhood))                 # (B, G, C)
+        center = patches.centers
         b, _, c = tokens.shape
-        if visible is not None:
+        if visible is not None:  # Point-MAE's masked encoder: the same number of visible patches per cloud
             tokens = tokens[visible].reshape(b, -1, c)
             center = center[visible].reshape(b, -1, 3)
         x = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1)            # (B, 1+G', C)
         pos = torch.cat([self.cls_pos.expand(b, -1, -1), self.pos_embed(center)], dim=1)
-        x = self.norm(self.blocks(x, pos))
-        global_feature = torch.cat([x[:, 0], x[:, 1:].max(dim=1)[0]], dim=-1)       # (B, 2C)
-        return x[:, 1:], global_feature
+        return x, pos, center
 
-    def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.forward_groups(*self.group(points))
+    def encode(self, patches: PointMAEPatches, visible: torch.Tensor | None = None) -> Encoded:
+        """``visible`` (B, G) bool keeps only those patches (the same number per cloud), in their order."""
+        x, pos, center = self._embed(patches, visible)
+        x = self.norm(self.blocks(x, pos))
+        cls, tokens = x[:, 0], x[:, 1:]
+        return Encoded(tokens, center, cls, self.pool(tokens, cls))
+
+    def pool(self, tokens: torch.Tensor, cls: torch.Tensor | None) -> torch.Tensor:
+        return torch.cat([cls, tokens.max(dim=1)[0]], dim=-1)                        # (B, 2C)
+
+    def forward_intermediates(self, patches: PointMAEPatches) -> list[Level]:
+        """The normed patch tokens after blocks ``fetch_layers(depth)``, all at the same centres (Point-MAE's
+        segmentation model reads these three depths)."""
+        x, pos, center = self._embed(patches, None)
+        layers = self.blocks.forward_layers(x, pos, fetch_layers(self.config.depth))
+        return [Level(self.norm(h)[:, 1:], center) for h in layers]
+
+    def no_weight_decay(self) -> set[str]:
+        return {"cls_token", "cls_pos"}
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -200,3 +234,64 @@ def _init_weights(m: nn.Module) -> None:
     elif isinstance(m, nn.LayerNorm):
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)
+
+
+# ---- the released checkpoints (Pang-Yatian/Point-MAE): ``{'base_model': state}`` ----
+# pre-training (``Point_MAE``): the encoder under ``MAE_encoder.`` (no cls token, no cls_pos), plus the decoder;
+# fine-tuning (``PointTransformer``): the encoder at the top level, plus ``cls_head_finetune.``.
+OFFICIAL_PRETRAIN_PREFIX = "MAE_encoder."
+OFFICIAL_HEAD_PREFIX = "cls_head_finetune."
+_MLP_NAMES = ((".mlp.0.", ".mlp.fc1."), (".mlp.2.", ".mlp.fc2."))
+
+
+def official_kind(state: dict[str, torch.Tensor]) -> str | None:
+    """``"pretrain"`` or ``"finetune"`` for a released Point-MAE state (``module.`` already stripped), else None."""
+    if any(k.startswith(OFFICIAL_PRETRAIN_PREFIX + "blocks.blocks.") for k in state):
+        return "pretrain"
+    if "cls_token" in state and "encoder.first_conv.0.weight" in state and any(
+            k.startswith("blocks.blocks.") and ".mlp.fc1." in k for k in state):
+        return "finetune"
+    return None
+
+
+def from_official(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """A released state (either kind) in this module's names, and the official keys it leaves out."""
+    prefix = OFFICIAL_PRETRAIN_PREFIX if official_kind(state) == "pretrain" else ""
+    ours, left = {}, []
+    for key, value in state.items():
+        if not key.startswith(prefix) or key.startswith(OFFICIAL_HEAD_PREFIX):
+            left.append(key)
+            continue
+        name = key[len(prefix):]
+        for mine, theirs in _MLP_NAMES:
+            name = name.replace(theirs, mine)
+        ours[name] = value
+    return ours, left
+
+
+def to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """This encoder's state in the official fine-tuning model's (``PointTransformer``) names."""
+    out = {}
+    for name, value in state.items():
+        for mine, theirs in _MLP_NAMES:
+            name = name.replace(mine, theirs)
+        out[name] = value
+    return out
+
+
+def config_from_official(state: dict[str, torch.Tensor], model_yaml: dict | None = None) -> PointMAEConfig:
+    """The config of a released state: the official config's ``model:`` section where one lies beside the file,
+    else the official defaults (6 heads, 64 groups of 32) with the widths and depth the weights show."""
+    weights, _ = from_official(state)
+    config = PointMAEConfig(trans_dim=weights["norm.weight"].shape[0],
+                            depth=1 + max(int(k.split(".")[2]) for k in weights if k.startswith("blocks.blocks.")),
+                            encoder_dims=weights["encoder.second_conv.3.weight"].shape[0])
+    known = {f for f in asdict(config)}
+    return PointMAEConfig(**{**asdict(config), **{k: v for k, v in (model_yaml or {}).items() if k in known}})
+
+
+def official_yaml(config: PointMAEConfig, num_classes: int = 40) -> dict:
+    """The ``model:`` section of the official fine-tuning config (``cfgs/finetune_modelnet.yaml``) for ``config``."""
+    return {"NAME": "PointTransformer", "trans_dim": config.trans_dim, "depth": config.depth,
+            "drop_path_rate": config.drop_path_rate, "cls_dim": num_classes, "num_heads": config.num_heads,
+            "group_size": config.group_size, "num_group": config.num_group, "encoder_dims": config.encoder_dims}

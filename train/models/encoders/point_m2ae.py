@@ -1,0 +1,506 @@
+"""Point-M2AE encoder (Zhang et al., 2022), as the reference implementation (ZrrSkywalker/Point-M2AE) computes it.
+
+    points (B, N, 3)
+      scale s = 0, 1, 2: FPS picks G_s centres of the previous scale's points (the input points for s = 0),
+                         kNN takes K_s of those points around each centre            # idx_s (B, G_s, K_s)
+      s = 0: token_embed[0]: mini-PointNet on the neighbourhoods relative to their centre   # (B, G_0, C_0)
+      s > 0: token_embed[s]: the same shape of net on the K_s gathered scale-(s-1) tokens  # (B, G_s, C_s)
+      x = block(x + pos_embed[s](centres)) for each of the scale's blocks  (positions before every block;
+          local attention: a token attends only to tokens whose centres lie within local_radius[s])
+      tokens = norm(x of the last scale)                                              # (B, G_2, C_2)
+      global feature: mean + max of the tokens (ModelNet40 head) or [mean ; max over tokens 1:] (ScanObjectNN)
+
+Masked encoding (pre-training): the coarsest scale's visible set is back-projected through the kNN indices
+(a finer token is visible iff it is a neighbour of a visible coarser token); each scale's blocks see only its
+visible tokens, packed to the batch's longest visible set and padded, with padded keys masked out of attention.
+The embeddings are computed for all tokens (BatchNorm statistics over all, as the official code does).
+The official pre-training attends globally (``local_attention=False``); fine-tuning and segmentation locally.
+
+Checked once against the official modules run on a CPU (their CUDA imports stubbed, the same grouping): the
+fine-tuning models' tokens and both pooled features, the segmentation model's three levels, and the
+pre-training encoder's masked and SVM outputs (``official_batch_quirks``) agree to 3e-6 in float32.
+
+Parameter names are the official fine-tuning model's (``Point_M2AE_ModelNet40``: ``h_encoder.*`` and ``norm.*``),
+so :func:`from_official` / :func:`to_official` only move the final norm to and from the pre-training /
+segmentation name ``h_encoder.encoder_norms.2``. Presets: ``point-m2ae`` (the official fine-tuning encoder,
+12,654,400 parameters) and ``point-m2ae-tiny`` for CPUs, in ``train/model_configs/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from train.models.encoders import register_family
+from train.models.encoders.base import Encoded, Level, Patches, PointEncoder
+from train.ops import farthest_point_sample, knn
+from train.ops.geometry import exact_cdist
+
+GLOBAL_POOLS = ("mean+max", "concat")
+
+
+@dataclass(frozen=True)
+class PointM2AEConfig:
+    """Official names and values (``cfgs/fine-tuning/modelnet40.yaml``); lists from JSON become tuples.
+
+    local_attention: mask attention by ``local_radius`` (a radius <= 0 turns it off at that scale). True in the
+        official fine-tuning and segmentation models; the official pre-training model multiplies the radius mask
+        by its padding mask, which zeroes it between real tokens, so it attends globally: False reproduces it.
+    scale_norms: own the pre-training / segmentation models' LayerNorms of scales 0 and 1
+        (``h_encoder.encoder_norms.0/1``), which :meth:`PointM2AEEncoder.forward_intermediates` applies; the
+        official fine-tuning (classification) model has none (its final ``norm`` is the coarsest scale's).
+    global_pool: "mean+max" (ModelNet40 head, C) or "concat" (ScanObjectNN head, 2C).
+    official_batch_quirks: masked encoding (with ``local_attention`` False) reproduces two batch-dependent
+        slips of the official pre-training bit for bit: real tokens within ``local_radius`` of the origin also
+        attend to the padding slots (centre 0; the radius mask times the padding mask lets them through), and
+        every back-projection step marks token 0 of cloud 0 visible (masked indices are zeroed, then
+        scattered). Off: a cloud's tokens do not depend on the others in its batch.
+    """
+
+    num_groups: tuple[int, ...] = (512, 256, 64)
+    group_sizes: tuple[int, ...] = (16, 8, 8)
+    encoder_depths: tuple[int, ...] = (5, 5, 5)
+    encoder_dims: tuple[int, ...] = (96, 192, 384)
+    local_radius: tuple[float, ...] = (0.32, 0.64, 1.28)
+    local_attention: bool = True
+    num_heads: int = 6
+    drop_path_rate: float = 0.1
+    global_pool: str = "mean+max"
+    scale_norms: bool = False
+    official_batch_quirks: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("num_groups", "group_sizes", "encoder_depths", "encoder_dims", "local_radius"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        n = len(self.num_groups)
+        if any(len(getattr(self, k)) != n for k in ("group_sizes", "encoder_depths", "encoder_dims", "local_radius")):
+            raise ValueError(f"num_groups, group_sizes, encoder_depths, encoder_dims and local_radius need one "
+                             f"entry per scale; got {asdict(self)}")
+        if any(self.group_sizes[s] > self.num_groups[s - 1] for s in range(1, n)):
+            raise ValueError(f"group_sizes {self.group_sizes}: scale s groups scale s-1's num_groups {self.num_groups}")
+        if any(c % self.num_heads for c in self.encoder_dims):
+            raise ValueError(f"encoder_dims {self.encoder_dims} must be multiples of num_heads {self.num_heads}")
+        if self.global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {self.global_pool!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class PointM2AEPatches(Patches):
+    """Point-M2AE's grouping. ``centers`` (B, G_2, 3) = ``scale_centers[-1]``.
+
+    neighborhood   (B, G_0, K_0, 3) input points around the scale-0 centres, relative to their centre
+    scale_centers  per scale (B, G_s, 3), finest first, in FPS order
+    scale_idx      per scale (B, G_s, K_s) int64 kNN indices: scale 0 into the input points, scale s > 0 into
+                   scale s-1's centres (the official ``idxs``, without its batch offsets)
+    """
+
+    neighborhood: torch.Tensor
+    scale_centers: tuple[torch.Tensor, ...]
+    scale_idx: tuple[torch.Tensor, ...]
+
+
+def gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x (B, N, C) at idx (B, ...) int64 -> (B, ..., C)."""
+    b, c = x.shape[0], x.shape[-1]
+    out = x.gather(1, idx.reshape(b, -1, 1).expand(-1, -1, c))
+    return out.reshape(*idx.shape, c)
+
+
+class TokenEmbed(nn.Module):
+    """The official ``Token_Embed``: conv-BN-ReLU-conv, max over the group, [max ; per-point], conv-BN-ReLU-conv,
+    max. On points (scale 0, ``in_c`` = 3): widths 128, 256 | 512, 512 -> out. On tokens: in, in | 2 in, out -> out."""
+
+    def __init__(self, in_c: int, out_c: int, points: bool) -> None:
+        super().__init__()
+        a, b, c = (128, 256, 512) if points else (in_c, in_c, out_c)
+        self.first_conv = nn.Sequential(nn.Conv1d(in_c, a, 1), nn.BatchNorm1d(a), nn.ReLU(inplace=True),
+                                        nn.Conv1d(a, b, 1))
+        self.second_conv = nn.Sequential(nn.Conv1d(2 * b, c, 1), nn.BatchNorm1d(c), nn.ReLU(inplace=True),
+                                         nn.Conv1d(c, out_c, 1))
+
+    def forward(self, groups: torch.Tensor) -> torch.Tensor:
+        b, g, k, c = groups.shape
+        x = pointwise(self.first_conv, groups.reshape(b * g, k, c))                  # (BG, K, b)
+        x = torch.cat([x.max(dim=1, keepdim=True)[0].expand(-1, k, -1), x], -1)     # (BG, K, 2b)
+        x = pointwise(self.second_conv, x).max(dim=1)[0]                             # (BG, out)
+        return x.reshape(b, g, -1)
+
+
+def pointwise(net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``net`` (Conv1d(k=1), BatchNorm1d, ReLU, Conv1d(k=1)) on channels-last x (M, K, C): the same function as
+    ``net(x.transpose(1, 2)).transpose(1, 2)`` (BatchNorm over M and K), with matrix products, which a CPU runs
+    several times faster than 1x1 convolutions (backward above all)."""
+    conv1, bn, act, conv2 = net
+    m, k, _ = x.shape
+    x = F.linear(x, conv1.weight[..., 0], conv1.bias)                                # (M, K, a)
+    x = act(bn(x.reshape(m * k, -1))).reshape(m, k, -1)
+    return F.linear(x, conv2.weight[..., 0], conv2.bias)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (timm's ``DropPath``)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = x.new_empty(x.shape[0], *([1] * (x.ndim - 1))).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+        """``allowed`` (B, N, N) bool, True = query may attend to key (the official additive -1e5 on the rest
+        gives those keys exactly zero weight in float32; a boolean mask does the same in any precision)."""
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        mask = None if allowed is None else allowed.unsqueeze(1)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)                 # (B, H, N, C/H)
+        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm1(x)); x + mlp(norm2(x))."""
+
+    def __init__(self, dim: int, num_heads: int, drop_path: float) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads)
+        self.mlp = Mlp(dim, 4 * dim)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), allowed))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class EncoderBlocks(nn.Module):
+    """One scale's blocks (official ``Encoder_Block``): the positional embedding is added before every block."""
+
+    def __init__(self, dim: int, num_heads: int, rates: list[float]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(dim, num_heads, r) for r in rates)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x + pos, allowed)
+        return x
+
+
+class HEncoder(nn.Module):
+    """The official ``H_Encoder``'s parameters (token merging, positions, blocks; per-scale norms if asked)."""
+
+    def __init__(self, config: PointM2AEConfig) -> None:
+        super().__init__()
+        dims, depths = config.encoder_dims, config.encoder_depths
+        self.token_embed = nn.ModuleList(
+            TokenEmbed(3 if s == 0 else dims[s - 1], dims[s], points=s == 0) for s in range(len(dims)))
+        self.encoder_pos_embeds = nn.ModuleList(
+            nn.Sequential(nn.Linear(3, c), nn.GELU(), nn.Linear(c, c)) for c in dims)
+        rates = [r.item() for r in torch.linspace(0, config.drop_path_rate, sum(depths))]  # over all blocks
+        starts = [sum(depths[:s]) for s in range(len(depths))]
+        self.encoder_blocks = nn.ModuleList(
+            EncoderBlocks(c, config.num_heads, rates[a:a + d]) for c, a, d in zip(dims, starts, depths))
+        if config.scale_norms:
+            self.encoder_norms = nn.ModuleList(nn.LayerNorm(c) for c in dims[:-1])
+
+
+def _init_weights(m: nn.Module) -> None:
+    """The official ``H_Encoder._init_weights``."""
+    if isinstance(m, (nn.Linear, nn.Conv1d)):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def pack_visible(visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Visible token ids first, in index order, cut to the longest visible set: ``order`` (B, L) int64 and
+    ``valid`` (B, L) bool (False on the padding, whose ids point at masked tokens)."""
+    order = torch.sort((~visible).to(torch.uint8), dim=1, stable=True).indices
+    count = visible.sum(dim=1)
+    length = int(count.max())
+    valid = torch.arange(length, device=visible.device) < count.unsqueeze(1)
+    return order[:, :length], valid
+
+
+@register_family
+class PointM2AEEncoder(PointEncoder):
+    """Point cloud -> coarsest-scale tokens (B, G_2, C_2) and a pooled global feature (C_2 or 2 C_2)."""
+
+    family = "point-m2ae"
+    config_class = PointM2AEConfig
+    default_mask_ratio = 0.8
+    segmentation_head = "per-level"  # Point_M2AE_SEG: every scale propagated to every point
+    # cfgs/pre-training (attention global between real tokens), cfgs/fine-tuning/*.yaml, segmentation/main.py
+    recipes = {"pretrain": {"encoder": {"local_attention": False}},
+               "modelnet40": {"encoder": {"group_sizes": (16, 8, 8), "global_pool": "mean+max",
+                                          "local_attention": True}, "label_smoothing": 0.3},
+               "scanobjectnn": {"encoder": {"group_sizes": (32, 16, 16), "global_pool": "concat",
+                                            "local_attention": True}, "label_smoothing": 0.0},
+               "segment": {"encoder": {"group_sizes": (16, 8, 8), "local_attention": True, "scale_norms": True}}}
+
+    def __init__(self, config: PointM2AEConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.h_encoder = HEncoder(config)
+        self.h_encoder.apply(_init_weights)
+        self.norm = nn.LayerNorm(config.encoder_dims[-1])
+
+    @property
+    def token_dim(self) -> int:
+        return self.config.encoder_dims[-1]
+
+    @property
+    def global_dim(self) -> int:
+        return self.token_dim * (2 if self.config.global_pool == "concat" else 1)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.config.num_groups[-1]
+
+    @property
+    def intermediate_dims(self) -> list[int]:
+        return list(self.config.encoder_dims)
+
+    def tokenize(self, points: torch.Tensor) -> PointM2AEPatches:
+        """FPS + kNN at every scale (official ``Group``; FPS from index 0); deterministic for given points."""
+        if points.ndim != 3 or points.shape[-1] != 3 or points.shape[1] < self.config.num_groups[0]:
+            raise ValueError(f"points must be (B, N >= {self.config.num_groups[0]}, 3), got {tuple(points.shape)}")
+        centers, idxs, src = [], [], points
+        for g, k in zip(self.config.num_groups, self.config.group_sizes):
+            center = gather_rows(src, farthest_point_sample(src, g))                 # (B, G_s, 3)
+            idxs.append(knn(center, src, k).idx)                                       # (B, G_s, K_s)
+            centers.append(center)
+            src = center
+        neighborhood = gather_rows(points, idxs[0]) - centers[0].unsqueeze(2)         # (B, G_0, K_0, 3)
+        return PointM2AEPatches(centers[-1], neighborhood, tuple(centers), tuple(idxs))
+
+    def random_mask(self, patches: Patches, ratio: float) -> torch.Tensor:
+        """(B, G_2) bool, True = masked: ``int(ratio * G_2)`` per cloud (the official truncation), uniformly."""
+        b, g = patches.centers.shape[:2]
+        num_mask = int(ratio * g)
+        if not 0 < num_mask < g:
+            raise ValueError(f"mask ratio {ratio} masks {num_mask} of {g} tokens; keep at least one of each")
+        return torch.rand(b, g, device=patches.centers.device).argsort(dim=1) < num_mask
+
+    def back_project(self, patches: PointM2AEPatches, visible: torch.Tensor) -> list[torch.Tensor]:
+        """Per scale (B, G_s) bool, finest first: a token is visible iff it is among the kNN of a visible token
+        of the next coarser scale (the official multi-scale masking)."""
+        out = [visible]
+        for s in range(len(patches.scale_idx) - 1, 0, -1):
+            idx = patches.scale_idx[s]                                                 # (B, G_s, K_s)
+            hits = out[0].unsqueeze(-1).expand_as(idx).reshape(idx.shape[0], -1).float()
+            count = hits.new_zeros(idx.shape[0], patches.scale_centers[s - 1].shape[1])
+            finer = count.scatter_add_(1, idx.reshape(idx.shape[0], -1), hits) > 0
+            if self.config.official_batch_quirks and not out[0].all():
+                finer[0, 0] = True
+            out.insert(0, finer)
+        return out
+
+    def allowed_attention(self, centers: torch.Tensor, valid: torch.Tensor | None, scale: int) -> torch.Tensor | None:
+        """(B, L, L) bool, True = may attend, or None for full attention: keys within ``local_radius[scale]`` of
+        the query's centre (``local_attention``), real keys only (``valid``); every token may attend to itself."""
+        radius = self.config.local_radius[scale]
+        eye = torch.eye(centers.shape[1], dtype=torch.bool, device=centers.device)
+        if valid is not None and self.config.official_batch_quirks and not self.config.local_attention:
+            real = valid[:, :, None] & valid[:, None, :]        # official: blocked = (dist >= r) * padding mask
+            return real | (exact_cdist(centers, centers) < radius if radius > 0 else eye)
+        allowed = None
+        if self.config.local_attention and radius > 0:
+            allowed = exact_cdist(centers, centers) < radius                          # official: dist >= r is masked
+        if valid is not None:
+            allowed = valid[:, None, :] if allowed is None else allowed & valid[:, None, :]
+        if allowed is None:
+            return None
+        return allowed | eye
+
+    def _scales(self, patches: PointM2AEPatches, visible: torch.Tensor | None):
+        """Per scale: (block outputs (B, L_s, C_s), their centres (B, L_s, 3), valid (B, L_s) or None)."""
+        h, out, full = self.h_encoder, [], None
+        masks = None if visible is None else self.back_project(patches, visible)
+        for s, centers in enumerate(patches.scale_centers):
+            if s == 0:
+                tokens = h.token_embed[0](patches.neighborhood)                        # (B, G_0, C_0)
+            else:  # token merging of the previous scale's tokens (blocks' outputs where visible)
+                tokens = h.token_embed[s](gather_rows(full, patches.scale_idx[s]))   # (B, G_s, C_s)
+            valid = None
+            if masks is not None:
+                order, valid = pack_visible(masks[s])
+                keep = valid.unsqueeze(-1)
+                x = gather_rows(tokens, order) * keep                                  # (B, L_s, C_s), 0 on padding
+                centers = gather_rows(centers, order) * keep
+            else:
+                x = tokens
+            x = h.encoder_blocks[s](x, h.encoder_pos_embeds[s](centers), self.allowed_attention(centers, valid, s))
+            out.append((x, centers, valid))
+            if masks is None:
+                full = x
+            else:  # masked tokens keep their embedding (only masked coarser tokens read them)
+                placed = tokens.scatter(1, order.unsqueeze(-1).expand_as(x), x)
+                full = torch.where(masks[s].unsqueeze(-1), placed, tokens)
+        return out
+
+    def encode(self, patches: PointM2AEPatches, visible: torch.Tensor | None = None) -> Encoded:
+        """``visible`` (B, G_2) bool: the coarsest scale's visible tokens (the same number per cloud), returned
+        in index order; the finer scales see the back-projected sets (the official pre-training path: even with
+        everything visible, a finer token no coarser token has among its kNN is left out). ``visible=None`` is
+        the official fine-tuning path: every token of every scale."""
+        if visible is not None:
+            count = visible.sum(dim=1)
+            if (visible.shape != patches.centers.shape[:2] or visible.dtype != torch.bool or count[0] == 0
+                    or (count != count[0]).any()):
+                raise ValueError(f"visible must be (B, G) = {tuple(patches.centers.shape[:2])} bool with the same "
+                                 f"number of True per cloud, got {tuple(visible.shape)} {visible.dtype}")
+        x, centers, _ = self._scales(patches, visible)[-1]  # the coarsest set is never padded
+        tokens = self.norm(x)
+        return Encoded(tokens, centers, None, self.pool(tokens, None))
+
+    def pool(self, tokens: torch.Tensor, cls: torch.Tensor | None) -> torch.Tensor:
+        """mean + max (ModelNet40 head), or [mean ; max over tokens 1:] (ScanObjectNN head: the official code
+        leaves token 0 out of the max)."""
+        if self.config.global_pool == "concat":
+            return torch.cat([tokens.mean(dim=1), tokens[:, 1:].max(dim=1)[0]], dim=-1)  # (B, 2C)
+        return tokens.mean(dim=1) + tokens.max(dim=1)[0]                                 # (B, C)
+
+    def forward_intermediates(self, patches: PointM2AEPatches) -> list[Level]:
+        """Per scale, finest first: the last block's output through that scale's LayerNorm, at the scale's
+        centres: (B, 512, 96), (B, 256, 192), (B, 64, 384) officially. This is what the official segmentation
+        model (``Point_M2AE_SEG``) feeds its propagation heads (``h_encoder.encoder_norms[s]``; the coarsest
+        norm is our ``norm``). Without ``scale_norms`` scales 0 and 1 are layer-normed without affine
+        parameters (the official norms at their initial values)."""
+        levels = []
+        for s, (x, centers, _) in enumerate(self._scales(patches, None)):
+            if s == len(self.config.encoder_dims) - 1:
+                x = self.norm(x)
+            elif self.config.scale_norms:
+                x = self.h_encoder.encoder_norms[s](x)
+            else:
+                x = F.layer_norm(x, x.shape[-1:])
+            levels.append(Level(x, centers))
+        return levels
+
+    def no_weight_decay(self) -> set[str]:
+        """The official optimiser skips every parameter with 'token' in its name: all of ``token_embed``."""
+        return {name for name, _ in self.named_parameters() if "token" in name}
+
+
+# ---- the released checkpoints (ZrrSkywalker/Point-M2AE): ``{'base_model': state}``, maybe ``module.``-prefixed ----
+# pre-training (``Point_M2AE``): h_encoder.{token_embed,encoder_pos_embeds,encoder_blocks,encoder_norms.0-2}.*,
+#   decoder: mask_token, h_decoder.*, decoder_pos_embeds.*, token_prop.*, decoder_norm.*, rec_head.*
+# fine-tuning (``Point_M2AE_ModelNet40`` / ``_ScanObjectNN``): h_encoder.{token_embed,encoder_pos_embeds,
+#   encoder_blocks}.* (no encoder_norms), norm.*, cls_head_finetune.*
+# segmentation (``Point_M2AE_SEG``): h_encoder.* with encoder_norms.0-2, label_conv.*, propagations.*, convs*, bns*
+ENCODER_PREFIX = "h_encoder."
+FINAL_NORM, COARSEST_SCALE_NORM = "norm.", "h_encoder.encoder_norms.2."
+
+
+def _unwrap(state: dict) -> dict[str, torch.Tensor]:
+    if isinstance(state.get("base_model"), dict):
+        state = state["base_model"]
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def official_kind(state: dict[str, torch.Tensor]) -> str | None:
+    """``"pretrain"``, ``"finetune"`` (classification) or ``"segment"`` for a released Point-M2AE state, else None."""
+    state = _unwrap(state)
+    if "h_encoder.token_embed.0.first_conv.0.weight" not in state:
+        return None
+    if "mask_token" in state or any(k.startswith("h_decoder.") for k in state):
+        return "pretrain"
+    if any(k.startswith("propagations.") for k in state):
+        return "segment"
+    return "finetune"
+
+
+def from_official(state: dict) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """A released state (any kind; ``{'base_model': ...}`` and ``module.`` accepted) in this module's names, and
+    the official keys left out (decoder, heads). ``h_encoder.encoder_norms.2`` becomes ``norm``; the
+    ``encoder_norms.0/1`` of pre-training and segmentation states are kept (an encoder with ``scale_norms``)."""
+    ours, left = {}, []
+    for key, value in _unwrap(state).items():
+        if key.startswith(COARSEST_SCALE_NORM):
+            ours[FINAL_NORM + key[len(COARSEST_SCALE_NORM):]] = value
+        elif key.startswith((ENCODER_PREFIX, FINAL_NORM)):
+            ours[key] = value
+        else:
+            left.append(key)
+    return ours, left
+
+
+def to_official(state: dict[str, torch.Tensor], kind: str = "finetune") -> dict[str, torch.Tensor]:
+    """This encoder's state in the official names of ``kind``: "finetune" (the classification models' encoder
+    keys exactly: per-scale norms dropped) or "pretrain" / "segment" (``norm`` -> ``h_encoder.encoder_norms.2``;
+    ``encoder_norms.0/1`` only if this encoder has ``scale_norms``)."""
+    if kind not in ("finetune", "pretrain", "segment"):
+        raise ValueError(f"kind must be finetune, pretrain or segment, got {kind!r}")
+    out = {}
+    for key, value in state.items():
+        if kind == "finetune" and key.startswith("h_encoder.encoder_norms."):
+            continue
+        if kind != "finetune" and key.startswith(FINAL_NORM):
+            key = COARSEST_SCALE_NORM + key[len(FINAL_NORM):]
+        out[key] = value
+    return out
+
+
+def config_from_official(state: dict, model_yaml: dict | None = None) -> PointM2AEConfig:
+    """The config of a released state as far as its weights tell; the rest is the official recipe's: a
+    concat (ScanObjectNN) head means group sizes 32/16/16, pre-training means global attention. The ``model:``
+    section of an official config beside the file (``model_yaml``) overrides the grouping it names."""
+    state, kind = _unwrap(state), official_kind(state)
+    pos = sorted(k for k in state if k.startswith("h_encoder.encoder_pos_embeds.") and k.endswith(".2.weight"))
+    dims = tuple(state[k].shape[0] for k in pos)
+    depths = tuple(1 + max(int(k.split(".")[4]) for k in state if k.startswith(f"h_encoder.encoder_blocks.{s}."))
+                   for s in range(len(dims)))
+    head = state.get("cls_head_finetune.0.weight")
+    concat = head is not None and head.shape[1] == 2 * dims[-1]
+    config = dict(encoder_depths=depths, encoder_dims=dims, local_attention=kind != "pretrain",
+                  scale_norms="h_encoder.encoder_norms.0.weight" in state,
+                  global_pool="concat" if concat else "mean+max", group_sizes=(32, 16, 16) if concat else (16, 8, 8))
+    named = ("group_sizes", "num_groups", "local_radius", "num_heads", "drop_path_rate")
+    config.update({k: v for k, v in (model_yaml or {}).items() if k in named})
+    return PointM2AEConfig(**config)
+
+
+def official_yaml(config: PointM2AEConfig, num_classes: int = 40, kind: str = "finetune") -> dict:
+    """The ``model:`` section of the official config for ``config``: fine-tuning ``Point_M2AE_ModelNet40``
+    (mean+max) or ``Point_M2AE_ScanObjectNN`` (concat), or ``Point_M2AE`` pre-training. The official heads
+    hard-code 40 / 15 classes, so ``num_classes`` has no key to go to (kept for the common signature)."""
+    encoder = {"group_sizes": list(config.group_sizes), "num_groups": list(config.num_groups),
+               "encoder_depths": list(config.encoder_depths), "encoder_dims": list(config.encoder_dims),
+               "local_radius": list(config.local_radius) if config.local_attention else [0] * len(config.local_radius),
+               "drop_path_rate": config.drop_path_rate, "num_heads": config.num_heads}
+    if kind == "pretrain":
+        return {"NAME": "Point_M2AE", "mask_ratio": PointM2AEEncoder.default_mask_ratio, **encoder,
+                "local_radius": list(config.local_radius), "decoder_depths": [1, 1],
+                "decoder_dims": [config.encoder_dims[-1], config.encoder_dims[-2]], "decoder_up_blocks": [1, 1]}
+    if config.global_pool == "concat":
+        return {"NAME": "Point_M2AE_ScanObjectNN", **encoder}
+    return {"NAME": "Point_M2AE_ModelNet40", "smooth": 0.3, **encoder}
