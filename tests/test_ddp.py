@@ -59,6 +59,20 @@ def test_stage2_ranks_hold_identical_weights(small_demo_cache, stage1_ckpt, tmp_
     _assert_identical(out)
 
 
+def test_point_m2ae_stage2_ranks_hold_identical_weights(small_demo_cache, tmp_path):
+    # variable-length visible sets per scale, padded per rank: DDP still averages every gradient
+    s1 = str(tmp_path / "s1")
+    _torchrun("stage1", cache=small_demo_cache, out=s1, model="point-m2ae-tiny", steps=2, batch_size=4,
+              num_points=128, workers=0, log_every=1, warmup_steps=1)
+    _assert_identical(s1)
+    out = str(tmp_path / "s2")
+    _torchrun("stage2", cache=small_demo_cache, out=out, teacher=os.path.join(s1, "last.pt"), steps=3, batch_size=4,
+              num_points=128, workers=0, log_every=1, warmup_steps=1)
+    _assert_identical(out)
+    a, _ = _rank_params(out)
+    assert any(n.startswith("student.encoder.h_encoder.") for n in a)
+
+
 def test_finetune_ranks_hold_identical_weights(small_demo_cache, stage1_ckpt, tmp_path):
     out = str(tmp_path / "ft")
     _torchrun("finetune", cache=small_demo_cache, out=out, init=stage1_ckpt, protocol="full", epochs=1,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 
 import numpy as np
 import torch
@@ -56,6 +57,25 @@ STAGE_NAMES = {"stage1": "a `train stage1`", "stage2": "a `train stage2`", "fusi
                "finetune": "a `train finetune`", "segment": "a `train segment`"}
 
 
+_LEGACY_MLP = re.compile(r"(blocks\.\d+\.mlp\.)([02])\.")
+
+
+def rename_legacy_mlp(tensors: dict) -> dict:
+    """Checkpoints before the encoder registry named the transformer MLP ``mlp.0`` / ``mlp.2``; the blocks now
+    carry the official ``mlp.fc1`` / ``mlp.fc2``."""
+    return {_LEGACY_MLP.sub(lambda m: f"{m.group(1)}fc{1 if m.group(2) == '0' else 2}.", k): v
+            for k, v in tensors.items()}
+
+
+def upgrade(state: dict) -> dict:
+    """A checkpoint of an encoder stage written before the registry (no ``encoder`` record), in today's names."""
+    if state.get("stage") in ENCODER_STAGES and "encoder" not in state:
+        state = {**state, "model": rename_legacy_mlp(state["model"])}
+        if "decoders" in state:
+            state["decoders"] = rename_legacy_mlp(state["decoders"])
+    return state
+
+
 def encoder_record(state: dict) -> dict:
     """``{"name": family, "config": {...}}`` of the encoder a checkpoint holds. Checkpoints written before the
     encoder registry stored only ``model_config``: they are Point-MAE's."""
@@ -92,4 +112,4 @@ def check_stage(state, path: str, stage: str | tuple[str, ...] | None = None) ->
     if wanted and state["stage"] not in wanted:
         raise CheckpointError(f"{path} is {STAGE_NAMES.get(state['stage'], repr(state['stage']))} checkpoint; "
                               f"this needs {' or '.join(STAGE_NAMES.get(w, w) for w in wanted)} one")
-    return state
+    return upgrade(state)

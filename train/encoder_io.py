@@ -40,6 +40,7 @@ def _safetensors_state(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
         record = json.loads(meta["encoder"])
     elif meta.get("format") == POINT_MAE_FORMAT:
         record = {"name": "point-mae", "config": json.loads(meta["config"])}
+        return record, checkpoint.rename_legacy_mlp(load_file(path))
     else:
         raise checkpoint.CheckpointError(f"{path} is not an encoder exported by `train export-encoder`")
     return record, load_file(path)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from train.models.encoders import PointEncoder
-from train.models.encoders.point_mae import _init_weights
+from train.models.layers import init_weights
 
 PROTOCOLS = ("full", "mlp3", "linear")
 
@@ -31,7 +31,7 @@ def classification_head(in_dim: int, num_classes: int, protocol: str) -> nn.Modu
             nn.Linear(in_dim, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Dropout(0.5),
             nn.Linear(256, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Dropout(0.5),
             nn.Linear(256, num_classes))
-    head.apply(_init_weights)
+    head.apply(init_weights)
     return head
 
 

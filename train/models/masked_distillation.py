@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.models.encoders.base import Patches, random_token_mask
-from train.models.encoders.point_mae import TransformerEncoder, _init_weights
+from train.models.layers import TransformerEncoder, init_weights
 from train.models.student import Student
 from train.ops import chamfer_distance
 
@@ -76,17 +76,17 @@ class MaskedDistillation(nn.Module):
         if cfg.local or cfg.target == "points":
             self.mask_token = nn.Parameter(torch.zeros(1, 1, c))
             self.decoder_pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, c))
-            self.local_decoder = TransformerEncoder(c, cfg.decoder_depth, heads, 0.0)
+            self.local_decoder = TransformerEncoder(c, heads, [0.0] * cfg.decoder_depth)
             self.local_norm = nn.LayerNorm(c)
             out = 3 * enc.config.group_size if cfg.target == "points" else token_dim
             self.local_head = nn.Linear(c, out)
         if cfg.use_global:
-            self.global_decoder = TransformerEncoder(c, cfg.decoder_depth, heads, 0.0)
+            self.global_decoder = TransformerEncoder(c, heads, [0.0] * cfg.decoder_depth)
             self.global_norm = nn.LayerNorm(c)
             self.global_head = nn.Linear(enc.global_dim, global_dim)  # reads the tokens pooled as the encoder does
         for name, m in self.named_children():
             if name != "student":
-                m.apply(_init_weights)
+                m.apply(init_weights)
         if hasattr(self, "mask_token"):
             nn.init.trunc_normal_(self.mask_token, std=0.02)
 

@@ -36,6 +36,7 @@ from torch import nn
 
 from train.models.encoders import register_family
 from train.models.encoders.base import Encoded, Level, Patches, PointEncoder
+from train.models.layers import MiniPointNet, TransformerEncoder, drop_path_rates, init_weights
 from train.ops import farthest_point_sample, knn
 from train.ops.geometry import exact_cdist
 
@@ -112,105 +113,6 @@ def gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return out.reshape(*idx.shape, c)
 
 
-class TokenEmbed(nn.Module):
-    """The official ``Token_Embed``: conv-BN-ReLU-conv, max over the group, [max ; per-point], conv-BN-ReLU-conv,
-    max. On points (scale 0, ``in_c`` = 3): widths 128, 256 | 512, 512 -> out. On tokens: in, in | 2 in, out -> out."""
-
-    def __init__(self, in_c: int, out_c: int, points: bool) -> None:
-        super().__init__()
-        a, b, c = (128, 256, 512) if points else (in_c, in_c, out_c)
-        self.first_conv = nn.Sequential(nn.Conv1d(in_c, a, 1), nn.BatchNorm1d(a), nn.ReLU(inplace=True),
-                                        nn.Conv1d(a, b, 1))
-        self.second_conv = nn.Sequential(nn.Conv1d(2 * b, c, 1), nn.BatchNorm1d(c), nn.ReLU(inplace=True),
-                                         nn.Conv1d(c, out_c, 1))
-
-    def forward(self, groups: torch.Tensor) -> torch.Tensor:
-        b, g, k, c = groups.shape
-        x = pointwise(self.first_conv, groups.reshape(b * g, k, c))                  # (BG, K, b)
-        x = torch.cat([x.max(dim=1, keepdim=True)[0].expand(-1, k, -1), x], -1)     # (BG, K, 2b)
-        x = pointwise(self.second_conv, x).max(dim=1)[0]                             # (BG, out)
-        return x.reshape(b, g, -1)
-
-
-def pointwise(net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """``net`` (Conv1d(k=1), BatchNorm1d, ReLU, Conv1d(k=1)) on channels-last x (M, K, C): the same function as
-    ``net(x.transpose(1, 2)).transpose(1, 2)`` (BatchNorm over M and K), with matrix products, which a CPU runs
-    several times faster than 1x1 convolutions (backward above all)."""
-    conv1, bn, act, conv2 = net
-    m, k, _ = x.shape
-    x = F.linear(x, conv1.weight[..., 0], conv1.bias)                                # (M, K, a)
-    x = act(bn(x.reshape(m * k, -1))).reshape(m, k, -1)
-    return F.linear(x, conv2.weight[..., 0], conv2.bias)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth per sample (timm's ``DropPath``)."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = x.new_empty(x.shape[0], *([1] * (x.ndim - 1))).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
-
-
-class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=False)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
-        """``allowed`` (B, N, N) bool, True = query may attend to key (the official additive -1e5 on the rest
-        gives those keys exactly zero weight in float32; a boolean mask does the same in any precision)."""
-        b, n, c = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        mask = None if allowed is None else allowed.unsqueeze(1)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)                 # (B, H, N, C/H)
-        return self.proj(x.transpose(1, 2).reshape(b, n, c))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm1(x)); x + mlp(norm2(x))."""
-
-    def __init__(self, dim: int, num_heads: int, drop_path: float) -> None:
-        super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads)
-        self.mlp = Mlp(dim, 4 * dim)
-        self.drop_path = DropPath(drop_path)
-
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), allowed))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
-class EncoderBlocks(nn.Module):
-    """One scale's blocks (official ``Encoder_Block``): the positional embedding is added before every block."""
-
-    def __init__(self, dim: int, num_heads: int, rates: list[float]) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList(Block(dim, num_heads, r) for r in rates)
-
-    def forward(self, x: torch.Tensor, pos: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x + pos, allowed)
-        return x
-
-
 class HEncoder(nn.Module):
     """The official ``H_Encoder``'s parameters (token merging, positions, blocks; per-scale norms if asked)."""
 
@@ -218,26 +120,15 @@ class HEncoder(nn.Module):
         super().__init__()
         dims, depths = config.encoder_dims, config.encoder_depths
         self.token_embed = nn.ModuleList(
-            TokenEmbed(3 if s == 0 else dims[s - 1], dims[s], points=s == 0) for s in range(len(dims)))
+            MiniPointNet(3 if s == 0 else dims[s - 1], dims[s], points=s == 0) for s in range(len(dims)))
         self.encoder_pos_embeds = nn.ModuleList(
             nn.Sequential(nn.Linear(3, c), nn.GELU(), nn.Linear(c, c)) for c in dims)
-        rates = [r.item() for r in torch.linspace(0, config.drop_path_rate, sum(depths))]  # over all blocks
+        rates = drop_path_rates(config.drop_path_rate, sum(depths))                       # over all 15 blocks
         starts = [sum(depths[:s]) for s in range(len(depths))]
         self.encoder_blocks = nn.ModuleList(
-            EncoderBlocks(c, config.num_heads, rates[a:a + d]) for c, a, d in zip(dims, starts, depths))
+            TransformerEncoder(c, config.num_heads, rates[a:a + d]) for c, a, d in zip(dims, starts, depths))
         if config.scale_norms:
             self.encoder_norms = nn.ModuleList(nn.LayerNorm(c) for c in dims[:-1])
-
-
-def _init_weights(m: nn.Module) -> None:
-    """The official ``H_Encoder._init_weights``."""
-    if isinstance(m, (nn.Linear, nn.Conv1d)):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 def pack_visible(visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -270,7 +161,7 @@ class PointM2AEEncoder(PointEncoder):
         super().__init__()
         self.config = config
         self.h_encoder = HEncoder(config)
-        self.h_encoder.apply(_init_weights)
+        self.h_encoder.apply(init_weights)
         self.norm = nn.LayerNorm(config.encoder_dims[-1])
 
     @property

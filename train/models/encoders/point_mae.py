@@ -8,9 +8,10 @@
       -> global feature = concat(cls, max over tokens)                      # (B, 2C)
 
 Presets: ``point-mae`` (the official model: 12 layers, 384 dims, 6 heads, 64 groups of 32; alias ``base``) and
-``point-mae-tiny`` for CPUs, in ``train/model_configs/``. Parameter names follow the official fine-tuning model
-(``PointTransformer``) except the MLP (``mlp.0`` / ``mlp.2`` for ``mlp.fc1`` / ``mlp.fc2``); :func:`from_official`
-and :func:`to_official` map the released checkpoints.
+``point-mae-tiny`` for CPUs, in ``train/model_configs/``. Parameter names are the official fine-tuning model's
+(``PointTransformer``); :func:`from_official` takes the pre-training state's ``MAE_encoder.`` away.
+Checked once against the official ``PointTransformer`` run on a CPU (the same weights and grouping): tokens and
+global feature agree to 3e-6 in float32.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch import nn
 
 from train.models.encoders import register_family
 from train.models.encoders.base import Encoded, Level, Patches, PointEncoder
+from train.models.layers import MiniPointNet, TransformerEncoder, drop_path_rates, init_weights
 from train.ops import farthest_point_sample, knn
 
 
@@ -56,86 +58,6 @@ class Group(nn.Module):
         return neighborhood, center
 
 
-class Encoder(nn.Module):
-    """Mini-PointNet: shared MLPs, max-pool, concat global, MLPs, max-pool -> one token per group."""
-
-    def __init__(self, encoder_channel: int) -> None:
-        super().__init__()
-        self.first_conv = nn.Sequential(nn.Conv1d(3, 128, 1), nn.BatchNorm1d(128), nn.ReLU(inplace=True),
-                                        nn.Conv1d(128, 256, 1))
-        self.second_conv = nn.Sequential(nn.Conv1d(512, 512, 1), nn.BatchNorm1d(512), nn.ReLU(inplace=True),
-                                         nn.Conv1d(512, encoder_channel, 1))
-
-    def forward(self, point_groups: torch.Tensor) -> torch.Tensor:
-        b, g, s, _ = point_groups.shape
-        x = self.first_conv(point_groups.reshape(b * g, s, 3).transpose(2, 1))   # (BG, 256, S)
-        x = torch.cat([x.max(dim=2, keepdim=True)[0].expand(-1, -1, s), x], 1)   # (BG, 512, S)
-        x = self.second_conv(x).max(dim=2)[0]                                      # (BG, C)
-        return x.reshape(b, g, -1)
-
-
-class DropPath(nn.Module):
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = x.new_empty(x.shape[0], *([1] * (x.ndim - 1))).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
-
-
-class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=False)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = nn.functional.scaled_dot_product_attention(q, k, v)                   # (B, H, N, C/H)
-        return self.proj(x.transpose(1, 2).reshape(b, n, c))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)); x + mlp(norm(x))."""
-
-    def __init__(self, dim: int, num_heads: int, drop_path: float, mlp_ratio: float = 4.0) -> None:
-        super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads)
-        self.mlp = nn.Sequential(nn.Linear(dim, int(dim * mlp_ratio)), nn.GELU(), nn.Linear(int(dim * mlp_ratio), dim))
-        self.drop_path = DropPath(drop_path)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
-class TransformerEncoder(nn.Module):
-    def __init__(self, dim: int, depth: int, num_heads: int, drop_path_rate: float) -> None:
-        super().__init__()
-        rates = [r.item() for r in torch.linspace(0, drop_path_rate, depth)]
-        self.blocks = nn.ModuleList(Block(dim, num_heads, r) for r in rates)
-
-    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x + pos)  # Point-MAE adds the positional embedding before every block
-        return x
-
-    def forward_layers(self, x: torch.Tensor, pos: torch.Tensor, fetch: list[int]) -> list[torch.Tensor]:
-        """The outputs of the blocks numbered in ``fetch`` (Point-MAE's part segmentation reads three depths)."""
-        out = []
-        for i, block in enumerate(self.blocks):
-            x = block(x + pos)
-            if i in fetch:
-                out.append(x)
-        return out
-
-
 @dataclass
 class PointMAEPatches(Patches):
     """Point-MAE's grouping: ``neighborhood`` (B, G, S, 3) points relative to their centre ``centers`` (B, G, 3)."""
@@ -163,14 +85,17 @@ class PointMAEEncoder(PointEncoder):
         self.config = config
         c = config.trans_dim
         self.group_divider = Group(config.num_group, config.group_size)
-        self.encoder = Encoder(config.encoder_dims)
+        self.encoder = MiniPointNet(3, config.encoder_dims)  # the official ``Encoder``
         self.reduce_dim = nn.Linear(config.encoder_dims, c) if config.encoder_dims != c else nn.Identity()
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c))
         self.cls_pos = nn.Parameter(torch.randn(1, 1, c) * 0.02)
         self.pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, c))
-        self.blocks = TransformerEncoder(c, config.depth, config.num_heads, config.drop_path_rate)
+        self.blocks = TransformerEncoder(c, config.num_heads, drop_path_rates(config.drop_path_rate, config.depth))
         self.norm = nn.LayerNorm(c)
-        self.apply(_init_weights)
+        # Linear and LayerNorm as the official init; the mini-PointNet's 1x1 convs keep PyTorch's default, as this
+        # project always had them: the official from-scratch init (std 0.02) learns much slower in short runs
+        # (the 12-epoch tiny fine-tuning test stays at chance with it). Loaded weights are unaffected.
+        self.apply(lambda m: init_weights(m, conv=False))
 
     @property
     def token_dim(self) -> int:
@@ -226,22 +151,11 @@ class PointMAEEncoder(PointEncoder):
         return {"cls_token", "cls_pos"}
 
 
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-
-
 # ---- the released checkpoints (Pang-Yatian/Point-MAE): ``{'base_model': state}`` ----
 # pre-training (``Point_MAE``): the encoder under ``MAE_encoder.`` (no cls token, no cls_pos), plus the decoder;
 # fine-tuning (``PointTransformer``): the encoder at the top level, plus ``cls_head_finetune.``.
 OFFICIAL_PRETRAIN_PREFIX = "MAE_encoder."
 OFFICIAL_HEAD_PREFIX = "cls_head_finetune."
-_MLP_NAMES = ((".mlp.0.", ".mlp.fc1."), (".mlp.2.", ".mlp.fc2."))
 
 
 def official_kind(state: dict[str, torch.Tensor]) -> str | None:
@@ -259,24 +173,16 @@ def from_official(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
     prefix = OFFICIAL_PRETRAIN_PREFIX if official_kind(state) == "pretrain" else ""
     ours, left = {}, []
     for key, value in state.items():
-        if not key.startswith(prefix) or key.startswith(OFFICIAL_HEAD_PREFIX):
+        if key.startswith(prefix) and not key.startswith(OFFICIAL_HEAD_PREFIX):
+            ours[key[len(prefix):]] = value
+        else:
             left.append(key)
-            continue
-        name = key[len(prefix):]
-        for mine, theirs in _MLP_NAMES:
-            name = name.replace(theirs, mine)
-        ours[name] = value
     return ours, left
 
 
 def to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """This encoder's state in the official fine-tuning model's (``PointTransformer``) names."""
-    out = {}
-    for name, value in state.items():
-        for mine, theirs in _MLP_NAMES:
-            name = name.replace(mine, theirs)
-        out[name] = value
-    return out
+    """This encoder's state in the official fine-tuning model's (``PointTransformer``) names: the same names."""
+    return dict(state)
 
 
 def config_from_official(state: dict[str, torch.Tensor], model_yaml: dict | None = None) -> PointMAEConfig:
