@@ -271,3 +271,28 @@ def test_point_mae_computes_what_the_official_forward_computes():
     points = _points(1024)
     expected = _official_point_mae_forward(official, points, 64, 32, 6)
     torch.testing.assert_close(encoder(points)[1], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_a_released_point_m2ae_pretraining_state_starts_a_fine_tuning_encoder_without_idle_norms(tmp_path):
+    from train.models.encoders import point_m2ae
+
+    torch.manual_seed(5)
+    source = create_encoder("point-m2ae-tiny", scale_norms=True, local_attention=False)
+    state = point_m2ae.to_official(source.state_dict(), kind="pretrain")
+    state.update({"mask_token": torch.zeros(1, 1, 128), "h_decoder.norm.weight": torch.ones(64)})
+    path = str(tmp_path / "pre-train.pth")
+    torch.save({"base_model": state}, path)
+    import yaml
+
+    with open(str(tmp_path / "pre-train.yaml"), "w") as f:  # the tiny preset's 4 heads are no official default
+        yaml.safe_dump({"model": point_m2ae.official_yaml(source.config, kind="pretrain")}, f)
+    as_released, report = build_from(path)
+    assert as_released.config.scale_norms and not as_released.config.local_attention and report["missing"] == []
+    # the classification recipe has no use for the per-scale norms: left out (a parameter without a gradient
+    # would stall DDP), said so, and the rest loaded
+    tuned, report = build_from(path, "modelnet40")
+    assert not tuned.config.scale_norms and tuned.config.local_attention and report["missing"] == []
+    assert {"h_encoder.encoder_norms.0.weight", "h_encoder.encoder_norms.1.bias", "mask_token"} <= set(
+        report["left_out"])
+    theirs = source.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in tuned.state_dict().items())

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from train import checkpoint
 from train.models.encoders import PointEncoder, encoder_from_record
 from train.models.encoders.official import NotOfficialError, read_official, write_official
+from train.tasks import ENCODER_TASKS
 
 FORMAT = "teacher-cache/encoder"
 POINT_MAE_FORMAT = "teacher-cache/point-mae-encoder"  # files exported before the registry: Point-MAE's config only
@@ -59,7 +60,7 @@ def encoder_state(path: str) -> tuple[dict, dict[str, torch.Tensor], dict]:
         return record, weights, {"source": "exported encoder", "left_out": []}
     obj = checkpoint.read(path)
     if isinstance(obj, dict) and "stage" in obj:
-        state = checkpoint.check_stage(obj, path, checkpoint.ENCODER_STAGES)
+        state = checkpoint.check_stage(obj, path, ENCODER_TASKS)
         prefix = "encoder."  # every stage's model holds its encoder as ``encoder``
         weights = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
         left = [k for k in state["model"] if not k.startswith(prefix)]
@@ -72,15 +73,15 @@ def encoder_state(path: str) -> tuple[dict, dict[str, torch.Tensor], dict]:
 
 def build_from(path: str, recipe: str | None = None, **overrides) -> tuple[PointEncoder, dict]:
     """The encoder of ``path`` with its weights (``overrides``: config changes no weight depends on, e.g. grouping)
-    after the family's ``recipe``, and the load report: ``missing`` (kept as initialised, e.g. a cls token a pre-training state lacks),
-    ``left_out`` (tensors of the file the encoder does not use, e.g. a decoder or head)."""
+    after the family's ``recipe``, and the load report: ``missing`` (kept as initialised, e.g. a cls token a
+    pre-training state lacks), ``left_out`` (tensors of the file the encoder does not use, e.g. a decoder, a head,
+    or norms the recipe's model has no use for)."""
     record, weights, report = encoder_state(path)
     encoder = encoder_from_record(record, recipe, **overrides)
-    result = encoder.load_state_dict(weights, strict=False)
-    if result.unexpected_keys:
-        raise checkpoint.CheckpointError(f"{path}: tensors that {record['name']} does not have: "
-                                         f"{', '.join(result.unexpected_keys[:8])}")
-    return encoder, {**report, "missing": list(result.missing_keys)}
+    own = encoder.state_dict()
+    result = encoder.load_state_dict({k: v for k, v in weights.items() if k in own}, strict=False)
+    unused = [k for k in weights if k not in own]
+    return encoder, {**report, "missing": list(result.missing_keys), "left_out": report["left_out"] + unused}
 
 
 def describe_load(path: str, report: dict) -> str | None:

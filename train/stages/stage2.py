@@ -88,7 +88,7 @@ def load_stage1(path: str) -> tuple[dict, Student]:
     if isinstance(obj, dict) and "stage" in obj:
         state = checkpoint.check_stage(obj, path, "stage1")  # another stage's run is refused, not guessed at
     else:
-        encoder = start_from(path, "--teacher")
+        encoder = start_from(path, "--teacher", "pretrain")
         state = {"model": {f"encoder.{k}": v for k, v in encoder.state_dict().items()}, "heads": {},
                  "encoder": encoder.describe()}
     model = Student(encoder_from_record(checkpoint.encoder_record(state)), state["heads"])

@@ -149,12 +149,13 @@ class PointM2AEEncoder(PointEncoder):
     config_class = PointM2AEConfig
     default_mask_ratio = 0.8
     segmentation_head = "per-level"  # Point_M2AE_SEG: every scale propagated to every point
-    # cfgs/pre-training (attention global between real tokens), cfgs/fine-tuning/*.yaml, segmentation/main.py
-    recipes = {"pretrain": {"encoder": {"local_attention": False}},
+    # cfgs/pre-training (attention global between real tokens), cfgs/fine-tuning/*.yaml, segmentation/main.py;
+    # the per-scale norms only where a head reads them (a parameter without a gradient would stall DDP)
+    recipes = {"pretrain": {"encoder": {"local_attention": False, "scale_norms": False}},
                "modelnet40": {"encoder": {"group_sizes": (16, 8, 8), "global_pool": "mean+max",
-                                          "local_attention": True}, "label_smoothing": 0.3},
+                                          "local_attention": True, "scale_norms": False}, "label_smoothing": 0.3},
                "scanobjectnn": {"encoder": {"group_sizes": (32, 16, 16), "global_pool": "concat",
-                                            "local_attention": True}, "label_smoothing": 0.0},
+                                            "local_attention": True, "scale_norms": False}, "label_smoothing": 0.0},
                "segment": {"encoder": {"group_sizes": (16, 8, 8), "local_attention": True, "scale_norms": True}}}
 
     def __init__(self, config: PointM2AEConfig) -> None:
