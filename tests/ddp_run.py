@@ -15,27 +15,17 @@ import sys
 import torch
 
 from train.loop import run
+from train.tasks import TASKS
 
 
 def main() -> None:
     stage, options = sys.argv[1], json.loads(sys.argv[2])
     resume, stop_at = options.pop("resume", False), options.pop("stop_at", None)
-    if stage == "stage1":
-        from train.stages.stage1 import Stage1Config as Config, Stage1Task as Task
-    elif stage == "stage2":
-        from train.stages.stage2 import Stage2Config as Config, Stage2Task as Task
-    elif stage == "finetune":
-        from train.downstream.finetune import FinetuneConfig as Config, FinetuneTask as Task
-    elif stage == "segment":
-        from train.downstream.segment import SegmentConfig as Config, SegmentTask as Task
-    else:
-        from train.stages.fusion import FusionRunConfig as Config, FusionTask as Task
-    cfg = Config(**options)
-    task = Task(cfg.resolved() if stage in ("finetune", "segment") else cfg)
+    spec = TASKS[stage]
+    cfg = spec.config_class()(**options)
+    task = spec.task_class()(cfg.resolved() if spec.resolves else cfg)
     run(task.cfg, task, resume=resume, progress=False, stop_at=stop_at)
-    module = {"stage2": "module", "finetune": "model", "segment": "model"}.get(stage, "objective")
-    module = getattr(task, module)
-    params = {n: p.detach().clone() for n, p in module.named_parameters()}
+    params = {n: p.detach().clone() for n, p in task.trained.named_parameters()}
     torch.save(params, os.path.join(options["out"], f"rank{os.environ.get('RANK', '0')}.pt"))
 
 

@@ -6,25 +6,18 @@ from __future__ import annotations
 import csv
 import json
 import os
-import socket
 import subprocess
-import sys
 
 import pytest
 import torch
+from torchrun import torchrun
 
 HERE = os.path.dirname(__file__)
 
 
 def _torchrun(stage: str, **options) -> subprocess.CompletedProcess:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-           os.path.join(HERE, "ddp_run.py"), stage, json.dumps(options)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
+    """Any task of train.tasks.TASKS under 2-process torchrun (tests/ddp_run.py)."""
+    return torchrun(os.path.join(HERE, "ddp_run.py"), stage, json.dumps(options))
 
 
 def _rank_params(out: str) -> tuple[dict, dict]:
@@ -94,8 +87,8 @@ def test_segment_ranks_hold_identical_weights(small_demo_cache, tmp_path):
 def test_fusion_ranks_hold_identical_weights(small_scenes_cache, tmp_path, mode):
     out = str(tmp_path / mode)
     weights = {"contrastive": 1.0, "regression": 1.0, "occupancy": 0.5, "codebook": 0.5}
-    _torchrun("fusion", cache=small_scenes_cache, out=out, mode=mode, steps=3, batch_size=1, dim=16, depth=2, workers=0,
-              log_every=1, warmup_steps=1, weights=weights)
+    _torchrun(f"fusion-{mode}", cache=small_scenes_cache, out=out, mode=mode, steps=3, batch_size=1, dim=16, depth=2,
+              workers=0, log_every=1, warmup_steps=1, weights=weights)
     _assert_identical(out)
     config = json.load(open(os.path.join(out, "config.json")))
     assert config["world_size"] == 2

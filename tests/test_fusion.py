@@ -6,8 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import torch
@@ -74,15 +72,9 @@ def test_finetune_on_a_share_of_labels_from_a_checkpoint_and_eval_seg(small_scen
 
 
 def test_fusion_under_torchrun(small_scenes_cache, tmp_path):
-    import socket
+    from torchrun import torchrun
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     run_dir = str(tmp_path / "ddp")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", "train",
-           "fusion", "pretrain", "--cache", small_scenes_cache, "--out", run_dir, "--steps", "2", "--batch-size", "1",
-           "--dim", "16", "--depth", "2", "--workers", "0", "--log-every", "1", "--no-progress"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchrun("-m", "train", "fusion", "pretrain", "--cache", small_scenes_cache, "--out", run_dir, "--steps", "2",
+             "--batch-size", "1", "--dim", "16", "--depth", "2", "--workers", "0", "--log-every", "1", "--no-progress")
     assert len(_losses(run_dir)) == 2 and json.load(open(os.path.join(run_dir, "config.json")))["world_size"] == 2

@@ -129,3 +129,34 @@ def test_epochs_of_a_batch_or_two_read_in_the_main_process(small_demo_cache, tmp
     assert "reading in the main process" in result.output
     config = json.load(open(os.path.join(out, "config.json")))
     assert config["loader_workers"] == 0 and config["config"]["workers"] == 2 and config["batches_per_epoch"] == 2
+
+
+def test_a_run_whose_workers_and_process_group_fail_to_shut_down_keeps_its_checkpoint(small_demo_cache, tmp_path,
+                                                                                        monkeypatch):
+    from torch.utils.data import dataloader
+
+    import train.loop
+
+    original = dataloader._MultiProcessingDataLoaderIter._shutdown_workers
+
+    def stuck_workers(self):
+        original(self)  # they do go, so the test leaves no process behind; the failure is what is reported
+        raise TimeoutError("worker 0 still alive after 5.0 seconds")
+
+    def broken_group():
+        raise RuntimeError("Connection closed by peer [127.0.0.1]:29500\nmore lines")
+
+    monkeypatch.setattr(dataloader._MultiProcessingDataLoaderIter, "_shutdown_workers", stuck_workers)
+    monkeypatch.setattr(train.loop, "close_distributed", broken_group)
+    out = str(tmp_path / "run")
+    result = CliRunner().invoke(app, ["stage1", "--cache", small_demo_cache, "--out", out,
+                                     *FAST[:-3], "--workers", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert os.path.exists(os.path.join(out, "last.pt")) and os.path.exists(os.path.join(out, "metrics.csv"))
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2 and "Traceback" not in result.stderr
+    assert "data loader's workers" in warnings[0] and "TimeoutError: worker 0 still alive" in warnings[0]
+    assert "process group" in warnings[1] and "Connection closed by peer" in warnings[1]
+    assert "more lines" not in result.stderr
+    state = torch.load(os.path.join(out, "last.pt"), weights_only=True)
+    assert state["step"] == 1

@@ -14,6 +14,8 @@ import re
 import numpy as np
 import torch
 
+from train.tasks import ENCODER_TASKS, describe
+
 
 def rng_state() -> dict:
     np_state = np.random.get_state()
@@ -52,11 +54,6 @@ class CheckpointError(ValueError):
     """A file that is not a checkpoint of this tool, or one of the wrong kind."""
 
 
-STAGE_NAMES = {"stage1": "a `train stage1`", "stage2": "a `train stage2`", "fusion-pretrain": "a `train fusion "
-               "pretrain`", "fusion-finetune": "a `train fusion finetune`",
-               "finetune": "a `train finetune`", "segment": "a `train segment`"}
-
-
 _LEGACY_MLP = re.compile(r"(blocks\.\d+\.mlp\.)([02])\.")
 
 
@@ -69,7 +66,7 @@ def rename_legacy_mlp(tensors: dict) -> dict:
 
 def upgrade(state: dict) -> dict:
     """A checkpoint of an encoder stage written before the registry (no ``encoder`` record), in today's names."""
-    if state.get("stage") in ENCODER_STAGES and "encoder" not in state:
+    if state.get("stage") in ENCODER_TASKS and "encoder" not in state:
         state = {**state, "model": rename_legacy_mlp(state["model"])}
         if "decoders" in state:
             state["decoders"] = rename_legacy_mlp(state["decoders"])
@@ -82,9 +79,6 @@ def encoder_record(state: dict) -> dict:
     if isinstance(state.get("encoder"), dict) and "name" in state["encoder"]:
         return state["encoder"]
     return {"name": "point-mae", "config": state["model_config"]}
-
-
-ENCODER_STAGES = ("stage1", "stage2", "finetune", "segment")  # checkpoints whose model holds an ``encoder``
 
 
 def load(path: str, stage: str | tuple[str, ...] | None = None) -> dict:
@@ -110,6 +104,6 @@ def check_stage(state, path: str, stage: str | tuple[str, ...] | None = None) ->
         raise CheckpointError(f"{path} is not a checkpoint of this tool (no 'stage' record)")
     wanted = (stage,) if isinstance(stage, str) else stage
     if wanted and state["stage"] not in wanted:
-        raise CheckpointError(f"{path} is {STAGE_NAMES.get(state['stage'], repr(state['stage']))} checkpoint; "
-                              f"this needs {' or '.join(STAGE_NAMES.get(w, w) for w in wanted)} one")
+        raise CheckpointError(f"{path} is {describe(state['stage'])} checkpoint; "
+                              f"this needs {' or '.join(describe(w) for w in wanted)} one")
     return upgrade(state)

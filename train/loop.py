@@ -121,7 +121,8 @@ def lr_at(step: int, cfg: LoopConfig) -> float:
 class Task:
     """One stage's part of the loop (see Stage1Task, Stage2Task)."""
 
-    stage: str = "?"
+    stage: str = "?"  # its name in train.tasks.TASKS
+    trained: nn.Module  # what build() returned: the module DDP wraps, set by the loop
 
     def stream_config(self) -> StreamConfig:
         raise NotImplementedError
@@ -172,6 +173,18 @@ class Task:
     def schedule(self, cfg: LoopConfig, batches_per_epoch: int) -> LoopConfig:
         """The run's config once the epoch length is known (e.g. steps from epochs); by default as given."""
         return cfg
+
+
+def shut_down(*parts: tuple[str, Any]) -> None:
+    """Close every part in order; one that raises (workers that will not exit, a process group whose peer is
+    gone) is one warning line on stderr, and the others are still closed."""
+    for what, close in parts:
+        try:
+            close()
+        except Exception as e:  # anything: the checkpoints are written, nothing here may fail the run
+            print(f"warning: {what} did not shut down cleanly after the last checkpoint ({type(e).__name__}: "
+                  f"{str(e).splitlines()[0] if str(e) else 'no message'}); the run's files are complete",
+                  file=sys.stderr)
 
 
 def check_run_dir(cfg: LoopConfig, resume: bool) -> bool:
@@ -240,7 +253,7 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
     stream = task.make_stream(cfg.cache, rank, world)
     workers, per_epoch = _loader_shape(stream, cfg, task, world, dist_info.is_main)
     cfg = task.schedule(cfg, per_epoch)  # e.g. fine-tuning: --epochs -> steps, validation every epoch
-    module = task.build(stream, device, rank, world)
+    module = task.trained = task.build(stream, device, rank, world)
     optimizer = torch.optim.AdamW(param_groups(module, cfg.lr, cfg.weight_decay, task.lr_scale), lr=cfg.lr)
     flat_params = [p for g in optimizer.param_groups for p in g["params"]]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg))
@@ -316,6 +329,7 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
     metrics: dict = {}
     module.train()
     end = min(cfg.steps, stop_at or cfg.steps)
+    batches = None  # the loader's iterator of the current epoch (a finished run resumed makes none)
     # workers assemble whole batches; persistent workers move on to the next epoch by themselves. The loader's
     # own generator: creating an iterator must not draw from the global RNG (a resumed run would mask differently)
     loader = DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
@@ -361,10 +375,10 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
                 save(last_path)  # every rank: the save gathers their random states
             if due_val and dist_info.is_main:
                 validate()
-    bar.close()
-    log.close()
-    stream.close()
-    close_distributed()
+    # the run's files are complete here: a part that fails to shut down costs a warning, not the run
+    shut_down(("the progress bar", bar.close), ("the metric logs", log.close),
+              ("the data loader's workers", getattr(batches, "_shutdown_workers", lambda: None)),
+              ("the stream", stream.close), ("the process group", close_distributed))
     if best is not None:
         metrics = {**metrics, **{f"best/{k}": v for k, v in best.items()}}
     return metrics

@@ -18,6 +18,8 @@ import os
 
 import numpy as np
 
+from train.tasks import TASKS
+
 
 def _pyplot():
     try:
@@ -57,38 +59,43 @@ def run_checkpoint(run_dir: str) -> str:
 
 
 def evaluation(run_dir: str, cache: str, refresh: bool = False, stage: str = "stage1") -> dict:
-    """The evaluation table of the run's checkpoint (cached in eval.json); ``{}`` for fusion pre-training."""
+    """The evaluation table of the run's checkpoint by its task's ``evaluation`` (cached in eval.json); ``{}``
+    for a task without a head."""
     path = os.path.join(run_dir, "eval.json")
     if os.path.exists(path) and not refresh:
         with open(path) as f:
             return json.load(f)
-    ckpt = run_checkpoint(run_dir)
-    if stage == "fusion-pretrain":
-        return {}
-    if stage == "fusion-finetune":
-        from train.stages.fusion import evaluate_seg
-
-        seg = evaluate_seg(ckpt, cache, "val")
-        result = {"checkpoint": os.path.basename(ckpt), "setting": "val split",
-                  "this run": {"miou": seg["miou"], "accuracy": seg["accuracy"]}}
-    elif stage == "finetune":
-        result = _finetune_evaluation(ckpt, cache)
-    elif stage == "segment":
-        from cache_schema import open_cache
-        from train.downstream.segment import evaluate_partseg, load_segmenter
-
-        model, state = load_segmenter(ckpt)
-        seg = evaluate_partseg(model, open_cache(cache), "test", state["num_points"], state["class_parts"])
-        result = {"checkpoint": os.path.basename(ckpt), "setting": "test split",
-                  "this run": {"instance_miou": seg["instance_miou"], "class_miou": seg["class_miou"]}}
-    else:
-        result = _object_evaluation(ckpt, cache)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
+    result = TASKS[stage].load("evaluation")(run_checkpoint(run_dir), cache)
+    if result:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=2)
     return result
 
 
-def _finetune_evaluation(ckpt: str, cache: str) -> dict:
+def no_evaluation(ckpt: str, cache: str) -> dict:
+    """Fusion pre-training: no head to score (fine-tune it)."""
+    return {}
+
+
+def lidar_seg_evaluation(ckpt: str, cache: str) -> dict:
+    from train.stages.fusion import evaluate_seg
+
+    seg = evaluate_seg(ckpt, cache, "val")
+    return {"checkpoint": os.path.basename(ckpt), "setting": "val split",
+            "this run": {"miou": seg["miou"], "accuracy": seg["accuracy"]}}
+
+
+def partseg_evaluation(ckpt: str, cache: str) -> dict:
+    from cache_schema import open_cache
+    from train.downstream.segment import evaluate_partseg, load_segmenter
+
+    model, state = load_segmenter(ckpt)
+    seg = evaluate_partseg(model, open_cache(cache), "test", state["num_points"], state["class_parts"])
+    return {"checkpoint": os.path.basename(ckpt), "setting": "test split",
+            "this run": {"instance_miou": seg["instance_miou"], "class_miou": seg["class_miou"]}}
+
+
+def finetune_evaluation(ckpt: str, cache: str) -> dict:
     from cache_schema import open_cache
     from train.downstream.classify import evaluate_classifier
     from train.downstream.finetune import load_classifier
@@ -103,7 +110,7 @@ def _finetune_evaluation(ckpt: str, cache: str) -> dict:
                          "overall_accuracy_vote10": voted["overall_accuracy"]}}
 
 
-def _object_evaluation(ckpt: str, cache: str) -> dict:
+def object_evaluation(ckpt: str, cache: str) -> dict:
     from train import evaluate
 
     c = evaluate.open_for_eval(cache)
@@ -135,8 +142,7 @@ def report(run_dir: str, out: str | None = None, with_eval: bool = True, dpi: in
     stage = config.get("stage", "?")
     table = dict(evaluation(run_dir, config["config"]["cache"], stage=stage)) if with_eval else {}
     setting, ckpt_name = table.pop("setting", ""), table.pop("checkpoint", "")
-    columns = SEG_COLUMNS if stage.startswith("fusion") else FINETUNE_COLUMNS if stage == "finetune" else \
-        SEGMENT_COLUMNS if stage == "segment" else OBJECT_COLUMNS
+    columns = TASKS[stage].load("columns")
     fig, axes = plt.subplots(2, 3, figsize=(16, 9), dpi=dpi)
     fig.suptitle(f"{run_dir}: {stage}, {int(step[-1])} steps, cache {config['cache']['url']} "
                  f"({str(config['cache'].get('fingerprint'))[:19]}...)", fontsize=12)
@@ -163,7 +169,7 @@ def report(run_dir: str, out: str | None = None, with_eval: bool = True, dpi: in
     ax = axes[1, 1]
     ax.axis("off")
     ax.set_title(f"evaluation of {ckpt_name} ({setting})" if table else
-                 "evaluation: none (fusion pre-training has no head; fine-tune it)" if stage == "fusion-pretrain"
+                 f"evaluation: none ({TASKS[stage].load('evaluation').__doc__})" if with_eval
                  else "evaluation (skipped: --no-eval)")
     if table:
         cells = [[name] + [("-" if r.get(k) is None else f"{100 * r[k]:.1f}%") for k, _ in columns]
@@ -190,9 +196,9 @@ def report(run_dir: str, out: str | None = None, with_eval: bool = True, dpi: in
     fig.savefig(out, dpi=dpi)
     plt.close(fig)
     parts_png = None
-    if stage == "segment" and with_eval:
-        parts_png = os.path.join(os.path.dirname(os.path.abspath(out)), "parts.png")
-        part_sheet(run_checkpoint(run_dir), config["config"]["cache"], parts_png, dpi=dpi)
+    if TASKS[stage].picture and with_eval:
+        parts_png = TASKS[stage].load("picture")(run_checkpoint(run_dir), config["config"]["cache"],
+                                                 os.path.dirname(os.path.abspath(out)), dpi=dpi)
     page = os.path.splitext(out)[0] + ".html"
     rows = "".join(f"<tr><td>{html.escape(n)}</td>" + "".join(
         f"<td>{'-' if r.get(k) is None else f'{100 * r[k]:.1f}%'}</td>" for k, _ in columns)
@@ -211,6 +217,11 @@ td,th{{border:1px solid #ccc;padding:4px 10px}} pre{{background:#f6f6f6;padding:
 <h2>Configuration</h2><pre>{html.escape(json.dumps(config, indent=2))}</pre></body></html>
 """)
     return out, page
+
+
+def parts_picture(ckpt: str, cache_url: str, out_dir: str, dpi: int = 100) -> str:
+    """``out_dir/parts.png``: the part sheet of a segmentation run's checkpoint."""
+    return part_sheet(ckpt, cache_url, os.path.join(out_dir, "parts.png"), dpi=dpi)
 
 
 def part_sheet(ckpt: str, cache_url: str, out: str, rows: int = 4, dpi: int = 100) -> str:

@@ -8,11 +8,11 @@ import typer
 
 from cache_schema.errors import CacheError
 from train.cli.options import (
-    Model,
     BatchSize,
     Cache,
     CkptEvery,
     Lr,
+    Model,
     Out,
     Overwrite,
     Points,

@@ -27,8 +27,8 @@ from train.downstream.classify import split_rows
 from train.downstream.recipe import EpochTask, RecipeConfig, build_encoder
 from train.loop import run
 from train.metrics import part_iou_scores
-from train.models.part_segmentation import PartSegmentation, restrict_to_class
 from train.models.encoders import encoder_from_record
+from train.models.part_segmentation import PartSegmentation, restrict_to_class
 
 RECIPE = dict(epochs=300, warmup_epochs=10, batch_size=16, lr=2e-4, weight_decay=0.05, grad_clip=10.0,
               num_points=2048, drop_path_rate=0.1, augmentation="scale-shift")
