@@ -47,7 +47,7 @@ CACHE_ARGS ?=
 # The demo cache is lighter than the defaults (6 views of 128 px instead of 12 of 224) to stay within minutes on a CPU.
 DEMO_ARGS := --views 6 --resolution 128
 
-.PHONY: setup test test-slow demo cache bench-chunks bench-build bench-scenes bench-validate bench-occlusion bench-stage2 ablate-stage2 bench-train clean
+.PHONY: setup test test-slow demo tour cache bench-chunks bench-build bench-scenes bench-validate bench-occlusion bench-encoders bench-stage2 ablate-stage2 bench-train clean
 
 setup: $(STAMP)
 
@@ -65,7 +65,7 @@ $(STAMP): pyproject.toml Makefile
 	@touch $(STAMP)
 
 test: setup
-	$(VENV)/bin/pytest -q -m "not slow"
+	$(VENV)/bin/pytest -q -m "not slow" --durations=15
 
 test-slow: setup
 	$(VENV)/bin/pytest -q -m slow
@@ -83,10 +83,11 @@ else
 	  --teachers $(TEACHERS) --workers $(WORKERS) $(if $(filter demo,$(DATASET)),$(DEMO_ARGS)) $(CACHE_ARGS)
 endif
 
-# The main job on built-in data: build the demo object cache with the tiny teachers
-# (resumes / says complete when run again), check it, train stage-1 on the CPU and
-# evaluate it next to a random-init encoder.
+# The main job on built-in data: build the demo object cache with the tiny teachers (resumes / says complete when
+# run again), check it, train stage-1 and stage-2 on the CPU, draw them and print their evaluation next to a
+# random-init encoder. `make tour` runs every other capability's demo after it.
 RUNS := runs
+DEMO_STAGE1_STEPS ?= 300
 DEMO_STAGE2_STEPS ?= 200
 # a CPU-sized fusion run: a narrower backbone, 8192 points per frame
 DEMO_FUSION_ARGS ?= --steps 150 --dim 32 --depth 4 --max-points 8192
@@ -101,12 +102,19 @@ demo: setup
 	$(MAKE) --no-print-directory cache DATASET=demo
 	$(VENV)/bin/cache info $(CACHES)/demo.zarr
 	$(VENV)/bin/cache validate $(CACHES)/demo.zarr
-	$(VENV)/bin/train stage1 --cache $(CACHES)/demo.zarr --out $(RUNS)/demo-s1 $(call resume_if,$(RUNS)/demo-s1)
+	$(VENV)/bin/train stage1 --cache $(CACHES)/demo.zarr --out $(RUNS)/demo-s1 --steps $(DEMO_STAGE1_STEPS) \
+	  $(call resume_if,$(RUNS)/demo-s1)
 	$(VENV)/bin/train stage2 --cache $(CACHES)/demo.zarr --teacher $(RUNS)/demo-s1/last.pt \
 	  --out $(RUNS)/demo-s2 --steps $(DEMO_STAGE2_STEPS) $(call resume_if,$(RUNS)/demo-s2)
 	$(VENV)/bin/cache show $(CACHES)/demo.zarr --out $(RUNS)/demo-sheet.png
 	$(VENV)/bin/train report $(RUNS)/demo-s1
 	$(VENV)/bin/train report $(RUNS)/demo-s2
+	$(PY) scripts/demo_results.py $(RUNS)/demo-s1 $(RUNS)/demo-s2
+	@echo "pictures: $(RUNS)/demo-sheet.png, $(RUNS)/demo-s1/report.html, $(RUNS)/demo-s2/report.html"
+
+# Every other capability on built-in data, after the main job: LiDAR scenes and fusion distillation, fine-tuning
+# on scanned shapes, part segmentation; each next to random init, every table printed at the end.
+tour: demo
 	$(MAKE) --no-print-directory cache DATASET=demo-scenes
 	$(VENV)/bin/cache show $(CACHES)/demo-scenes.zarr --out $(RUNS)/demo-scenes-sheet.png --color-by label
 	$(VENV)/bin/train fusion pretrain --cache $(CACHES)/demo-scenes.zarr --out $(RUNS)/demo-fusion-pre \
@@ -150,6 +158,12 @@ bench-validate: setup
 
 bench-occlusion: setup
 	$(PY) scripts/bench_occlusion.py
+
+# every encoder family's training step at its official size; add the official code side by side with
+# BENCH_ENCODERS_ARGS="--reference-point-mae DIR --reference-point-m2ae DIR" (clones; see the script's docstring)
+BENCH_ENCODERS_ARGS ?=
+bench-encoders: setup
+	$(PY) scripts/bench_encoders.py $(BENCH_ENCODERS_ARGS)
 
 bench-stage2: setup
 	@test -f $(RUNS)/demo-s1/last.pt || $(MAKE) --no-print-directory demo
