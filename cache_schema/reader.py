@@ -20,7 +20,7 @@ import zarr
 
 from cache_schema.chunking import ChunkPlan
 from cache_schema.errors import IncompleteCacheError, NotACacheError
-from cache_schema.layout import FAILED, RAGGED_OFFSETS, Layout
+from cache_schema.layout import DONE, FAILED, RAGGED_OFFSETS, Layout
 from cache_schema.metadata import CacheAttrs, TeacherRecord
 from cache_schema.storage import Location, locate
 
@@ -113,6 +113,11 @@ class CacheReader:
         if name not in self.split_names:
             raise KeyError(f"{self.loc.url} has no split {name!r}; it has {self.split_names}")
         return self.array(f"split/{name}")[:].astype(np.int64)
+
+    def done_rows(self, name: str) -> np.ndarray:
+        """Row indices (int64) of a named split whose rows were built (status done), in split order."""
+        rows = self.split(name)
+        return rows[self.status[rows] == DONE]
 
 
 class ObjectCache(CacheReader):

@@ -17,7 +17,7 @@ from preprocess.build_points import PointBuildConfig, build_points
 from train import load_encoder
 from train.checkpoint import CheckpointError
 from train.cli import app
-from train.downstream.classify import evaluate_classifier, predict_logits, split_rows
+from train.downstream.classify import evaluate_classifier, predict_logits
 from train.downstream.finetune import (
     FinetuneConfig,
     build_encoder,
@@ -104,7 +104,7 @@ def test_frozen_protocols_leave_the_encoder_bit_identical(full_run, separable_ca
 def test_voting_with_one_copy_is_plain_evaluation(full_run, separable_cache):
     model, _ = load_classifier(os.path.join(full_run[0], "last.pt"))
     cache = open_cache(separable_cache)
-    rows = split_rows(cache, "test")
+    rows = cache.done_rows("test")
     points = torch.from_numpy(cache.array("points").get_orthogonal_selection((rows, slice(0, POINTS))))
     with torch.inference_mode():
         direct = model(points.float()).numpy()
@@ -169,7 +169,7 @@ def test_fewshot_folds_are_seeded_class_balanced_and_fine_tuned(separable_cache,
     from train.downstream.fewshot import draw_fold, run_fewshot
 
     cache = open_cache(separable_cache)
-    train, test = split_rows(cache, "train"), split_rows(cache, "test")
+    train, test = cache.done_rows("train"), cache.done_rows("test")
     a = draw_fold(cache.labels, train, test, way=2, shot=4, queries=5, seed=1, fold=0)
     again = draw_fold(cache.labels, train, test, 2, 4, 5, 1, 0)
     assert np.array_equal(a.train_rows, again.train_rows) and np.array_equal(a.test_rows, again.test_rows)

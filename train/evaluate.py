@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.svm import LinearSVC
 
-from cache_schema import DONE, open_cache
+from cache_schema import open_cache
 from train import checkpoint
 from train.data.objects import head_dims
 from train.encoder_io import build_from
@@ -50,11 +50,6 @@ def embed(model: Student, cache, rows: np.ndarray, num_points: int = 1024, batch
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def _rows(cache, split: str) -> np.ndarray:
-    rows = cache.split(split)
-    return rows[cache.status[rows] == DONE]
-
-
 def text_teacher(cache) -> str:
     names = [n for n, t in sorted(cache.teachers.items()) if "class_text" in t.roles]
     if not names:
@@ -67,7 +62,7 @@ def zeroshot(model: Student, cache, split: str = "test", num_points: int = 1024)
     if name not in model.heads:
         raise ValueError(f"the student has no head for {name!r} (heads: {sorted(model.heads)}); zero-shot needs the "
                          "text teacher it was trained with")
-    rows = _rows(cache, split)
+    rows = cache.done_rows(split)
     z = F.normalize(torch.from_numpy(embed(model, cache, rows, num_points)[name]), dim=-1)
     classes = F.normalize(torch.from_numpy(cache.teacher(name, "class_text")), dim=-1)
     ranks = (z @ classes.t()).argsort(dim=1, descending=True)
@@ -85,7 +80,7 @@ def _features(model, cache, rows, num_points):
 
 def linear_probe(model: Student, cache, num_points: int = 1024, c: float = 1.0, split: str = "test") -> dict:
     """A linear SVM on frozen global features of the train split, scored on ``split``."""
-    train, test = _rows(cache, "train"), _rows(cache, split)
+    train, test = cache.done_rows("train"), cache.done_rows(split)
     svm = LinearSVC(C=c, max_iter=20000).fit(_features(model, cache, train, num_points), cache.labels[train])
     acc = float((svm.predict(_features(model, cache, test, num_points)) == cache.labels[test]).mean())
     return {"accuracy": acc, "num_train": len(train), "num_test": len(test)}
@@ -93,7 +88,7 @@ def linear_probe(model: Student, cache, num_points: int = 1024, c: float = 1.0, 
 
 def svm_fewshot(model: Student, cache, n_way: int = 5, m_shot: int = 10, queries: int = 20, draws: int = 10,
             num_points: int = 1024, seed: int = 0) -> dict:
-    train, test = _rows(cache, "train"), _rows(cache, "test")
+    train, test = cache.done_rows("train"), cache.done_rows("test")
     f_train, f_test = _features(model, cache, train, num_points), _features(model, cache, test, num_points)
     y_train, y_test = cache.labels[train], cache.labels[test]
     classes = np.unique(y_train)

@@ -31,7 +31,7 @@ from train import checkpoint
 from train.data.objects import ObjectStream, StreamConfig
 from train.data.transport import keep_packed
 from train.distributed import close_distributed, init_distributed
-from train.optim import clamp_logit_scales, param_groups
+from train.optim import param_groups
 from train.precision import PRECISIONS, resolve_precision
 from train.run_log import RunLog
 
@@ -158,6 +158,9 @@ class Task:
 
     def load_state(self, state: dict) -> None:
         raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Called after every optimiser step (e.g. to keep learnable temperatures in bounds)."""
 
     def log_metrics(self) -> dict[str, float]:
         return {}
@@ -349,7 +352,7 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
             torch.nn.utils.clip_grad_norm_(flat_params, cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
-            clamp_logit_scales(module)
+            task.after_step()
             scheduler.step()
             step, batches_done = step + 1, batches_done + 1
             window["steps"] += 1

@@ -210,7 +210,7 @@ def report(run_dir: str, out: str | None = None, with_eval: bool = True, dpi: in
 td,th{{border:1px solid #ccc;padding:4px 10px}} pre{{background:#f6f6f6;padding:1em}}</style></head><body>
 <h1>{html.escape(run_dir)} ({html.escape(stage)})</h1>
 <img src="{html.escape(os.path.basename(out))}" alt="curves and evaluation" style="max-width:100%">
-{f'<h2>Test objects: predicted and true parts</h2><img src="parts.png" alt="parts" style="max-width:100%">'
+{'<h2>Test objects: predicted and true parts</h2><img src="parts.png" alt="parts" style="max-width:100%">'
  if parts_png else ""}
 <h2>Evaluation {html.escape(f"of {ckpt_name} ({setting})" if table else "")}</h2>
 <table><tr><th>encoder</th>{header}</tr>{rows}</table>
@@ -228,13 +228,12 @@ def part_sheet(ckpt: str, cache_url: str, out: str, rows: int = 4, dpi: int = 10
     """Test objects of different classes, coloured by predicted and by true part, side by side (PNG)."""
     from cache_schema import open_cache
     from cache_schema.show import view_points
-    from train.downstream.classify import split_rows
     from train.downstream.segment import load_segmenter, predict_parts
 
     plt = _pyplot()
     model, state = load_segmenter(ckpt)
     cache = open_cache(cache_url)
-    test = split_rows(cache, "test")
+    test = cache.done_rows("test")
     labels = cache.labels[test]
     chosen = np.array([test[labels == c][0] for c in np.unique(labels)][:rows])  # one shape per class
     points, pred, truth = predict_parts(model, cache, chosen, state["num_points"], state["class_parts"])

@@ -13,13 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cache_schema import DONE
 from train.data.augment import scale_and_translate
-
-
-def split_rows(cache, split: str) -> np.ndarray:
-    rows = cache.split(split)
-    return rows[cache.status[rows] == DONE]
 
 
 def accuracy_scores(pred: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -51,7 +45,7 @@ def predict_logits(model: nn.Module, cache, rows: np.ndarray, num_points: int, v
 def evaluate_classifier(model: nn.Module, cache, split: str, num_points: int, vote: int = 1,
                         seed: int = 0) -> dict:
     """OA and mAcc of ``model`` on ``split`` (``vote`` copies per cloud)."""
-    rows = split_rows(cache, split)
+    rows = cache.done_rows(split)
     if not len(rows):
         raise ValueError(f"{cache.loc.url}: the {split!r} split has no usable shapes")
     was_training = model.training

@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from cache_schema import open_cache
 from train import checkpoint
 from train.data.objects import StreamConfig
-from train.downstream.classify import split_rows
 from train.downstream.recipe import EpochTask, RecipeConfig, build_encoder
 from train.loop import run
 from train.metrics import part_iou_scores
@@ -125,7 +124,7 @@ def evaluate_partseg(model: PartSegmentation, cache, split: str, num_points: int
     if not cache.has_part_labels:
         raise ValueError(f"{cache.loc.url} has no per-point part labels")
     class_parts = class_parts or [ids.tolist() for ids in cache.class_parts]
-    rows = split_rows(cache, split)
+    rows = cache.done_rows(split)
     if not len(rows):
         raise ValueError(f"{cache.loc.url}: the {split!r} split has no usable shapes")
     was_training = model.training

@@ -18,13 +18,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cache_schema import DONE, open_cache
+from cache_schema import open_cache
 from train import checkpoint
 from train.data.scenes import SceneStream, SceneStreamConfig
 from train.loop import LoopConfig, Task, run
 from train.metrics import confusion_matrix, iou_scores
 from train.models.fusion import FusionConfig, FusionModel, FusionObjective
 from train.models.lidar_backbone import WaffleConfig
+from train.optim import clamp_logit_scales
 
 
 @dataclass
@@ -55,8 +56,7 @@ def label_fraction(text: str) -> float:
 
 def labelled_rows(cache, fraction: float, seed: int) -> np.ndarray:
     """The fine-tuning subset: a fixed random share of the done training frames (at least one)."""
-    rows = cache.split("train")
-    rows = rows[cache.status[rows] == DONE]
+    rows = cache.done_rows("train")
     k = max(1, int(round(fraction * len(rows))))
     return np.sort(np.random.default_rng([seed, 0x1AB]).permutation(rows)[:k])
 
@@ -116,6 +116,9 @@ class FusionTask(Task):
 
     def batch_samples(self, batch: dict) -> int:
         return len(batch["row"])
+
+    def after_step(self) -> None:
+        clamp_logit_scales(self.model)  # the contrastive temperature, bounded as a parameter (train.optim)
 
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "fusion_config": dataclasses.asdict(self.model.config),

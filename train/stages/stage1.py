@@ -17,11 +17,12 @@ import torch
 from torch import nn
 
 from train.data.objects import StreamConfig
-from train.loop import CacheMismatchError, LoopConfig, Task, cache_identity, check_same_cache, lr_at, run
 from train.evaluate import validate_student
+from train.loop import CacheMismatchError, LoopConfig, Task, cache_identity, check_same_cache, lr_at, run
 from train.losses import MultiTeacherLoss
 from train.models.encoders import create_encoder
 from train.models.student import Student
+from train.optim import clamp_logit_scales
 
 __all__ = ["CacheMismatchError", "Stage1Config", "Stage1Task", "cache_identity", "check_same_cache", "lr_at",
            "train_stage1"]
@@ -78,6 +79,9 @@ class Stage1Task(Task):
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.loss_fn.load_state_dict(state["loss"])
+
+    def after_step(self) -> None:
+        clamp_logit_scales(self.loss_fn)  # bounded as parameters, not inside the loss (see train.optim)
 
     def log_metrics(self) -> dict[str, float]:
         return {"global_batch": self.loss_fn.global_batch,
