@@ -20,8 +20,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+import numpy as np
+
 from cache_schema import DONE, FAILED, CacheWriter
-from preprocess.cluster import Executor, open_executor
+from cache_schema.layout import STR
+from preprocess.cluster import Executor, WorkerLost, open_executor
 from preprocess.errors import (BadInput, EnvironmentFailure, environment_reason, is_environment_error,
                                is_environment_reason)
 from preprocess.teachers import Teacher, load_teacher
@@ -143,14 +146,39 @@ def set_torch_threads(run: RunOptions) -> None:
         torch.set_num_threads(run.torch_threads)
 
 
-def run_blocks(ex: Executor, build_block: Callable[..., BlockReport], tasks: Sequence[tuple],
-               weights: Sequence[int], stages: Sequence[str], desc: str, unit: str) -> dict[str, float]:
-    """Run every block task (here or on Dask) and add up the seconds each stage took."""
+def run_blocks(ex: Executor, writer: CacheWriter, build_block: Callable[..., BlockReport],
+               tasks: dict[int, tuple], stages: Sequence[str], desc: str, unit: str) -> dict[str, float]:
+    """Run every block task (``tasks``: block -> arguments of ``build_block``, here or on Dask) and add up the
+    seconds each stage took.
+
+    A block whose worker died under it (killed, out of memory: :class:`WorkerLost`) is written with every row
+    failed for that environmental reason, so the next run builds it again; the other blocks go on.
+    """
+    blocks = list(tasks)
+
+    def lost(i: int, err: WorkerLost) -> BlockReport:
+        write_lost_block(writer, blocks[i], environment_reason(err))
+        return BlockReport(blocks[i], {})
+
+    weights = [stop - start for start, stop in map(writer.block_range, blocks)]
     stage_seconds = dict.fromkeys(stages, 0.0)
-    for report in ex.map(build_block, tasks, weights, desc, unit):
+    for report in ex.map(build_block, list(tasks.values()), weights, desc, unit, lost=lost):
         for s, sec in report.seconds.items():
             stage_seconds[s] = stage_seconds.get(s, 0.0) + sec
     return stage_seconds
+
+
+def write_lost_block(writer: CacheWriter, block: int, reason: str) -> None:
+    """Store every row of ``block`` as failed with ``reason`` (an environmental one: retried by the next run);
+    its arrays hold zeros (empty strings, no ragged entries) until then."""
+    start, stop = writer.block_range(block)
+    n, layout = stop - start, writer.layout
+    status = (layout.status_path, layout.status_path + "_reason")
+    arrays = {s.path: np.full((n, *s.inner_shape), "", object) if s.dtype == STR else
+              np.zeros((n, *s.inner_shape), s.dtype) for s in layout.by_axis("row") if s.path not in status}
+    ragged = {s.path: [np.zeros((0, *s.inner_shape), s.dtype)] * n
+              for specs in layout.ragged_families().values() for s in specs}
+    writer.write_block(block, arrays, np.full(n, FAILED, np.uint8), [reason] * n, ragged=ragged or None)
 
 
 def finalize_unless_retrying(writer: CacheWriter) -> str | None:

@@ -200,10 +200,10 @@ def build_objects(url: str, cfg: ObjectBuildConfig, run: RunOptions = RunOptions
             return summarize(writer, url, writer.finalize(), start, "shape", already_complete=True)
         with build_executor(run) as ex:
             run = with_working_renderer(ex, run)
-            tasks = [(url, writer.token, cfg, run, b, catalog.items[slice(*writer.block_range(b))],
-                      catalog.label_names) for b in writer.pending_blocks()]
-            stage_seconds = run_blocks(ex, build_block, tasks, [len(t[5]) for t in tasks], STAGES,
-                                       desc=f"{cfg.dataset} shapes", unit="shape")
+            tasks = {b: (url, writer.token, cfg, run, b, catalog.items[slice(*writer.block_range(b))],
+                         catalog.label_names) for b in writer.pending_blocks()}
+            stage_seconds = run_blocks(ex, writer, build_block, tasks, STAGES, desc=f"{cfg.dataset} shapes",
+                                       unit="shape")
         writer.write_fixed("views/camera", cfg.views.cameras())
         for name, t in teachers.items():
             if isinstance(t, ClipTeacher):

@@ -311,10 +311,10 @@ def build_scenes(url: str, cfg: SceneBuildConfig, run: RunOptions = RunOptions()
                                  "it was fitted on)")
             info = {"num_cameras": len(catalog.camera_names), "has_labels": catalog.has_labels,
                     "image_size": catalog.image_size}
-            tasks = [(url, writer.token, cfg, run, b, catalog.items[slice(*writer.block_range(b))], info, pcas)
-                     for b in writer.pending_blocks()]
-            stage_seconds = run_blocks(ex, build_block, tasks, [len(t[5]) for t in tasks], STAGES,
-                                       desc=f"{cfg.dataset} frames", unit="frame")
+            tasks = {b: (url, writer.token, cfg, run, b, catalog.items[slice(*writer.block_range(b))], info, pcas)
+                     for b in writer.pending_blocks()}
+            stage_seconds = run_blocks(ex, writer, build_block, tasks, STAGES, desc=f"{cfg.dataset} frames",
+                                       unit="frame")
         for split, rows in catalog.splits().items():
             writer.write_split(split, rows)
         summary = summarize(writer, url, finalize_unless_retrying(writer), start, "frame", stage_seconds)

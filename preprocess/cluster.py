@@ -6,7 +6,14 @@ one set-up task on a worker (the OpenGL probe, the PCA fit: the coordinator
 loads no model on a GPU), ``map`` runs the independent row blocks with a
 progress bar weighted by rows, with rate and ETA, and yields each result as it
 finishes. A task that raises stops the run: finished blocks stay written and
-the next run resumes after them.
+the next run resumes after them. A task whose worker process dies under it
+(killed, out of memory) on every attempt Dask makes is :class:`WorkerLost`, an
+environment failure: the builders store its rows as such and go on.
+
+Closing the cluster cannot fail a build: by then every block is written, so a
+client or cluster that fails or times out while closing (a loaded machine, a
+worker slow to stop) is one warning line, and the build's own last writes
+(splits, fixed arrays, finalize) go ahead.
 
 GPU placement: every Dask worker owns exactly one GPU. On a machine with GPUs,
 ``--workers N`` starts dask-cuda's ``LocalCUDACluster`` with one worker per
@@ -27,6 +34,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from preprocess.errors import EnvironmentFailure
+
 CLUSTERS = ("local", "slurm")
 # --cluster-option keys for SLURM -> what they set (dask-jobqueue SLURMCluster arguments or our own)
 SLURM_OPTIONS = {
@@ -44,6 +53,7 @@ SLURM_OPTIONS = {
     "interface": "network interface the workers listen on, e.g. ib0",
 }
 REPEATABLE = ("job-extra", "prologue")
+CLOSE_GRACE = 5.0  # seconds a cluster that failed to close gets to finish stopping its workers
 
 
 def visible_gpus() -> list[str]:
@@ -133,6 +143,18 @@ def slurm_cluster(options: dict[str, Any], workers: int = 0):
     return SLURMCluster(**kwargs), jobs
 
 
+class WorkerLost(EnvironmentFailure):
+    """The worker process running a task died (killed, out of memory) on every attempt Dask made."""
+
+
+def _worker_lost(err: Exception, fn: Callable[..., Any]) -> WorkerLost:
+    """Dask's ``KilledWorker`` in one line."""
+    tries = err.allowed_failures + 1  # type: ignore[attr-defined]
+    where = err.last_worker.address  # type: ignore[attr-defined]
+    return WorkerLost(f"the Dask worker running {getattr(fn, '__name__', 'the task')} died ({tries} attempt"
+                      f"{'s' * (tries > 1)}, last on {where}): killed, or out of memory?")
+
+
 class Executor:
     """Runs set-up calls and row blocks here (``workers=0``) or on a Dask client."""
 
@@ -144,11 +166,20 @@ class Executor:
         """``fn(*args)`` on one worker (here without a cluster): set-up that must see the workers' machine."""
         if self.client is None:
             return fn(*args)
-        return self.client.submit(fn, *args, pure=False).result()
+        from dask.distributed import KilledWorker
+
+        try:
+            return self.client.submit(fn, *args, pure=False).result()
+        except KilledWorker as e:
+            raise _worker_lost(e, fn) from None
 
     def map(self, fn: Callable[..., Any], tasks: Sequence[tuple], weights: Sequence[int], desc: str = "build",
-            unit: str = "row") -> Iterator[Any]:
-        """``fn(*task)`` for every task; results in completion order, with a progress bar weighted by rows."""
+            unit: str = "row", lost: Callable[[int, WorkerLost], Any] | None = None) -> Iterator[Any]:
+        """``fn(*task)`` for every task; results in completion order, with a progress bar weighted by rows.
+
+        ``lost(i, error)`` is yielded in place of the result of task ``i`` when its worker died under it
+        (:class:`WorkerLost`); without ``lost`` that stops the run.
+        """
         bar = tqdm(total=int(sum(weights)), desc=desc, unit=unit, disable=not self.progress, dynamic_ncols=True,
                    mininterval=progress_interval())
         with bar:
@@ -158,13 +189,19 @@ class Executor:
                     bar.update(w)
                     yield result
                 return
-            from dask.distributed import as_completed
+            from dask.distributed import KilledWorker, as_completed
 
-            futures = {self.client.submit(fn, *task, pure=False): w for task, w in zip(tasks, weights)}
+            futures = {self.client.submit(fn, *task, pure=False): i for i, task in enumerate(tasks)}
             try:
                 for fut in as_completed(futures):
-                    result = fut.result()
-                    bar.update(futures[fut])
+                    i = futures[fut]
+                    try:
+                        result = fut.result()
+                    except KilledWorker as e:
+                        if lost is None:
+                            raise _worker_lost(e, fn) from None
+                        result = lost(i, _worker_lost(e, fn))
+                    bar.update(weights[i])
                     yield result
             finally:
                 self.client.cancel(list(futures))
@@ -173,7 +210,11 @@ class Executor:
 @contextlib.contextmanager
 def open_executor(workers: int = 0, scheduler: str | None = None, cluster: str = "local",
                   cluster_options: Sequence[str] = (), progress: bool = True) -> Iterator[Executor]:
-    """The executor of one build: in-process, ``--workers N`` here, ``--cluster slurm`` or ``--scheduler``."""
+    """The executor of one build: in-process, ``--workers N`` here, ``--cluster slurm`` or ``--scheduler``.
+
+    Closing the client and cluster on the way out never raises (see :func:`close_quietly`): an exception of
+    the build itself goes on unchanged, a normal exit stays normal.
+    """
     if cluster not in CLUSTERS:
         raise ValueError(f"--cluster must be one of {CLUSTERS}, got {cluster!r}")
     if cluster == "slurm" and scheduler is not None:
@@ -186,22 +227,69 @@ def open_executor(workers: int = 0, scheduler: str | None = None, cluster: str =
     from dask.distributed import Client
 
     logging.getLogger("distributed").setLevel(logging.WARNING)  # keep the progress bar readable
-    with contextlib.ExitStack() as stack:
+    client = dask_cluster = None
+    try:
         if scheduler is not None:
-            client = stack.enter_context(Client(scheduler))
+            client = Client(scheduler)
         elif cluster == "slurm":
-            slurm, jobs = slurm_cluster(parse_cluster_options(cluster_options), workers)
-            stack.enter_context(slurm)
-            slurm.scale(jobs=jobs)
+            dask_cluster, jobs = slurm_cluster(parse_cluster_options(cluster_options), workers)
+            dask_cluster.scale(jobs=jobs)
             print(f"submitted {jobs} SLURM jobs (one worker each); blocks start as the jobs come up "
-                  f"(squeue -u $USER). Each job runs:\n{slurm.job_script()}", file=sys.stderr)
-            client = stack.enter_context(Client(slurm))
+                  f"(squeue -u $USER). Each job runs:\n{dask_cluster.job_script()}", file=sys.stderr)
+            client = Client(dask_cluster)
         else:
-            client = stack.enter_context(Client(stack.enter_context(_local_cluster(workers))))
+            dask_cluster = _local_cluster(workers)
+            client = Client(dask_cluster)
         yield Executor(client, progress)
+    finally:
+        close_quietly(client, dask_cluster)
 
 
-@contextlib.contextmanager
+def close_quietly(client, cluster) -> None:
+    """Close the client, then the cluster (either may be None); a failure is one warning line on stderr.
+
+    Logging is held back meanwhile: Dask's own messages about it (a worker killed after its stop timeout, the
+    traceback of a timed-out retirement that its event loop logs) would bury the one line that says what went
+    wrong. A cluster that failed to close gets :data:`CLOSE_GRACE` more seconds to stop its workers (and Dask's
+    later note that one of them was reaped elsewhere is dropped).
+    """
+    problem = None
+    held = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        for closing in (client, cluster):
+            if closing is None:
+                continue
+            try:
+                closing.close()
+            except Exception as e:  # any failure to close is reported, never raised
+                problem = problem or e
+                if closing is cluster:
+                    with contextlib.suppress(Exception):
+                        cluster.close(timeout=CLOSE_GRACE)
+                    _quiet_reaped_workers()
+    finally:
+        logging.disable(held)
+    if problem is not None:
+        what = f"{type(problem).__name__}: {problem}" if str(problem) else type(problem).__name__
+        print(f"warning: the Dask cluster did not close cleanly ({what}); nothing the build wrote is affected",
+              file=sys.stderr)
+
+
+class _ReapedWorkerNote(logging.Filter):
+    """Drops Dask's note that a worker process killed while closing was reaped elsewhere ("exit status was
+    already read, will report exitcode 255"): it comes from a background thread, after the one warning line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "exit status was already read" not in record.getMessage()
+
+
+def _quiet_reaped_workers() -> None:
+    log = logging.getLogger("distributed.process")
+    if not any(isinstance(f, _ReapedWorkerNote) for f in log.filters):
+        log.addFilter(_ReapedWorkerNote())
+
+
 def _local_cluster(workers: int):
     placement = local_placement(workers, visible_gpus())
     if placement.note:
@@ -209,13 +297,10 @@ def _local_cluster(workers: int):
     if placement.kind == "cuda":
         from dask_cuda import LocalCUDACluster
 
-        with LocalCUDACluster(**placement.cluster_kwargs()) as cluster:
-            yield cluster
-        return
+        return LocalCUDACluster(**placement.cluster_kwargs())
     from dask.distributed import LocalCluster
 
-    with LocalCluster(**placement.cluster_kwargs()) as cluster:
-        yield cluster
+    return LocalCluster(**placement.cluster_kwargs())
 
 
 def progress_interval() -> float:

@@ -11,7 +11,9 @@ Why the checks before and after trimesh: trimesh is lenient. It loads the
 first half of a truncated OFF or ASCII PLY as if it were whole, maps OBJ index
 0 onto a real vertex, and returns an empty scene for a cut binary STL. Each
 format's header (or, for OBJ, its face lines) says what the file must hold,
-and the loaded mesh is compared with it.
+and the loaded mesh is compared with it. An OBJ has no header: one whose last
+line has no newline and cannot be whole (``f 1 2``, ``v 0.1 0.2``, ``v 0 0 1e``)
+was cut off in the middle of it.
 """
 
 from __future__ import annotations
@@ -135,6 +137,10 @@ def check_obj(path: str, root: str | None) -> bool:
     with open(path, "rb") as f:
         data = f.read()
     name = os.path.basename(path)
+    cut = obj_cut_line(data)
+    if cut:
+        last = data.count(b"\n") + 1
+        raise BadInput(f"truncated file: {name} ends in the middle of line {last} ({cut})")
     num_vertices = len(re.findall(rb"^[ \t]*v[ \t]", data, re.M))
     faces = b"\n".join(re.findall(rb"^[ \t]*f[ \t]+([^\r\n]*)", data, re.M))
     index = np.array(re.findall(rb"(?:^|[ \t])(-?\d+)", faces, re.M), dtype=np.int64)  # vertex of each v/vt/vn
@@ -157,6 +163,41 @@ def check_obj(path: str, root: str | None) -> bool:
                                f"{os.path.realpath(image_path)}")
             missing |= not os.path.exists(image_path)
     return missing
+
+
+_OBJ_VALUES = {b"v": (3, "a vertex needs 3 coordinates"), b"vn": (3, "a normal needs 3 coordinates"),
+               b"vt": (1, "a texture coordinate needs a value"), b"f": (3, "a face needs 3 vertices")}
+_OBJ_FACE_VERTEX = re.compile(rb"-?\d+(?:/-?\d+|/-?\d*/-?\d+)?")  # v, v/vt, v/vt/vn or v//vn
+
+
+def obj_cut_line(data: bytes) -> str | None:
+    """Why the last line of an OBJ was evidently cut off (an interrupted copy), or None.
+
+    Only a file without a final newline can end mid-line, and only a last line that cannot be whole counts: a
+    vertex, normal, texture-coordinate or face line with too few values (``v 0.1 0.2``, ``f 1 2``) or with a
+    value that does not parse (``v 0 0 1e``, ``f 1 2 3/``). A complete last line without a newline is fine.
+    """
+    if not data or data.endswith((b"\n", b"\r")):
+        return None
+    line = data[max(data.rfind(b"\n"), data.rfind(b"\r")) + 1:]
+    keyword, *values = line.split(b"#", 1)[0].split() or [b""]
+    if keyword not in _OBJ_VALUES:
+        return None
+    need, why = _OBJ_VALUES[keyword]
+    text = line.strip().decode(errors="replace")
+    for value in values:
+        whole = bool(_OBJ_FACE_VERTEX.fullmatch(value)) if keyword == b"f" else _is_number(value)
+        if not whole:
+            return f"{text!r}: {value.decode(errors='replace')!r} is not a {'vertex' if keyword == b'f' else 'number'}"
+    return f"{text!r}: {why}" if len(values) < need else None
+
+
+def _is_number(value: bytes) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _first_face_line_with(data: bytes, value: int) -> int:

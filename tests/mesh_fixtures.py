@@ -116,6 +116,10 @@ def bad_meshes_fixture(root: str) -> dict[str, str]:
     cube.export(os.path.join(bad, "cut.stl"))
     with open(os.path.join(bad, "cut.stl"), "r+b") as f:
         f.truncate(84 + 50 * 5)  # a binary STL of 12 triangles cut after 5
+    with open(os.path.join(bad, "cut.obj"), "w") as f:  # an interrupted copy: the last face line is cut
+        f.write(tetra + "f 1 2 3\nf 1 2")
+    with open(os.path.join(good, "no_newline.obj"), "w") as f:  # whole, only without a final newline
+        f.write(tetra + "f 1 2 3\nf 1 2 4\nf 1 3 4")
     outside = os.path.join(os.path.dirname(os.path.abspath(root)), "outside_the_root.obj")
     with open(outside, "w") as f:
         f.write(tetra + "f 1 2 3\n")
@@ -137,5 +141,7 @@ def bad_meshes_fixture(root: str) -> dict[str, str]:
         "bad/cut.off": "truncated file: cut.off declares 4 faces, holds 2",
         "bad/cut.ply": "truncated file: cut.ply declares 4 faces, holds 2",
         "bad/cut.stl": "truncated file: cut.stl holds 334 bytes, its header promises 684",
+        "bad/cut.obj": "truncated file: cut.obj ends in the middle of line 6 ('f 1 2': a face needs 3 vertices)",
+        "good/no_newline.obj": "done",
         "bad/link_out.obj": "outside dataset root: ", "bad/mtl_out.obj": "outside dataset root: ",
     }

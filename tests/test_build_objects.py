@@ -12,7 +12,9 @@ from cache_schema import FAILED, open_cache
 from cache_schema.cli import main as cache_main
 from cache_schema.validate import validate
 from preprocess.build_objects import ObjectBuildConfig, RunOptions, build_objects
+from preprocess.meshes import BadInput, load_mesh
 from preprocess.render import ViewConfig
+from preprocess.sources import MeshItem
 
 SMALL = dict(num_points=512, views=ViewConfig(num_views=4, resolution=64), teachers=("clip-tiny", "dinov2-tiny"),
              num_captions=2)
@@ -74,15 +76,48 @@ def test_bad_inputs_are_recorded_and_the_build_goes_on(tmp_path, capsys):
     assert "1 edges shared by more than two faces" in reasons["good/fin.obj"]
     huge = int(np.flatnonzero(cache.ids == "good/huge.stl")[0])
     assert 0.95 < np.linalg.norm(cache.points(huge), axis=-1).max() <= 1.001  # normalised, not overflowed
-    assert summary.done == 6 and sum(summary.failed.values()) == 12
+    assert summary.done == 7 and sum(summary.failed.values()) == 13
     kinds = {k for k in summary.failed}  # the status table tells every kind apart
     assert {"unparsable mesh", "no faces", "non-finite vertices", "zero-area mesh", "empty file", "bad face index",
             "truncated file", "outside dataset root"} <= kinds
     assert validate(url) == []
     assert cache_main(["info", url, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["rows_failed"] == 12 and info["failures_by_reason"]["truncated file"] == 3
+    assert info["rows_failed"] == 13 and info["failures_by_reason"]["truncated file"] == 4
     assert info["notes_on_done_rows"] == {"texture missing": 1, "non-manifold": 1}
+
+
+TETRA_OBJ = "v 0 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nf 1 2 3\n"
+
+
+@pytest.mark.parametrize("last_line,why", [
+    ("f 1 2", "'f 1 2': a face needs 3 vertices"),
+    ("f 1/1 2/1", "'f 1/1 2/1': a face needs 3 vertices"),
+    ("f", "'f': a face needs 3 vertices"),
+    ("f 1 2 4/", "'f 1 2 4/': '4/' is not a vertex"),
+    ("v 0.1 0.2", "'v 0.1 0.2': a vertex needs 3 coordinates"),
+    ("v 0.1", "'v 0.1': a vertex needs 3 coordinates"),
+    ("v 0.1 0.2 1e", "'v 0.1 0.2 1e': '1e' is not a number"),
+    ("v 0.1 0.2 -", "'v 0.1 0.2 -': '-' is not a number"),
+    ("vn 0 0", "'vn 0 0': a normal needs 3 coordinates"),
+])
+def test_an_obj_cut_in_its_last_line_is_a_truncated_file(tmp_path, last_line, why):
+    path = tmp_path / "cut.obj"
+    path.write_text(TETRA_OBJ + "f 1 2 4\n" + last_line)  # an interrupted copy: no final newline
+    with pytest.raises(BadInput) as e:
+        load_mesh(MeshItem("cut", 0, "train", str(path)), str(tmp_path))
+    assert str(e.value) == f"truncated file: cut.obj ends in the middle of line 7 ({why})"
+
+
+@pytest.mark.parametrize("last_line,faces", [
+    ("f 1 2 4", 2), ("f 1/1 2/1 4/1", 2), ("f 1//1 2//1 -1//1", 2), ("f 1 2 4 ", 2),
+    ("v 0.1 0.2 0.", 1), ("vt 0.5", 1), ("# the end", 1), ("usemtl skin", 1),
+])
+def test_a_whole_obj_without_a_final_newline_loads(tmp_path, last_line, faces):
+    path = tmp_path / "whole.obj"
+    path.write_text(TETRA_OBJ + last_line)
+    mesh, _ = load_mesh(MeshItem("whole", 0, "train", str(path)), str(tmp_path))
+    assert len(mesh.faces) == faces
 
 
 def test_missing_shapenet_model_file_is_a_failed_row(tmp_path):

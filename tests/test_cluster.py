@@ -105,3 +105,37 @@ def test_set_up_calls_run_on_a_worker_and_the_coordinator_keeps_teachers_on_the_
     with open_executor(progress=False) as here:
         assert here.call(os.getpid) == os.getpid()
     assert coordinator_teacher("clip-tiny").device.type == "cpu"
+
+
+def test_a_client_that_fails_to_close_neither_hides_the_builds_own_error_nor_adds_a_traceback(monkeypatch, capfd):
+    from dask.distributed import Client
+
+    real_close = Client.close
+
+    def close(self, *args, **kwargs):
+        real_close(self, *args, **kwargs)
+        raise OSError("Timed out trying to connect to the scheduler")
+
+    monkeypatch.setattr(Client, "close", close)
+    with pytest.raises(ValueError, match="^the build's own error$"):
+        with open_executor(workers=1, progress=False) as ex:
+            assert ex.call(abs, -2) == 2
+            raise ValueError("the build's own error")
+    assert capfd.readouterr().err.strip() == (
+        "warning: the Dask cluster did not close cleanly (OSError: Timed out trying to connect to the scheduler); "
+        "nothing the build wrote is affected")
+    with open_executor(workers=1, progress=False) as ex:  # a normal exit stays normal: no exception, one line
+        assert ex.call(abs, -3) == 3
+    assert capfd.readouterr().err.count("\n") == 1
+
+
+def test_a_set_up_call_whose_worker_dies_is_an_environment_failure():
+    import dask
+    import dask.distributed  # noqa: F401 - its config defaults, before dask.config.set (which drops new keys)
+
+    from preprocess.errors import EnvironmentFailure
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        with open_executor(workers=1, progress=False) as ex:
+            with pytest.raises(EnvironmentFailure, match=r"the Dask worker running _exit died \(1 attempt, last"):
+                ex.call(os._exit, 1)
