@@ -87,8 +87,8 @@ endif
 # run again), check it, train stage-1 and stage-2 on the CPU, draw them and print their evaluation next to a
 # random-init encoder. `make tour` runs every other capability's demo after it.
 RUNS := runs
-DEMO_STAGE1_STEPS ?= 300
-DEMO_STAGE2_STEPS ?= 200
+DEMO_STAGE1_STEPS ?= 150
+DEMO_STAGE2_STEPS ?= 100
 # a CPU-sized fusion run: a narrower backbone, 8192 points per frame
 DEMO_FUSION_ARGS ?= --steps 150 --dim 32 --depth 4 --max-points 8192
 # CPU-sized fine-tuning on demo-scan: the ScanObjectNN recipe, 10 epochs at 1,024 points and 32 groups (the tiny preset)
