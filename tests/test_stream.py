@@ -106,6 +106,19 @@ def test_same_seed_same_batches_and_new_epoch_new_order(caches):
     assert [x["row"].tolist() for x in _epoch(url, 0, 1, 2, epoch=1)] != [x["row"].tolist() for x in a]
 
 
+def test_a_stream_without_contrastive_targets_reads_no_teacher_array_and_the_same_points(caches):
+    url = caches[80]
+    with_targets = ObjectStream(url, StreamConfig(num_points=16, seed=3))
+    without = ObjectStream(url, StreamConfig(num_points=16, seed=3, contrastive=False))
+    assert any(k.startswith("teachers/") for k in (a.path for a in with_targets.opened()[1].values()))
+    assert not any(a.path.startswith("teachers/") for a in without.opened()[1].values())  # not even opened
+    for s in (with_targets, without):
+        s.set_position(0, 0, 4)
+    for x, y in zip(with_targets, without):
+        assert set(x) - set(y) == set(with_targets.terms) and len(with_targets.terms) > 0
+        assert torch.equal(x["points"], y["points"]) and torch.equal(x["row"], y["row"])
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_continues_where_it_stopped(caches, workers):
     url = caches[1000]

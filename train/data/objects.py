@@ -63,6 +63,7 @@ class StreamConfig:
     teacher_features: str | None = None  # also stream teachers/<name>/tokens and /global (an exported model)
     prefetch_bytes: int = DEFAULT_BUDGET_BYTES  # batches prepared ahead on a thread (0: none; see prefetch.py)
     part_labels: bool = False  # also stream part_label (N,) aligned with the points (part segmentation)
+    contrastive: bool = True  # stream the teachers' embeddings stage-1 aligns to (off: not even read)
 
 
 def contrastive_terms(cache) -> dict[str, tuple[str, str]]:
@@ -92,7 +93,7 @@ class ObjectStream(ShardedStream, IterableDataset):
         cache = open_cache(url, storage_options)
         if cache.kind != "objects":
             raise ValueError(f"{url} is a {cache.kind} cache; stage-1 trains on objects caches")
-        self.terms = contrastive_terms(cache)
+        self.terms = contrastive_terms(cache) if config.contrastive else {}
         self.head_dims = head_dims(cache)
         rows = np.zeros(cache.num_rows, bool)
         rows[cache.split(config.split)] = True

@@ -87,7 +87,7 @@ class FinetuneTask(EpochTask):
 
     def stream_config(self) -> StreamConfig:
         return StreamConfig(num_points=self.cfg.num_points, sampling=self.cfg.sampling, seed=self.cfg.seed,
-                            augmentation=self.cfg.augmentation)
+                            augmentation=self.cfg.augmentation, contrastive=False)
 
     def build(self, stream, device, rank, world):
         cache = open_cache(self.cfg.cache)

@@ -58,7 +58,7 @@ class SegmentTask(EpochTask):
 
     def stream_config(self) -> StreamConfig:
         return StreamConfig(split=self.cfg.train_split, num_points=self.cfg.num_points, sampling=self.cfg.sampling,
-                            seed=self.cfg.seed, augmentation=self.cfg.augmentation, part_labels=True)
+                            seed=self.cfg.seed, augmentation=self.cfg.augmentation, part_labels=True, contrastive=False)
 
     def build(self, stream, device, rank, world):
         cache = open_cache(self.cfg.cache)

@@ -115,8 +115,9 @@ class Stage2Task(Task):
     def stream_config(self) -> StreamConfig:
         if self.cfg.teacher_source == "cache":  # the exported input: first N points, no augmentation
             return StreamConfig(num_points=self.cfg.num_points, sampling="first", augment=False, seed=self.cfg.seed,
-                                teacher_features=self.teacher_name)
-        return StreamConfig(num_points=self.cfg.num_points, sampling=self.cfg.sampling, seed=self.cfg.seed)
+                                teacher_features=self.teacher_name, contrastive=False)
+        return StreamConfig(num_points=self.cfg.num_points, sampling=self.cfg.sampling, seed=self.cfg.seed,
+                            contrastive=False)
 
     def build(self, stream, device, rank, world):
         if self.cfg.teacher_source == "cache" and self.teacher_name not in open_teachers(self.cfg.cache):
