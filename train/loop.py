@@ -42,15 +42,12 @@ class LoopConfig:
 
     cache: str
     out: str
-    model: str = "point-mae-tiny"  # a registered encoder (train.models.list_encoders())
     steps: int = 300
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_steps: int = 20
     grad_clip: float = 1.0
-    num_points: int = 1024
-    sampling: str = "random"
     workers: int = 2
     seed: int = 0
     ckpt_every: int = 100
@@ -60,7 +57,6 @@ class LoopConfig:
     val_cache: str | None = None  # the cache val_split is in (default: the training cache)
     val_every: int | None = None  # default: ckpt_every
     overwrite: bool = False  # start afresh in a non-empty --out
-    samplings = ("random", "fps")  # class attribute, not a field: the --sampling values a stage accepts
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -71,7 +67,7 @@ class LoopConfig:
             raise ValueError("--val-cache needs --val-split: the split of that cache to validate on")
         if self.val_every is not None and self.val_every <= 0:
             raise ValueError(f"--val-every must be positive, got {self.val_every}")
-        for name in ("steps", "batch_size", "num_points", "ckpt_every", "log_every"):
+        for name in ("steps", "batch_size", "ckpt_every", "log_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         for name in ("workers", "warmup_steps", "weight_decay", "seed"):
@@ -79,10 +75,25 @@ class LoopConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         if not self.lr > 0 or not self.grad_clip > 0:
             raise ValueError(f"--lr and --grad-clip must be positive, got {self.lr} and {self.grad_clip}")
-        if self.sampling not in self.samplings:
-            raise ValueError(f"--sampling is one of {', '.join(self.samplings)}, got {self.sampling!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision is one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+
+@dataclass
+class PointCloudRunConfig(LoopConfig):
+    """A run of a point encoder on an objects cache: which encoder, and how many points of each shape, how chosen."""
+
+    model: str = "point-mae-tiny"  # a registered encoder (train.models.list_encoders())
+    num_points: int = 1024
+    sampling: str = "random"
+    samplings = ("random", "fps")  # class attribute, not a field: the --sampling values a stage accepts
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_points <= 0:
+            raise ValueError(f"--num-points must be positive, got {self.num_points}")
+        if self.sampling not in self.samplings:
+            raise ValueError(f"--sampling is one of {', '.join(self.samplings)}, got {self.sampling!r}")
 
 
 SHORT_EPOCH = 4  # fewer batches per epoch than this many per worker: read in the main process

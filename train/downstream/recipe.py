@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from train.data.augment import AUGMENTATIONS
 from train.data.objects import SAMPLINGS
 from train.encoder_io import encoder_state, start_from
-from train.loop import LoopConfig, Task
+from train.loop import PointCloudRunConfig, Task
 from train.models.encoders import FAMILIES, PointEncoder, create_encoder, encoder_config
 
 
 @dataclass
-class RecipeConfig(LoopConfig):
+class RecipeConfig(PointCloudRunConfig):
     """A downstream run; ``None`` settings come from the task's recipe (:meth:`filled`)."""
 
     init: str = "random"  # a checkpoint of this tool, an exported encoder, a released one, or "random"

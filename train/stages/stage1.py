@@ -18,7 +18,7 @@ from torch import nn
 
 from train.data.objects import StreamConfig
 from train.evaluate import validate_student
-from train.loop import CacheMismatchError, LoopConfig, Task, cache_identity, check_same_cache, lr_at, run
+from train.loop import CacheMismatchError, PointCloudRunConfig, Task, cache_identity, check_same_cache, lr_at, run
 from train.losses import MultiTeacherLoss
 from train.models.encoders import create_encoder
 from train.models.student import Student
@@ -29,7 +29,7 @@ __all__ = ["CacheMismatchError", "Stage1Config", "Stage1Task", "cache_identity",
 
 
 @dataclass
-class Stage1Config(LoopConfig):
+class Stage1Config(PointCloudRunConfig):
     term_weights: dict[str, float] = field(default_factory=dict)
 
 

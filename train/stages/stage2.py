@@ -22,7 +22,7 @@ from train import checkpoint
 from train.data.objects import StreamConfig
 from train.encoder_io import start_from
 from train.evaluate import validate_student
-from train.loop import LoopConfig, Task, run
+from train.loop import PointCloudRunConfig, Task, run
 from train.models.encoders import PointEncoder, encoder_from_record
 from train.models.encoders.base import Encoded, Patches
 from train.models.masked_distillation import MaskedDistillation, MaskedDistillationConfig
@@ -30,7 +30,7 @@ from train.models.student import Student
 
 
 @dataclass
-class Stage2Config(LoopConfig):
+class Stage2Config(PointCloudRunConfig):
     teacher: str | None = None          # stage-1 checkpoint: the frozen teacher and the initialisation
     init: str = "ckpt"                  # or "random"
     teacher_source: str = "model"       # or "cache": features exported with `train export-teacher`
