@@ -63,8 +63,8 @@ def encoder_state(path: str) -> tuple[dict, dict[str, torch.Tensor], dict]:
         state = checkpoint.check_stage(obj, path, ENCODER_TASKS)
         prefix = "encoder."  # every stage's model holds its encoder as ``encoder``
         weights = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
-        left = [k for k in state["model"] if not k.startswith(prefix)]
-        return checkpoint.encoder_record(state), weights, {"source": f"{state['stage']} checkpoint", "left_out": left}
+        # the run's heads and decoders are its own business: only what the encoder lacks is worth saying
+        return checkpoint.encoder_record(state), weights, {"source": f"{state['stage']} checkpoint", "left_out": []}
     try:
         return read_official(obj, path)
     except NotOfficialError as e:
