@@ -120,6 +120,7 @@ def test_pca_frames_are_spread_over_every_scene_and_the_held_out_ones_are_others
     assert len({f.split("/")[0] for f in held}) >= 4
 
 
+@pytest.mark.slow  # 100 s on 2 cores; the objects build's kill-and-rerun test stays in the default run
 def test_killed_demo_scene_build_resumes_to_the_same_cache_as_a_dask_build(tmp_path):
     killed = str(tmp_path / "killed.zarr")
     kill_midway(ARGS, killed, "frames/status", finished=2)
