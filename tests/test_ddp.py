@@ -88,7 +88,7 @@ def test_fusion_ranks_hold_identical_weights(small_scenes_cache, tmp_path, mode)
     out = str(tmp_path / mode)
     weights = {"contrastive": 1.0, "regression": 1.0, "occupancy": 0.5, "codebook": 0.5}
     _torchrun(f"fusion-{mode}", cache=small_scenes_cache, out=out, mode=mode, steps=3, batch_size=1, dim=16, depth=2,
-              workers=0, log_every=1, warmup_steps=1, weights=weights)
+              workers=0, log_every=1, warmup_steps=1, **weights)
     _assert_identical(out)
     config = json.load(open(os.path.join(out, "config.json")))
     assert config["world_size"] == 2

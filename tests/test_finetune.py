@@ -3,6 +3,7 @@ built by `preprocess points` from ScanObjectNN-format files."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -166,7 +167,7 @@ def test_the_cli_fine_tunes_evaluates_with_votes_and_exports(full_run, separable
 
 
 def test_fewshot_folds_are_seeded_class_balanced_and_fine_tuned(separable_cache, tmp_path):
-    from train.downstream.fewshot import draw_fold, run_fewshot
+    from train.downstream.fewshot import FewshotConfig, draw_fold, run_fewshot
 
     cache = open_cache(separable_cache)
     train, test = cache.done_rows("train"), cache.done_rows("test")
@@ -180,8 +181,8 @@ def test_fewshot_folds_are_seeded_class_balanced_and_fine_tuned(separable_cache,
     with pytest.raises(ValueError, match="4-way"):
         draw_fold(cache.labels, train, test, 4, 4, 5, 1, 0)
     out = str(tmp_path / "fs")
-    cfg = FinetuneConfig(cache=separable_cache, out=out, epochs=2, **SMALL)
-    summary = run_fewshot(cfg, way=2, shot=4, folds=2, queries=5, progress=False)
+    cfg = FewshotConfig(cache=separable_cache, out=out, epochs=2, way=2, shot=4, folds=2, queries=5, **SMALL)
+    summary = run_fewshot(cfg, progress=False)
     assert len(summary["per_fold"]) == 2 and 0 <= summary["std"] <= summary["mean"] <= 1
     fold_cache = open_cache(os.path.join(out, "fold-0", "cache.zarr"))
     assert fold_cache.num_rows == 2 * (4 + 5) and len(fold_cache.label_names) == 2
@@ -189,15 +190,16 @@ def test_fewshot_folds_are_seeded_class_balanced_and_fine_tuned(separable_cache,
     written = json.load(open(os.path.join(out, "fewshot.json")))
     assert written["mean"] == summary["mean"] and written["way"] == 2
     with pytest.raises(ValueError, match="not empty"):
-        run_fewshot(cfg, way=2, shot=4, folds=1, queries=5, progress=False)
+        run_fewshot(dataclasses.replace(cfg, folds=1), progress=False)
 
 
 def test_fewshot_refuses_torchrun(separable_cache, tmp_path, monkeypatch):
-    from train.downstream.fewshot import run_fewshot
+    from train.downstream.fewshot import FewshotConfig, run_fewshot
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="without torchrun"):
-        run_fewshot(FinetuneConfig(cache=separable_cache, out=str(tmp_path / "fs"), epochs=1, **SMALL), 2, 4, 1, 5)
+        run_fewshot(FewshotConfig(cache=separable_cache, out=str(tmp_path / "fs"), epochs=1, way=2, shot=4, folds=1,
+                                  queries=5, **SMALL))
     assert not os.path.exists(tmp_path / "fs")
 
 

@@ -32,7 +32,7 @@ def test_a_points_2d_feature_is_the_mean_of_its_own_pairs():
 def test_pretraining_with_every_term_resumes_exactly(small_scenes_cache, tmp_path):
     from train.stages.fusion import FusionRunConfig, train_fusion
 
-    common = dict(cache=small_scenes_cache, steps=4, ckpt_every=2, warmup_steps=1, weights=ALL_TERMS, **SMALL)
+    common = dict(cache=small_scenes_cache, steps=4, ckpt_every=2, warmup_steps=1, **ALL_TERMS, **SMALL)
     full, part = str(tmp_path / "full"), str(tmp_path / "part")
     metrics = train_fusion(FusionRunConfig(out=full, **common), progress=False)
     assert all(metrics[f"loss/{k}"] > 0 for k in ALL_TERMS)

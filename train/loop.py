@@ -34,64 +34,60 @@ from train.distributed import close_distributed, init_distributed
 from train.optim import param_groups
 from train.precision import PRECISIONS, resolve_precision
 from train.run_log import RunLog
+from train.settings import check_settings, setting
+
+
+ENCODERS_HELP = ("point-mae-tiny (CPU), point-mae (the official 12 x 384), point-m2ae-tiny (CPU) or point-m2ae (the "
+                 "official multi-scale encoder, the paper's best rows); tiny and base are point-mae-tiny and point-mae")
 
 
 @dataclass
 class LoopConfig:
     """What every stage's run has: where, how long, how fast, how often to log and save."""
 
-    cache: str
-    out: str
-    steps: int = 300
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_steps: int = 20
-    grad_clip: float = 1.0
-    workers: int = 2
-    seed: int = 0
-    ckpt_every: int = 100
-    log_every: int = 10
-    precision: str = "auto"  # fp32, bf16, fp16 or auto (bf16/fp16 on CUDA, fp32 on CPU)
-    val_split: str | None = None  # validate on this split every val_every steps; best.pt = the best validated
-    val_cache: str | None = None  # the cache val_split is in (default: the training cache)
-    val_every: int | None = None  # default: ckpt_every
-    overwrite: bool = False  # start afresh in a non-empty --out
+    cache: str = setting(help="Cache path or fsspec URL (required unless --config gives it).")
+    out: str = setting(help="Run directory (checkpoints, metrics.csv, tensorboard/, config.json).")
+    steps: int = setting(300, "Optimiser steps.", check="positive")
+    batch_size: int = setting(32, "Samples per step on each process.", check="positive")
+    lr: float = setting(1e-3, "Peak AdamW learning rate.", check="positive")
+    weight_decay: float = setting(0.05, "AdamW weight decay (none on norms, biases and tokens).",
+                                  check="non-negative")
+    warmup_steps: int = setting(20, "Linear learning-rate warm-up steps (then cosine).", check="non-negative")
+    grad_clip: float = setting(1.0, "Gradient norm clip.", check="positive")
+    workers: int = setting(2, "DataLoader worker processes.", check="non-negative")
+    seed: int = setting(0, "Seed of every random choice of the run.", check="non-negative")
+    ckpt_every: int = setting(100, "Save last.pt every N steps (and at the end).", check="positive")
+    log_every: int = setting(10, "Log the losses every N steps.", check="positive")
+    precision: str = setting("auto", "fp32, bf16, fp16 (with loss scaling) or auto: bf16 on a GPU that has it, fp16 "
+                                     "on older GPUs, fp32 on a CPU.", choices=PRECISIONS)
+    val_split: str | None = setting(None, "Validate on this split every --val-every steps; best.pt is the best "
+                                          "validated checkpoint (without validation there is no best.pt, only "
+                                          "last.pt).")
+    val_cache: str | None = setting(None, "The cache --val-split is in (default: --cache).")
+    val_every: int | None = setting(None, "Steps between validations (default: --ckpt-every).", check="positive")
+    overwrite: bool = setting(False, "Start afresh in a non-empty --out (its files are deleted).")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
         """Every option checked at the boundary: a one-line error naming it."""
+        check_settings(self)
         if self.val_cache and not self.val_split:
             raise ValueError("--val-cache needs --val-split: the split of that cache to validate on")
-        if self.val_every is not None and self.val_every <= 0:
-            raise ValueError(f"--val-every must be positive, got {self.val_every}")
-        for name in ("steps", "batch_size", "ckpt_every", "log_every"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        for name in ("workers", "warmup_steps", "weight_decay", "seed"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
-        if not self.lr > 0 or not self.grad_clip > 0:
-            raise ValueError(f"--lr and --grad-clip must be positive, got {self.lr} and {self.grad_clip}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"--precision is one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 @dataclass
 class PointCloudRunConfig(LoopConfig):
     """A run of a point encoder on an objects cache: which encoder, and how many points of each shape, how chosen."""
 
-    model: str = "point-mae-tiny"  # a registered encoder (train.models.list_encoders())
-    num_points: int = 1024
-    sampling: str = "random"
+    model: str = setting("point-mae-tiny", f"Encoder of a new model: {ENCODERS_HELP}.")
+    num_points: int = setting(1024, "Points per shape fed to the encoder.", check="positive")
+    sampling: str = setting("random", "random or fps subsampling of the cached points.")
     samplings = ("random", "fps")  # class attribute, not a field: the --sampling values a stage accepts
 
     def validate(self) -> None:
         super().validate()
-        if self.num_points <= 0:
-            raise ValueError(f"--num-points must be positive, got {self.num_points}")
         if self.sampling not in self.samplings:
             raise ValueError(f"--sampling is one of {', '.join(self.samplings)}, got {self.sampling!r}")
 

@@ -187,8 +187,9 @@ def report(run_dir: str, out: str | None = None, with_eval: bool = True, dpi: in
              if k in cfg]
     lines += [f"{k}: {cfg[k]}" for k in ("teacher", "mask_ratio", "shuffle", "local", "use_global", "target", "init",
                                          "teacher_source", "encoder_lr_scale", "decoder_depth", "mode", "dim",
-                                         "depth", "labels", "max_points", "weights", "protocol", "recipe", "epochs",
-                                         "augmentation", "num_group", "val_split") if k in cfg]
+                                         "depth", "labels", "max_points", "contrastive", "regression", "occupancy",
+                                         "codebook", "protocol", "recipe", "epochs", "augmentation", "num_group",
+                                         "val_split") if k in cfg]
     lines.append(f"world size: {config.get('world_size', 1)}, precision: {config.get('precision', 'fp32')}")
     ax.text(0, 1, "\n".join(lines), va="top", family="monospace", fontsize=9, transform=ax.transAxes)
     fig.tight_layout(rect=(0, 0, 1, 0.95))

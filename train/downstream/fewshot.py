@@ -26,7 +26,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from cache_schema import DONE, CacheAttrs, CacheWriter, objects_layout, open_cache
-from train.downstream.finetune import FinetuneConfig, train_finetune
+from train.downstream.finetune import RECIPES, FinetuneConfig, train_finetune
+from train.settings import setting
+
+
+@dataclass
+class FewshotConfig(FinetuneConfig):
+    """Folds of n-way m-shot full fine-tuning; every fold a fine-tuning run of these settings."""
+
+    way: int = setting(5, "Classes per fold (5 or 10 in the papers).", check="positive")
+    shot: int = setting(10, "Training objects per class (10 or 20).", check="positive")
+    folds: int = setting(10, "Folds, each fine-tuned from --init.", check="positive")
+    queries: int = setting(20, "Test objects per class and fold.", check="positive")
+    workers: int = setting(0, "DataLoader worker processes (a fold is small).", check="non-negative")
+    not_options = (*FinetuneConfig.not_options, "protocol", "val_split", "val_cache")
+    recipe_table = {name: {**r, "epochs": 150} for name, r in RECIPES.items()}  # Point-MAE's cfgs/fewshot.yaml
 
 
 @dataclass(frozen=True)
@@ -78,17 +92,13 @@ def write_fold_cache(source, fold: Fold, url: str, description: dict, seed: int 
     return url
 
 
-def run_fewshot(cfg: FinetuneConfig, way: int, shot: int, folds: int = 10, queries: int = 20,
-                progress: bool = True) -> dict:
+def run_fewshot(cfg: FewshotConfig, progress: bool = True) -> dict:
     """Fine-tune on every fold; ``cfg.out`` holds a run per fold and ``fewshot.json`` with mean and std."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would write the same fold caches
         raise ValueError("train fewshot runs in one process (a fold is a few hundred shapes); start it without "
                          "torchrun")
-    for name, value in (("way", way), ("shot", shot), ("folds", folds), ("queries", queries)):
-        if value <= 0:
-            raise ValueError(f"--{name} must be positive, got {value}")
-    if cfg.epochs is None:  # Point-MAE's cfgs/fewshot.yaml: 150 epochs, 10 of warm-up
-        cfg = dataclasses.replace(cfg, epochs=150)
+    cfg.validate()
+    way, shot, folds, queries = cfg.way, cfg.shot, cfg.folds, cfg.queries
     if os.path.isdir(cfg.out) and os.listdir(cfg.out) and not cfg.overwrite:
         raise ValueError(f"--out {cfg.out} is not empty; pass --overwrite to replace it, or choose another folder")
     source = open_cache(cfg.cache)

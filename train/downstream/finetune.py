@@ -29,6 +29,7 @@ from train.downstream.recipe import EpochTask, RecipeConfig, build_encoder
 from train.loop import run
 from train.models.classifier import PROTOCOLS, PointClassifier
 from train.models.encoders import encoder_from_record
+from train.settings import check_settings, setting
 
 __all__ = ["RECIPES", "FinetuneConfig", "FinetuneTask", "build_encoder", "load_classifier", "train_finetune"]
 
@@ -52,23 +53,18 @@ def recipe_for(cache) -> str:
 class FinetuneConfig(RecipeConfig):
     """A fine-tuning run; ``None`` settings come from the recipe (``--recipe auto``: from the cache)."""
 
-    protocol: str = "full"
-    recipe: str = "auto"
-    label_smoothing: float | None = None
+    protocol: str = setting("full", "full (encoder + MLP-3 head trained), mlp3 (encoder frozen, MLP-3 head) or "
+                                    "linear (encoder frozen, one linear layer).", choices=PROTOCOLS)
+    recipe: str = setting("auto", "auto (from the cache), modelnet40 or scanobjectnn: the defaults of every option "
+                                  "left unset.", choices=("auto", *RECIPES))
+    label_smoothing: float | None = setting(None, "Point-BERT's label smoothing.", check="fraction")
+    recipe_table = RECIPES
 
     def resolved(self) -> FinetuneConfig:
         """Every ``None`` filled from the recipe; checked."""
-        recipe = self.recipe
-        if recipe == "auto":
-            recipe = recipe_for(open_cache(self.cache))
-        if recipe not in RECIPES:
-            raise ValueError(f"--recipe is auto or one of {', '.join(RECIPES)}, got {self.recipe!r}")
-        cfg = self.filled(RECIPES[recipe], recipe, recipe=recipe)
-        if cfg.protocol not in PROTOCOLS:
-            raise ValueError(f"--protocol is one of {', '.join(PROTOCOLS)}, got {cfg.protocol!r}")
-        if not 0 <= cfg.label_smoothing < 1:
-            raise ValueError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
-        return cfg
+        check_settings(self)
+        recipe = recipe_for(open_cache(self.cache)) if self.recipe == "auto" else self.recipe
+        return self.filled(self.recipe_table[recipe], recipe, recipe=recipe)
 
 
 def smoothed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, eps: float) -> torch.Tensor:

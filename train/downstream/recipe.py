@@ -9,30 +9,58 @@ from dataclasses import dataclass
 from train.data.augment import AUGMENTATIONS
 from train.data.objects import SAMPLINGS
 from train.encoder_io import encoder_state, start_from
-from train.loop import PointCloudRunConfig, Task
+from train.loop import ENCODERS_HELP, PointCloudRunConfig, Task
 from train.models.encoders import FAMILIES, PointEncoder, create_encoder, encoder_config
+from train.settings import check_settings, setting
+
+
+INIT_HELP = ("Encoder to start from: a stage-1 / stage-2 / finetune checkpoint, an exported .safetensors, a released "
+             "Point-MAE / Point-M2AE checkpoint, or random.")
 
 
 @dataclass
 class RecipeConfig(PointCloudRunConfig):
     """A downstream run; ``None`` settings come from the task's recipe (:meth:`filled`)."""
 
-    init: str = "random"  # a checkpoint of this tool, an exported encoder, a released one, or "random"
-    epochs: int | None = None
-    warmup_epochs: int | None = None
-    augmentation: str | None = None
-    num_group: int | None = None  # unset: the family's recipe, else the preset's or the checkpoint's
-    group_size: int | None = None
-    drop_path_rate: float | None = None
+    init: str = setting("random", INIT_HELP)
+    model: str = setting("point-mae-tiny", f"Encoder with --init random: {ENCODERS_HELP}.")
+    epochs: int | None = setting(None, "Epochs.", check="positive")
+    warmup_epochs: int | None = setting(None, "Linear warm-up epochs.", check="non-negative")
+    augmentation: str | None = setting(None, f"Training augmentation: {', '.join(AUGMENTATIONS)}.",
+                                       choices=tuple(AUGMENTATIONS))
+    num_group: int | None = setting(None, "Patches per cloud [unset: the encoder family's recipe, else the "
+                                          "checkpoint's].", check="positive")
+    group_size: int | None = setting(None, "Points per patch [unset: as --num-group].", check="positive")
+    drop_path_rate: float | None = setting(None, "Stochastic depth (drop path) rate, rising to this at the "
+                                                 "encoder's last block.", check="fraction")
     # the loop's settings the recipe decides unless given
-    batch_size: int | None = None  # type: ignore[assignment]
-    lr: float | None = None  # type: ignore[assignment]
-    weight_decay: float | None = None  # type: ignore[assignment]
-    grad_clip: float | None = None  # type: ignore[assignment]
-    num_points: int | None = None  # type: ignore[assignment]
-    sampling: str = "prefix"
-    val_split: str | None = "test"  # the published protocols validate on test every epoch
+    batch_size: int | None = setting(None, "Shapes per step on each process.", check="positive")  # type: ignore
+    lr: float | None = setting(None, "Peak AdamW learning rate.", check="positive")  # type: ignore[assignment]
+    weight_decay: float | None = setting(None, "AdamW weight decay.", check="non-negative")  # type: ignore
+    grad_clip: float | None = setting(None, "Gradient norm clip.", check="positive")  # type: ignore[assignment]
+    num_points: int | None = setting(None, "Points per shape.", check="positive")  # type: ignore[assignment]
+    sampling: str = setting("prefix", "prefix (Point-MAE: N of the first 1.17 N stored points, random order), "
+                                      "random, first or fps.")
+    val_split: str | None = setting("test", "Validate on this split every epoch, keeping the best as best.pt (the "
+                                            "published protocols validate on test).")
     samplings = SAMPLINGS  # every way the stream samples (fps too: part labels follow their points)
+    not_options = ("steps", "warmup_steps", "ckpt_every", "val_every")  # counted in epochs: the run derives them
+    recipe_table = {}  # type: ignore[var-annotated]  # the task's published settings (per recipe, if several)
+
+    @classmethod
+    def described_defaults(cls) -> dict[str, str]:
+        """The recipe's value of every setting it decides, for the options' help: ``300``, or
+        ``1024 modelnet40, 2048 scanobjectnn`` where the recipes differ."""
+        tables = cls.recipe_table if all(isinstance(v, dict) for v in cls.recipe_table.values()) \
+            else {"": cls.recipe_table}
+        described = {}
+        for name in {k for table in tables.values() for k in table}:
+            values = {recipe: table.get(name) for recipe, table in tables.items()}
+            if len(set(map(str, values.values()))) == 1:
+                described[name] = str(next(iter(values.values())))
+            else:
+                described[name] = ", ".join(f"{v} {recipe}" for recipe, v in values.items())
+        return described
 
     def family(self) -> type[PointEncoder]:
         """The encoder family the run starts from: ``--model`` with ``--init random``, else the init file's."""
@@ -46,11 +74,7 @@ class RecipeConfig(PointCloudRunConfig):
         own = {k: v for k, v in self.family().recipes.get(family_recipe, {}).items() if k != "encoder"}
         settings = {**settings, **own}
         cfg = dataclasses.replace(self, **changes, **{k: v for k, v in settings.items() if getattr(self, k) is None})
-        if cfg.augmentation not in AUGMENTATIONS:
-            raise ValueError(f"--augmentation is one of {', '.join(AUGMENTATIONS)}, got {cfg.augmentation!r}")
-        if cfg.epochs <= 0 or cfg.warmup_epochs < 0:
-            raise ValueError(f"--epochs must be positive and --warmup-epochs not negative, got {cfg.epochs} and "
-                             f"{cfg.warmup_epochs}")
+        check_settings(cfg)
         return cfg
 
 

@@ -28,6 +28,7 @@ from train.loop import run
 from train.metrics import part_iou_scores
 from train.models.encoders import encoder_from_record
 from train.models.part_segmentation import PartSegmentation, restrict_to_class
+from train.settings import setting
 
 RECIPE = dict(epochs=300, warmup_epochs=10, batch_size=16, lr=2e-4, weight_decay=0.05, grad_clip=10.0,
               num_points=2048, drop_path_rate=0.1, augmentation="scale-shift")
@@ -37,7 +38,9 @@ RECIPE = dict(epochs=300, warmup_epochs=10, batch_size=16, lr=2e-4, weight_decay
 class SegmentConfig(RecipeConfig):
     """A part-segmentation run; ``None`` settings come from the recipe."""
 
-    train_split: str | None = None  # default: trainval when the cache has it, else train
+    train_split: str | None = setting(None, "The split to train on [unset: trainval when the cache has it, else "
+                                            "train].")
+    recipe_table = RECIPE
 
     def resolved(self) -> SegmentConfig:
         cache = open_cache(self.cache)

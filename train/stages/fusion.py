@@ -12,7 +12,7 @@ checkpoints, exact resume, logs and torchrun are stage-1's (``train/loop.py``).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -26,25 +26,52 @@ from train.metrics import confusion_matrix, iou_scores
 from train.models.fusion import FusionConfig, FusionModel, FusionObjective
 from train.models.lidar_backbone import WaffleConfig
 from train.optim import clamp_logit_scales
+from train.settings import setting
+
+
+LOSS_TERMS = ("contrastive", "regression", "occupancy", "codebook")
 
 
 @dataclass
 class FusionRunConfig(LoopConfig):
-    mode: str = "pretrain"                       # or "finetune"
-    teacher: str | None = None                   # which pair features (default: the cache's only teacher)
-    dim: int = 64
-    depth: int = 6
-    weights: dict[str, float] = field(default_factory=lambda: {"contrastive": 1.0, "regression": 1.0,
-                                                                 "occupancy": 0.0, "codebook": 0.0})
-    max_points: int | None = 16384               # random points kept per frame and step (None: all)
-    labels: str = "100%"                         # fine-tuning: share of labelled training frames
-    init: str = "random"                         # fine-tuning: a pre-training checkpoint or random
-    consistency: bool = True                     # fine-tuning: fused head + KL(fused || LiDAR-only)
-    steps: int = 200
-    batch_size: int = 2
-    lr: float = 2e-3
-    warmup_steps: int = 10
-    ckpt_every: int = 50
+    """A fusion run on a scenes cache: pre-training on point-pixel pairs, or fine-tuning for segmentation."""
+
+    mode: str = setting("pretrain", "pretrain or finetune (the command).", choices=("pretrain", "finetune"))
+    steps: int = setting(200, "Optimiser steps.", check="positive")
+    batch_size: int = setting(2, "Frames per step on each process.", check="positive")
+    lr: float = setting(2e-3, "Peak AdamW learning rate.", check="positive")
+    warmup_steps: int | None = setting(None, "Linear learning-rate warm-up steps [unset: 10, at most --steps].",
+                                       check="non-negative")
+    ckpt_every: int = setting(50, "Save last.pt every N steps (and at the end).", check="positive")
+    teacher: str | None = setting(None, "Pair-feature teacher (default: the cache's only one).")
+    dim: int = setting(64, "Backbone width (WaffleIron-style, per-point features).", check="positive")
+    depth: int = setting(6, "Backbone blocks (planes xy, xz, yz in turn).", check="positive")
+    max_points: int | None = setting(16384, "Random points kept per frame and step (pairs follow; unset: all).",
+                                     check="positive")
+    contrastive: float = setting(1.0, "Weight of the 2D-3D InfoNCE over pairs (0: off).", check="non-negative")
+    regression: float = setting(1.0, "Weight of the ScaLR cosine regression (0: off).", check="non-negative")
+    occupancy: float = setting(0.0, "Weight of CMCR occupancy estimation (0: off).", check="non-negative")
+    codebook: float = setting(0.0, "Weight of the CMCR shared codebook (0: off).", check="non-negative")
+    labels: str = setting("100%", "Share of labelled training frames: 1%, 10% or 100%.")
+    init: str = setting("random", "A `fusion pretrain` checkpoint, or random.")
+    consistency: bool = setting(True, "Fused head + KL(fused || LiDAR-only) (xModel-KD).",
+                                flags=("--consistency/--no-consistency",))
+    pretrain_only = LOSS_TERMS  # the options of each mode (the other mode's are not offered)
+    finetune_only = ("labels", "init", "consistency")
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps is None:
+            self.warmup_steps = min(10, self.steps)
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """The pre-training losses' weights by term."""
+        return {term: getattr(self, term) for term in LOSS_TERMS}
+
+    @classmethod
+    def upgrade_settings(cls, settings: dict) -> dict:
+        """Runs before the four weights were settings of their own saved them as one ``weights`` dict."""
+        return {**(settings.pop("weights", None) or {}), **settings}
 
 
 def label_fraction(text: str) -> float:
@@ -70,8 +97,7 @@ def random_yaw(points: torch.Tensor, batch_index: torch.Tensor, generator: torch
 
 class FusionTask(Task):
     def __init__(self, cfg: FusionRunConfig) -> None:
-        if cfg.mode not in ("pretrain", "finetune"):
-            raise ValueError(f"mode is pretrain or finetune, got {cfg.mode!r}")
+        cfg.validate()
         self.cfg, self.stage = cfg, f"fusion-{cfg.mode}"
         self.generator = torch.Generator().manual_seed(cfg.seed)
         cache = open_cache(cfg.cache)

@@ -11,7 +11,8 @@ temperature each; the loop (``train/loop.py``) does everything else.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
@@ -22,6 +23,7 @@ from train.loop import CacheMismatchError, PointCloudRunConfig, Task, cache_iden
 from train.losses import MultiTeacherLoss
 from train.models.encoders import create_encoder
 from train.models.student import Student
+from train.settings import format_weights, parse_weights, setting
 from train.optim import clamp_logit_scales
 
 __all__ = ["CacheMismatchError", "Stage1Config", "Stage1Task", "cache_identity", "check_same_cache", "lr_at",
@@ -30,7 +32,9 @@ __all__ = ["CacheMismatchError", "Stage1Config", "Stage1Task", "cache_identity",
 
 @dataclass
 class Stage1Config(PointCloudRunConfig):
-    term_weights: dict[str, float] = field(default_factory=dict)
+    term_weights: dict[str, float] = setting(
+        help="Term weight, e.g. clip-vit-b16/text=1.0 (repeat); the terms are the cache's.", factory=dict,
+        flags=("--weight",), cli_type=Optional[list[str]], from_cli=parse_weights, to_cli=format_weights)
 
 
 class Stage1Objective(nn.Module):

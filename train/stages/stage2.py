@@ -27,21 +27,31 @@ from train.models.encoders import PointEncoder, encoder_from_record
 from train.models.encoders.base import Encoded, Patches
 from train.models.masked_distillation import MaskedDistillation, MaskedDistillationConfig
 from train.models.student import Student
+from train.settings import setting
 
 
 @dataclass
 class Stage2Config(PointCloudRunConfig):
-    teacher: str | None = None          # stage-1 checkpoint: the frozen teacher and the initialisation
-    init: str = "ckpt"                  # or "random"
-    teacher_source: str = "model"       # or "cache": features exported with `train export-teacher`
-    mask_ratio: float | None = None     # None: the encoder family's own (Point-MAE 0.6, Point-M2AE 0.8)
-    shuffle: bool = True
-    local: bool = True
-    use_global: bool = True
-    target: str = "features"            # or "points": Point-MAE's Chamfer reconstruction
-    decoder_depth: int = 2
-    lr: float = 5e-4
-    encoder_lr_scale: float | None = None  # the encoder's lr / lr; None: 0.1 from a checkpoint, 1 from random init
+    teacher: str | None = setting(None, "Stage-1 checkpoint: the frozen teacher and the initialisation (required "
+                                        "unless --config gives it).")
+    init: str = setting("ckpt", "ckpt (from --teacher) or random (the Table 9 baseline).", choices=("ckpt", "random"))
+    teacher_source: str = setting("model", "model: run the frozen teacher every step; cache: stream the features "
+                                           "`train export-teacher` stored.", choices=("model", "cache"))
+    mask_ratio: float | None = setting(None, "Share of the encoder's output tokens hidden from it. Default: the "
+                                             "encoder family's own (Point-MAE 0.6 of its patches; Point-M2AE 0.8 of "
+                                             "its coarsest scale).", check="share")
+    shuffle: bool = setting(True, "Token shuffling before the local decoder.", flags=("--shuffle/--no-shuffle",))
+    local: bool = setting(True, "Local (per-token) distillation, eq. 4.", flags=("--local/--no-local",))
+    use_global: bool = setting(True, "Global distillation, eq. 5.", flags=("--global/--no-global",))
+    target: str = setting("features", "features (stage-1 tokens) or points (Point-MAE Chamfer reconstruction, the "
+                                      "Table 8 baseline).", choices=("features", "points"))
+    decoder_depth: int = setting(2, "Transformer blocks of each decoder.", check="positive")
+    lr: float = setting(5e-4, "Peak AdamW learning rate.", check="positive")
+    encoder_lr_scale: float | None = setting(
+        None, "The encoder's learning rate as a share of --lr (the new decoders get --lr), so that their first, "
+              "random gradients do not undo stage-1. Default: 0.1 with --init ckpt, 1 with --init random.",
+        check="positive")
+    not_options = ("model",)  # the encoder is the teacher's
 
     def __post_init__(self) -> None:
         if self.encoder_lr_scale is None:
@@ -102,9 +112,7 @@ class Stage2Task(Task):
     def __init__(self, cfg: Stage2Config) -> None:
         if not cfg.teacher:
             raise ValueError("stage-2 needs --teacher: a stage-1 checkpoint")
-        if cfg.init not in ("ckpt", "random") or cfg.teacher_source not in ("model", "cache") \
-                or cfg.target not in ("features", "points"):
-            raise ValueError("--init is ckpt or random, --teacher-source model or cache, --target features or points")
+        cfg.validate()
         if cfg.target == "features" and not (cfg.local or cfg.use_global):
             raise ValueError("--no-local and --no-global together leave nothing to learn")
         self.cfg = cfg
