@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from train import evaluate
+from train.eval import frozen
 from train.stages.stage2 import Stage2Config, train_stage2
 
 VARIANTS = {  # name -> Stage2Config overrides
@@ -40,10 +40,10 @@ def short_name(variant: str) -> str:
 
 
 def evaluate_run(cache, ckpt: str) -> dict:
-    model = evaluate.load_student(ckpt, cache)
-    return {"linear": evaluate.linear_probe(model, cache)["accuracy"],
-            "fewshot": evaluate.svm_fewshot(model, cache, n_way=5, m_shot=10)["mean"],
-            "zeroshot": evaluate.zeroshot(model, cache)["top1"]}
+    model = frozen.load_student(ckpt, cache)
+    return {"linear": frozen.linear_probe(model, cache)["accuracy"],
+            "fewshot": frozen.svm_fewshot(model, cache, n_way=5, m_shot=10)["mean"],
+            "zeroshot": frozen.zeroshot(model, cache)["top1"]}
 
 
 def main() -> None:
@@ -64,7 +64,7 @@ def main() -> None:
     unknown = set(chosen) - {short_name(v) for v in VARIANTS}
     if unknown:
         ap.error(f"unknown variants {sorted(unknown)}; choose from {[short_name(v) for v in VARIANTS]}")
-    cache = evaluate.open_for_eval(args.cache)
+    cache = frozen.open_for_eval(args.cache)
     os.makedirs(args.out, exist_ok=True)
     results_path = os.path.join(args.out, "ablation.json")
     results = json.load(open(results_path)) if os.path.exists(results_path) else {}

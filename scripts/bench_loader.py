@@ -31,7 +31,7 @@ import torch
 from bench_common import drop_caches
 from torch.utils.data import DataLoader, Dataset
 
-from cache_schema import DONE, open_cache
+from cache_schema import open_cache
 from train.data.augment import augment
 from train.data.objects import ObjectStream, StreamConfig, contrastive_terms
 from train.data.transport import keep_packed
@@ -136,8 +136,7 @@ def main_local(args) -> None:
 
     cache = open_cache(args.cache)
     terms = contrastive_terms(cache)
-    rows = cache.split("train")
-    rows = rows[cache.status[rows] == DONE]
+    rows = cache.done_rows("train")
     folder = tempfile.mkdtemp(prefix="bench-loader-")
     try:
         baseline_bytes = write_per_shape(cache, rows, folder, terms)
@@ -261,8 +260,7 @@ def main_s3(args) -> None:
         fs.mkdir("bench")
         cache = open_cache(args.cache)
         terms = contrastive_terms(cache)
-        rows = cache.split("train")
-        rows = rows[cache.status[rows] == DONE]
+        rows = cache.done_rows("train")
         folder = tempfile.mkdtemp(prefix="bench-loader-")
         write_per_shape(cache, rows, folder, terms)
         fs.put(folder, "s3://bench/per-shape", recursive=True)

@@ -13,7 +13,7 @@ import os
 import sys
 
 from cache_schema import open_cache
-from train import evaluate
+from train.eval import frozen
 
 COLUMNS = {"finetune": (("overall_accuracy", "OA"), ("mean_class_accuracy", "mAcc")),
            "segment": (("instance_miou", "Inst.mIoU"), ("class_miou", "Cls.mIoU"))}
@@ -38,7 +38,7 @@ def main(run_dirs: list[str]) -> None:
         probe = ""
         if stage == "finetune":
             cache = open_cache(cfg["cache"])
-            acc = evaluate.linear_probe(evaluate.load_student(init, cache, cfg["model"]), cache,
+            acc = frozen.linear_probe(frozen.load_student(init, cache, cfg["model"]), cache,
                                         cfg["num_points"])["accuracy"]
             probe = f"{acc:.1%}"
         shown = init if init == "random" else os.path.relpath(init)

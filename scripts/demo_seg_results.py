@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-from train.stages.fusion import evaluate_seg
+from train.eval.lidar_segmentation import evaluate_seg
 
 
 def main(cache: str, run_dirs: list[str]) -> None:

@@ -24,8 +24,8 @@ import os
 import numpy as np
 
 from cache_schema import open_cache
-from train import evaluate
 from train.downstream.finetune import FinetuneConfig, train_finetune
+from train.eval import frozen
 
 METRICS = {"classify": ("overall_accuracy", "mean_class_accuracy", "OA", "mAcc"),
            "segment": ("instance_miou", "class_miou", "Inst.mIoU", "Cls.mIoU")}
@@ -78,7 +78,7 @@ def main() -> None:
             print(protocol, rows[-1][1], {k: round(v[0], 4) for k, v in rows[-1][2].items()}, flush=True)
     cache = open_cache(args.cache)
     probe = {} if args.task == "segment" else {
-        name: evaluate.linear_probe(evaluate.load_student(ckpt, cache, args.model), cache, args.num_points)
+        name: frozen.linear_probe(frozen.load_student(ckpt, cache, args.model), cache, args.num_points)
         ["accuracy"] for name, ckpt in (("pre-trained", args.init), ("random", "random"))}
     print(f"\n{args.cache}: {cache.num_rows} shapes, {len(cache.label_names)} classes, {args.epochs} epochs, "
           f"{args.num_points} points, {args.seeds} seeds (mean +- std); best = best test epoch (the published "

@@ -18,7 +18,8 @@ import os
 
 import numpy as np
 
-from train.stages.fusion import FusionRunConfig, evaluate_seg, train_fusion
+from train.eval.lidar_segmentation import evaluate_seg
+from train.stages.fusion import FusionRunConfig, train_fusion
 
 
 def main() -> None:

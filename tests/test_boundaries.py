@@ -49,7 +49,7 @@ def test_importing_the_contract_loads_no_heavy_modules():
 
 
 def test_the_trainer_loads_no_builder_modules_at_run_time():
-    code = ("import sys, train.cli, train.stages.stage1, train.evaluate, train.data.objects; "
+    code = ("import sys, train.cli, train.stages.stage1, train.eval.frozen, train.data.objects; "
             "print(sorted(m for m in ('preprocess', 'pyrender', 'trimesh', 'open_clip', 'transformers', 'OpenGL') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)

@@ -11,7 +11,7 @@ from cache_schema.validate import validate
 from preprocess.build_common import cached_teacher
 from preprocess.build_points import PointBuildConfig, build_points
 from preprocess.class_prompts import add_class_prompts
-from train import evaluate
+from train.eval import frozen
 
 
 def test_class_prompts_make_a_points_cache_zero_shot_ready(tmp_path, stage1_ckpt):
@@ -20,7 +20,7 @@ def test_class_prompts_make_a_points_cache_zero_shot_ready(tmp_path, stage1_ckpt
     build_points(url, PointBuildConfig("scanobjectnn", str(tmp_path / "h5"), "obj_bg"), progress=False)
     before = open_cache(url).fingerprint
     with pytest.raises(ValueError, match="zero-shot|class_text|class-prompt"):
-        evaluate.text_teacher(open_cache(url))
+        frozen.text_teacher(open_cache(url))
     print(add_class_prompts(url, "clip-tiny"))
     cache = open_cache(url)
     assert cache.fingerprint != before and cache.teachers["clip-tiny"].roles == ("class_text",)
@@ -28,8 +28,8 @@ def test_class_prompts_make_a_points_cache_zero_shot_ready(tmp_path, stage1_ckpt
     np.testing.assert_allclose(cache.teacher("clip-tiny", "class_text"), expected, atol=2e-3)  # stored float16
     assert "nothing to do" in add_class_prompts(url, "clip-tiny")
     assert validate(url) == []
-    student = evaluate.load_student(stage1_ckpt, cache)
-    result = evaluate.zeroshot(student, cache, "test", num_points=128)
+    student = frozen.load_student(stage1_ckpt, cache)
+    result = frozen.zeroshot(student, cache, "test", num_points=128)
     assert result["num_classes"] == 15 and result["num_samples"] == 8 and 0 <= result["top1"] <= result["top5"] <= 1
     with pytest.raises(ValueError, match="no text tower"):
         add_class_prompts(url, "dinov2-tiny")

@@ -18,7 +18,6 @@ from preprocess.build_points import PointBuildConfig, build_points
 from train import load_encoder
 from train.checkpoint import CheckpointError
 from train.cli import app
-from train.downstream.classify import evaluate_classifier, predict_logits
 from train.downstream.finetune import (
     FinetuneConfig,
     build_encoder,
@@ -27,6 +26,7 @@ from train.downstream.finetune import (
     train_finetune,
 )
 from train.encoder_io import encoder_state, export_encoder
+from train.eval.classification import evaluate_classifier, predict_logits
 
 POINTS = 256
 SMALL = dict(num_points=POINTS, num_group=16, group_size=16, batch_size=16, workers=0, warmup_epochs=1,

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from cache_schema import open_cache
 from cache_schema.example import write_example
 from train.data.scenes import SceneStream, SceneStreamConfig, paired_point_features
-from train.metrics import confusion_matrix, iou_scores
+from train.eval.metrics import confusion_matrix, iou_scores
 from train.models.codebook import VectorQuantizer
 from train.ops.occupancy import mask_voxels, occupancy_queries, voxel_keys
 

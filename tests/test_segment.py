@@ -12,8 +12,9 @@ import torch
 
 from cache_schema import open_cache
 from train.cli import app
-from train.downstream.segment import SegmentConfig, evaluate_partseg, load_segmenter, train_segment
-from train.metrics import part_iou_scores
+from train.downstream.segment import SegmentConfig, train_segment
+from train.eval.metrics import part_iou_scores
+from train.eval.part_segmentation import evaluate_partseg, load_segmenter
 from train.models.part_segmentation import PartSegmentation, restrict_to_class
 from train.models import create_encoder
 from train.ops import three_nn_interpolate

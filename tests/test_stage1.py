@@ -122,38 +122,38 @@ def test_zeroshot_and_linear_on_a_constructed_case(small_cache, tmp_path):
     import zarr
 
     from cache_schema import open_cache
-    from train import evaluate
+    from train.eval import frozen
 
     url = str(tmp_path / "copy.zarr")
     import shutil
 
     shutil.copytree(small_cache, url)
     cache = open_cache(url)
-    model = evaluate.load_student("random", cache, "tiny")
+    model = frozen.load_student("random", cache, "tiny")
     rows = cache.split("test")
-    z = evaluate.embed(model, cache, rows, 128)["clip-tiny"]
+    z = frozen.embed(model, cache, rows, 128)["clip-tiny"]
     z = z / np.linalg.norm(z, axis=1, keepdims=True)
     labels = cache.labels[rows]
     means = np.stack([z[labels == c].mean(0) for c in range(len(cache.label_names))])
     zarr.open_array(os.path.join(url, "teachers", "clip-tiny", "class_text"), mode="r+")[:] = means
     expected = float(((z @ (means / np.linalg.norm(means, axis=1, keepdims=True)).T).argmax(1) == labels).mean())
-    result = evaluate.zeroshot(model, open_cache(url), "test", num_points=128)
+    result = frozen.zeroshot(model, open_cache(url), "test", num_points=128)
     assert abs(result["top1"] - expected) < 1e-6 and result["num_classes"] == 10 and result["top5"] >= result["top1"]
     # linear probe: an SVM fitted here on independently gathered features and labels scores the same
     from sklearn.svm import LinearSVC
 
     train = cache.split("train")
-    feats = {s: evaluate.embed(model, cache, r, 128)["_global"] for s, r in (("train", train), ("test", rows))}
+    feats = {s: frozen.embed(model, cache, r, 128)["_global"] for s, r in (("train", train), ("test", rows))}
     feats = {s: f / np.linalg.norm(f, axis=1, keepdims=True) for s, f in feats.items()}
     svm = LinearSVC(max_iter=20000).fit(feats["train"], cache.labels[train])
     expected_linear = float((svm.predict(feats["test"]) == labels).mean())
-    probe = evaluate.linear_probe(model, open_cache(url), num_points=128)
+    probe = frozen.linear_probe(model, open_cache(url), num_points=128)
     assert abs(probe["accuracy"] - expected_linear) < 1e-9 and probe["num_test"] == len(rows)
     # few-shot: 5 ways x 1 query (the test split has one shape per class) -> accuracies in steps of 1/5
-    few = evaluate.svm_fewshot(model, open_cache(url), n_way=5, m_shot=2, queries=2, draws=3, num_points=128)
+    few = frozen.svm_fewshot(model, open_cache(url), n_way=5, m_shot=2, queries=2, draws=3, num_points=128)
     assert len(few["accuracies"]) == 3
     assert all(abs(a * 5 - round(a * 5)) < 1e-9 for a in few["accuracies"])
-    assert few == evaluate.svm_fewshot(model, open_cache(url), n_way=5, m_shot=2, queries=2, draws=3, num_points=128)
+    assert few == frozen.svm_fewshot(model, open_cache(url), n_way=5, m_shot=2, queries=2, draws=3, num_points=128)
 
 
 def test_a_batch_larger_than_the_split_is_explained(small_cache, tmp_path):

@@ -217,7 +217,7 @@ def test_exported_teacher_features_equal_on_the_fly_ones(small_demo_cache, stage
 
 def test_stage2_resumes_exactly_and_its_checkpoint_evaluates(small_demo_cache, stage1_ckpt, tmp_path):
     from cache_schema import open_cache
-    from train import evaluate
+    from train.eval import frozen
     from train.stages.stage2 import Stage2Config, train_stage2
 
     common = dict(cache=small_demo_cache, teacher=stage1_ckpt, steps=4, batch_size=4, num_points=128, workers=0,
@@ -231,9 +231,9 @@ def test_stage2_resumes_exactly_and_its_checkpoint_evaluates(small_demo_cache, s
     assert len(a) == len(b) == 4
     np.testing.assert_allclose(b, a, rtol=1e-5)
     cache = open_cache(small_demo_cache)
-    student = evaluate.load_student(os.path.join(full, "last.pt"), cache)
-    assert 0 <= evaluate.linear_probe(student, cache, num_points=128)["accuracy"] <= 1
-    assert evaluate.zeroshot(student, cache, num_points=128)["num_classes"] == 10
+    student = frozen.load_student(os.path.join(full, "last.pt"), cache)
+    assert 0 <= frozen.linear_probe(student, cache, num_points=128)["accuracy"] <= 1
+    assert frozen.zeroshot(student, cache, num_points=128)["num_classes"] == 10
 
 
 def test_stage2_refuses_bad_settings(small_demo_cache, stage1_ckpt, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from cache_schema import DONE, open_cache
+from cache_schema import open_cache
 from cache_schema.example import example_objects, finish, write_blocks
 from cache_schema.writer import CacheWriter
 from train.data.objects import ObjectStream, StreamConfig
@@ -30,9 +30,7 @@ def caches(tmp_path_factory):
 
 
 def _train_rows(url: str) -> list[int]:
-    cache = open_cache(url)
-    rows = cache.split("train")
-    return sorted(rows[cache.status[rows] == DONE].tolist())
+    return sorted(open_cache(url).done_rows("train").tolist())
 
 
 def _epoch(url, rank, world, workers, batch=4, epoch=0, start=0, drop_last=False, window_rows=4096):

@@ -37,7 +37,7 @@ def test_best_pt_is_the_best_validated_step(small_demo_cache, tmp_path):
     assert checkpoint.load(os.path.join(out, "best.pt"))["step"] == best["step"]
     assert checkpoint.load(os.path.join(out, "last.pt"))["step"] == 6
     # what best.json says is what the checkpoint scores
-    from train.evaluate import load_student, open_for_eval, zeroshot
+    from train.eval.frozen import load_student, open_for_eval, zeroshot
 
     cache = open_for_eval(small_demo_cache)
     again = zeroshot(load_student(os.path.join(out, "best.pt"), cache), cache, "test", 128)["top1"]

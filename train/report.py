@@ -78,7 +78,7 @@ def no_evaluation(ckpt: str, cache: str) -> dict:
 
 
 def lidar_seg_evaluation(ckpt: str, cache: str) -> dict:
-    from train.stages.fusion import evaluate_seg
+    from train.eval.lidar_segmentation import evaluate_seg
 
     seg = evaluate_seg(ckpt, cache, "val")
     return {"checkpoint": os.path.basename(ckpt), "setting": "val split",
@@ -87,7 +87,7 @@ def lidar_seg_evaluation(ckpt: str, cache: str) -> dict:
 
 def partseg_evaluation(ckpt: str, cache: str) -> dict:
     from cache_schema import open_cache
-    from train.downstream.segment import evaluate_partseg, load_segmenter
+    from train.eval.part_segmentation import evaluate_partseg, load_segmenter
 
     model, state = load_segmenter(ckpt)
     seg = evaluate_partseg(model, open_cache(cache), "test", state["num_points"], state["class_parts"])
@@ -97,8 +97,8 @@ def partseg_evaluation(ckpt: str, cache: str) -> dict:
 
 def finetune_evaluation(ckpt: str, cache: str) -> dict:
     from cache_schema import open_cache
-    from train.downstream.classify import evaluate_classifier
     from train.downstream.finetune import load_classifier
+    from train.eval.classification import evaluate_classifier
 
     model, state = load_classifier(ckpt)
     c = open_cache(cache)
@@ -111,19 +111,19 @@ def finetune_evaluation(ckpt: str, cache: str) -> dict:
 
 
 def object_evaluation(ckpt: str, cache: str) -> dict:
-    from train import evaluate
+    from train.eval import frozen
 
-    c = evaluate.open_for_eval(cache)
+    c = frozen.open_for_eval(cache)
     train_labels = c.labels[c.split("train")]
     shots = int(min(10, np.bincount(train_labels).min()))  # 10-shot, or what the smallest class allows
     result: dict = {"checkpoint": os.path.basename(ckpt), "setting": f"test split; few-shot 5-way {shots}-shot"}
     for name in ("random", ckpt):
-        model = evaluate.load_student(name, c)
-        few = evaluate.svm_fewshot(model, c, n_way=min(5, len(np.unique(train_labels))), m_shot=shots)
-        row = {"linear": evaluate.linear_probe(model, c)["accuracy"], "fewshot": few["mean"],
+        model = frozen.load_student(name, c)
+        few = frozen.svm_fewshot(model, c, n_way=min(5, len(np.unique(train_labels))), m_shot=shots)
+        row = {"linear": frozen.linear_probe(model, c)["accuracy"], "fewshot": few["mean"],
                "fewshot_std": few["std"], "zeroshot": None, "zeroshot_top5": None}
         try:
-            zs = evaluate.zeroshot(model, c)
+            zs = frozen.zeroshot(model, c)
             row["zeroshot"], row["zeroshot_top5"] = zs["top1"], zs["top5"]
         except ValueError:  # no text teacher
             pass
@@ -229,7 +229,7 @@ def part_sheet(ckpt: str, cache_url: str, out: str, rows: int = 4, dpi: int = 10
     """Test objects of different classes, coloured by predicted and by true part, side by side (PNG)."""
     from cache_schema import open_cache
     from cache_schema.show import view_points
-    from train.downstream.segment import load_segmenter, predict_parts
+    from train.eval.part_segmentation import load_segmenter, predict_parts
 
     plt = _pyplot()
     model, state = load_segmenter(ckpt)
@@ -263,6 +263,6 @@ def part_sheet(ckpt: str, cache_url: str, out: str, rows: int = 4, dpi: int = 10
 
 
 def _shape_miou(pred: np.ndarray, truth: np.ndarray, parts: list[int]) -> float:
-    from train.metrics import part_iou_scores
+    from train.eval.metrics import part_iou_scores
 
     return part_iou_scores([pred], [truth], np.zeros(1, int), [np.asarray(parts)])["instance_miou"]

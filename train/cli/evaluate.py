@@ -23,7 +23,7 @@ def show(result: dict, as_json: bool) -> None:
 def eval_seg(cache: Cache, ckpt: Annotated[str, typer.Option(help="A `fusion finetune` checkpoint.")],
              split: str = "val", json_out: Json = False) -> None:
     """LiDAR-only segmentation: mIoU, per-class IoU and accuracy (label 255 ignored)."""
-    from train.stages.fusion import evaluate_seg
+    from train.eval.lidar_segmentation import evaluate_seg
 
     try:
         result = {"eval": "seg", "ckpt": ckpt, "cache": cache, **evaluate_seg(ckpt, cache, split)}
@@ -34,12 +34,12 @@ def eval_seg(cache: Cache, ckpt: Annotated[str, typer.Option(help="A `fusion fin
 
 
 def _evaluate(what: str, cache: str, ckpt: str, model: str, as_json: bool, **kwargs) -> None:
-    from train import evaluate
+    from train.eval import frozen
 
     try:
-        c = evaluate.open_for_eval(cache)
-        student = evaluate.load_student(ckpt, c, model)
-        result = getattr(evaluate, what)(student, c, **kwargs)
+        c = frozen.open_for_eval(cache)
+        student = frozen.load_student(ckpt, c, model)
+        result = getattr(frozen, what)(student, c, **kwargs)
     except (CacheError, FileNotFoundError, ValueError, KeyError) as e:
         fail(e)
     result = {"eval": what, "ckpt": ckpt, "cache": cache, **result}
@@ -83,8 +83,8 @@ def eval_classify(
 ) -> None:
     """Classification: overall accuracy and mean class accuracy of a fine-tuned model, with optional voting."""
     from cache_schema import open_cache
-    from train.downstream.classify import evaluate_classifier
     from train.downstream.finetune import load_classifier
+    from train.eval.classification import evaluate_classifier
 
     try:
         model, state = load_classifier(ckpt)
@@ -109,7 +109,7 @@ def eval_partseg(
 ) -> None:
     """Part segmentation: instance mIoU and class mIoU (predictions restricted to each shape's class parts)."""
     from cache_schema import open_cache
-    from train.downstream.segment import evaluate_partseg, load_segmenter
+    from train.eval.part_segmentation import evaluate_partseg, load_segmenter
 
     try:
         model, state = load_segmenter(ckpt)

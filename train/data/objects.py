@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import IterableDataset
 from zarr.core.sync import sync as zarr_sync  # runs a coroutine on zarr's I/O loop, as zarr.Array does
 
-from cache_schema import DONE, open_cache
+from cache_schema import open_cache
 from cache_schema.errors import CorruptChunkError
 from train.data.augment import augment_batch
 from train.data.prefetch import DEFAULT_BUDGET_BYTES
@@ -95,9 +95,8 @@ class ObjectStream(ShardedStream, IterableDataset):
             raise ValueError(f"{url} is a {cache.kind} cache; stage-1 trains on objects caches")
         self.terms = contrastive_terms(cache) if config.contrastive else {}
         self.head_dims = head_dims(cache)
-        rows = np.zeros(cache.num_rows, bool)
-        rows[cache.split(config.split)] = True
-        self.selected = rows & (cache.status == DONE)
+        self.selected = np.zeros(cache.num_rows, bool)
+        self.selected[cache.done_rows(config.split)] = True
         self.block_rows = cache.chunking.block_rows
         self.set_position(0)
 

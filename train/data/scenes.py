@@ -18,13 +18,13 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
-from cache_schema import DONE, open_cache
+from cache_schema import open_cache
 from cache_schema.errors import CorruptChunkError
 from cache_schema.layout import RAGGED_OFFSETS
 from train.data.prefetch import DEFAULT_BUDGET_BYTES
 from train.data.sharding import ShardedStream, SlotPlan
 from train.data.transport import PackedBatch
-from train.metrics import IGNORE_INDEX
+from train.eval.metrics import IGNORE_INDEX
 
 
 @dataclass(frozen=True)
@@ -56,9 +56,8 @@ class SceneStream(ShardedStream, IterableDataset):
         self.teacher_dim = cache.teachers[self.teacher].dim
         self.num_rows = cache.num_rows
         self.block_rows = cache.chunking.block_rows
-        selected = np.zeros(cache.num_rows, bool)
-        selected[cache.split(config.split)] = True
-        self.selected = selected & (cache.status == DONE)
+        self.selected = np.zeros(cache.num_rows, bool)
+        self.selected[cache.done_rows(config.split)] = True
         self.has_labels = any(a.path == "labels" for a in cache.layout.arrays)
         self.set_position(0)
 

@@ -103,9 +103,7 @@ def run_fewshot(cfg: FewshotConfig, progress: bool = True) -> dict:
         raise ValueError(f"--out {cfg.out} is not empty; pass --overwrite to replace it, or choose another folder")
     source = open_cache(cfg.cache)
     labels = source.labels
-    done = source.status == DONE
-    train = np.intersect1d(source.split("train"), np.flatnonzero(done))
-    test = np.intersect1d(source.split("test"), np.flatnonzero(done))
+    train, test = np.sort(source.done_rows("train")), np.sort(source.done_rows("test"))  # folds draw in row order
     results = []
     for k in range(folds):
         fold = draw_fold(labels, train, test, way, shot, queries, cfg.seed, k)

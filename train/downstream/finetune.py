@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from cache_schema import open_cache
 from train import checkpoint
 from train.data.objects import StreamConfig
-from train.downstream.classify import evaluate_classifier
 from train.downstream.recipe import EpochTask, RecipeConfig, build_encoder
+from train.eval.classification import evaluate_classifier
 from train.loop import run
 from train.models.classifier import PROTOCOLS, PointClassifier
 from train.models.encoders import encoder_from_record

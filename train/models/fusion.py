@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.metrics import IGNORE_INDEX
+from train.eval.metrics import IGNORE_INDEX
 from train.models.codebook import VectorQuantizer
 from train.models.lidar_backbone import WaffleBackbone, WaffleConfig
 from train.ops import knn

@@ -6,7 +6,8 @@
 
 Batches are frames (ragged, see ``train/data/scenes.py``); every frame is
 rotated by a random yaw (pairs index points, so they survive). The loop,
-checkpoints, exact resume, logs and torchrun are stage-1's (``train/loop.py``).
+checkpoints, exact resume, logs and torchrun are stage-1's (``train/loop.py``);
+the segmentation scores are ``train/eval/lidar_segmentation.py``'s.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import torch.nn.functional as F
 from cache_schema import open_cache
 from train import checkpoint
 from train.data.scenes import SceneStream, SceneStreamConfig
+from train.eval.lidar_segmentation import segmentation_scores
 from train.loop import LoopConfig, Task, run
-from train.metrics import confusion_matrix, iou_scores
 from train.models.fusion import FusionConfig, FusionModel, FusionObjective
 from train.models.lidar_backbone import WaffleConfig
 from train.optim import clamp_logit_scales
@@ -188,35 +189,3 @@ class FusionTask(Task):
 def train_fusion(cfg: FusionRunConfig, resume: bool = False, progress: bool = True,
                  stop_at: int | None = None) -> dict:
     return run(cfg, FusionTask(cfg), resume, progress, stop_at)
-
-
-def load_fusion(ckpt: str, stages: tuple[str, ...] = ("fusion-pretrain", "fusion-finetune")) -> FusionModel:
-    state = checkpoint.load(ckpt, stage=stages)
-    cfg = state["fusion_config"]
-    config = FusionConfig(**{**cfg, "backbone": WaffleConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                                               for k, v in cfg["backbone"].items()})})
-    model = FusionModel(config, state["teacher_dim"], len(state["label_names"]))
-    model.load_state_dict(state["model"])
-    return model.eval()
-
-
-def evaluate_seg(ckpt: str, url: str, split: str = "val") -> dict:
-    """mIoU, per-class IoU and accuracy of a fine-tuned checkpoint's LiDAR-only path on a split."""
-    return segmentation_scores(load_fusion(ckpt, stages=("fusion-finetune",)), url, split)  # pre-training: no head
-
-
-@torch.inference_mode()
-def segmentation_scores(model: FusionModel, url: str, split: str = "val") -> dict:
-    """mIoU, per-class IoU and accuracy of the LiDAR-only path on a split (ignore index 255 skipped)."""
-    was_training = model.training
-    model.eval()
-    cache = open_cache(url)
-    names = tuple(cache.attrs.label_names)
-    stream = SceneStream(url, SceneStreamConfig(split))
-    conf = np.zeros((len(names), len(names)), np.int64)
-    device = next(model.parameters()).device
-    for frame in stream:  # batches of one frame
-        logits = model(frame["points"].to(device), frame["batch_index"].to(device))
-        conf += confusion_matrix(logits.argmax(1).cpu().numpy(), frame["labels"].numpy(), len(names))
-    model.train(was_training)
-    return {**iou_scores(conf, names), "split": split, "num_frames": len(stream)}

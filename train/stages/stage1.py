@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from train.data.objects import StreamConfig
-from train.evaluate import validate_student
+from train.eval.frozen import validate_student
 from train.loop import CacheMismatchError, PointCloudRunConfig, Task, cache_identity, check_same_cache, lr_at, run
 from train.losses import MultiTeacherLoss
 from train.models.encoders import create_encoder

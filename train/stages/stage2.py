@@ -21,7 +21,7 @@ from torch import nn
 from train import checkpoint
 from train.data.objects import StreamConfig
 from train.encoder_io import start_from
-from train.evaluate import validate_student
+from train.eval.frozen import validate_student
 from train.loop import PointCloudRunConfig, Task, run
 from train.models.encoders import PointEncoder, encoder_from_record
 from train.models.encoders.base import Encoded, Patches

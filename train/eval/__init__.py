@@ -1,0 +1,11 @@
+"""Evaluation: scores of trained models on a cache, one module a job.
+
+- ``metrics.py``: confusion matrix, per-class IoU / mIoU, ShapeNetPart's part IoUs (numpy only).
+- ``frozen.py``: frozen students: load_student, embed, zero-shot, linear probe, SVM few-shot, a run's validation.
+- ``classification.py``: a fine-tuned classifier's OA and mAcc, with voting.
+- ``part_segmentation.py``: a part-segmentation run's predictions and instance / class mIoU; load_segmenter.
+- ``lidar_segmentation.py``: a fusion run's LiDAR-only segmentation mIoU; load_fusion.
+
+Nothing is imported here: the data streams and models import ``metrics`` (its ignore index), and the training
+tasks import the evaluations they validate with, so the package itself stays empty to keep both cycle-free.
+"""
