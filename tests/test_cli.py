@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from cache_schema.cli import main as cache_main
 from cache_schema import SCHEMA_VERSION
+from cache_schema.cli import main as cache_main
 
 
 def test_info_text_names_kind_teachers_splits_and_bytes(objects_cache, capsys):

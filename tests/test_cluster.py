@@ -9,8 +9,7 @@ import os
 import pytest
 
 from preprocess.build_common import coordinator_teacher
-from preprocess.cluster import (local_placement, open_executor, parse_cluster_options, slurm_cluster,
-                                visible_gpus)
+from preprocess.cluster import local_placement, open_executor, parse_cluster_options, slurm_cluster, visible_gpus
 
 
 def test_one_worker_per_gpu_and_never_two_on_one():

@@ -21,12 +21,11 @@ from train.cli import app
 from train.downstream.finetune import (
     FinetuneConfig,
     build_encoder,
-    load_classifier,
     smoothed_cross_entropy,
     train_finetune,
 )
 from train.encoder_io import encoder_state, export_encoder
-from train.eval.classification import evaluate_classifier, predict_logits
+from train.eval.classification import evaluate_classifier, load_classifier, predict_logits
 
 POINTS = 256
 SMALL = dict(num_points=POINTS, num_group=16, group_size=16, batch_size=16, workers=0, warmup_epochs=1,

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from train.losses import MultiTeacherLoss
+from train.models.encoders.point_mae import PointMAEConfig, PointMAEEncoder
 from train.models.fusion import mean_pair_features
 from train.models.lidar_backbone import TokenMixing
-from train.models.encoders.point_mae import PointMAEConfig, PointMAEEncoder
 from train.models.student import Student
 from train.ops import knn
 from train.ops.reference import knn_naive

@@ -15,8 +15,8 @@ from train.cli import app
 from train.downstream.segment import SegmentConfig, train_segment
 from train.eval.metrics import part_iou_scores
 from train.eval.part_segmentation import evaluate_partseg, load_segmenter
-from train.models.part_segmentation import PartSegmentation, restrict_to_class
 from train.models import create_encoder
+from train.models.part_segmentation import PartSegmentation, restrict_to_class
 from train.ops import three_nn_interpolate
 
 SMALL = dict(num_points=256, num_group=16, group_size=16, batch_size=8, workers=0, warmup_epochs=1, log_every=5,

@@ -13,9 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from train.models.masked_distillation import (MaskedDistillation, MaskedDistillationConfig, random_mask,
-                                              split_visible_masked)
 from train.models.encoders.point_mae import PointMAEConfig, PointMAEEncoder, PointMAEPatches
+from train.models.masked_distillation import (
+    MaskedDistillation,
+    MaskedDistillationConfig,
+    random_mask,
+    split_visible_masked,
+)
 from train.models.student import Student
 from train.ops.reference import chamfer_naive
 

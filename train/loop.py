@@ -36,7 +36,6 @@ from train.precision import PRECISIONS, resolve_precision
 from train.run_log import RunLog
 from train.settings import check_settings, setting
 
-
 ENCODERS_HELP = ("point-mae-tiny (CPU), point-mae (the official 12 x 384), point-m2ae-tiny (CPU) or point-m2ae (the "
                  "official multi-scale encoder, the paper's best rows); tiny and base are point-mae-tiny and point-mae")
 

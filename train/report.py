@@ -97,8 +97,7 @@ def partseg_evaluation(ckpt: str, cache: str) -> dict:
 
 def finetune_evaluation(ckpt: str, cache: str) -> dict:
     from cache_schema import open_cache
-    from train.downstream.finetune import load_classifier
-    from train.eval.classification import evaluate_classifier
+    from train.eval.classification import evaluate_classifier, load_classifier
 
     model, state = load_classifier(ckpt)
     c = open_cache(cache)

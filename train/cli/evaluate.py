@@ -83,8 +83,7 @@ def eval_classify(
 ) -> None:
     """Classification: overall accuracy and mean class accuracy of a fine-tuned model, with optional voting."""
     from cache_schema import open_cache
-    from train.downstream.finetune import load_classifier
-    from train.eval.classification import evaluate_classifier
+    from train.eval.classification import evaluate_classifier, load_classifier
 
     try:
         model, state = load_classifier(ckpt)

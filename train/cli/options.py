@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from cache_schema.errors import CacheError
-
 from train.loop import ENCODERS_HELP
 
 Cache = Annotated[str, typer.Option(help="Cache path or fsspec URL.")]

@@ -42,7 +42,6 @@ from train.data.prefetch import DEFAULT_BUDGET_BYTES
 from train.data.sharding import DEFAULT_WINDOW_ROWS, ShardedStream, SlotPlan
 from train.data.transport import PackedBatch
 
-
 SAMPLINGS = ("random", "fps", "first", "prefix")
 PREFIX_FACTOR = 1200 / 1024  # Point-MAE's fine-tuning: 1,200 FPS points for 1,024, 2,400 for 2,048
 

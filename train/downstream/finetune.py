@@ -22,16 +22,14 @@ import torch
 import torch.nn.functional as F
 
 from cache_schema import open_cache
-from train import checkpoint
 from train.data.objects import StreamConfig
 from train.downstream.recipe import EpochTask, RecipeConfig, build_encoder
 from train.eval.classification import evaluate_classifier
 from train.loop import run
 from train.models.classifier import PROTOCOLS, PointClassifier
-from train.models.encoders import encoder_from_record
 from train.settings import check_settings, setting
 
-__all__ = ["RECIPES", "FinetuneConfig", "FinetuneTask", "build_encoder", "load_classifier", "train_finetune"]
+__all__ = ["RECIPES", "FinetuneConfig", "FinetuneTask", "build_encoder", "train_finetune"]
 
 RECIPES = {
     "modelnet40": dict(epochs=300, warmup_epochs=10, batch_size=32, lr=5e-4, weight_decay=0.05, grad_clip=10.0,
@@ -121,15 +119,6 @@ class FinetuneTask(EpochTask):
         scores = evaluate_classifier(self.model, open_cache(url), split, self.cfg.num_points)
         return {"score": scores["overall_accuracy"], "overall_accuracy": scores["overall_accuracy"],
                 "mean_class_accuracy": scores["mean_class_accuracy"]}
-
-
-def load_classifier(ckpt: str) -> tuple[PointClassifier, dict]:
-    """A fine-tuned classifier (eval mode) and its checkpoint record."""
-    state = checkpoint.load(ckpt, stage="finetune")
-    encoder = encoder_from_record(checkpoint.encoder_record(state))
-    model = PointClassifier(encoder, len(state["label_names"]), state["protocol"])
-    model.load_state_dict(state["model"])
-    return model.eval(), state
 
 
 def train_finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True,

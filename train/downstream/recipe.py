@@ -13,7 +13,6 @@ from train.loop import ENCODERS_HELP, PointCloudRunConfig, Task
 from train.models.encoders import FAMILIES, PointEncoder, create_encoder, encoder_config
 from train.settings import check_settings, setting
 
-
 INIT_HELP = ("Encoder to start from: a stage-1 / stage-2 / finetune checkpoint, an exported .safetensors, a released "
              "Point-MAE / Point-M2AE checkpoint, or random.")
 

@@ -2,7 +2,8 @@
 
 - ``metrics.py``: confusion matrix, per-class IoU / mIoU, ShapeNetPart's part IoUs (numpy only).
 - ``frozen.py``: frozen students: load_student, embed, zero-shot, linear probe, SVM few-shot, a run's validation.
-- ``classification.py``: a fine-tuned classifier's OA and mAcc, with voting.
+- ``split.py``: a split's usable rows, and the model in eval mode for one pass.
+- ``classification.py``: a fine-tuned classifier's OA and mAcc, with voting; load_classifier.
 - ``part_segmentation.py``: a part-segmentation run's predictions and instance / class mIoU; load_segmenter.
 - ``lidar_segmentation.py``: a fusion run's LiDAR-only segmentation mIoU; load_fusion.
 

@@ -13,7 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from train import checkpoint
 from train.data.augment import scale_and_translate
+from train.eval.split import evaluating, split_rows
+from train.models.classifier import PointClassifier
+from train.models.encoders import encoder_from_record
 
 
 def accuracy_scores(pred: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -45,15 +49,18 @@ def predict_logits(model: nn.Module, cache, rows: np.ndarray, num_points: int, v
 def evaluate_classifier(model: nn.Module, cache, split: str, num_points: int, vote: int = 1,
                         seed: int = 0) -> dict:
     """OA and mAcc of ``model`` on ``split`` (``vote`` copies per cloud)."""
-    rows = cache.done_rows(split)
-    if not len(rows):
-        raise ValueError(f"{cache.loc.url}: the {split!r} split has no usable shapes")
-    was_training = model.training
-    model.eval()
-    try:
+    rows = split_rows(cache, split)
+    with evaluating(model):
         logits = predict_logits(model, cache, rows, num_points, vote, seed)
-    finally:
-        model.train(was_training)
     labels = cache.labels[rows].astype(np.int64)
     return {**accuracy_scores(logits.argmax(1), labels), "num_samples": len(rows), "vote": vote,
             "split": split, "num_points": num_points}
+
+
+def load_classifier(ckpt: str) -> tuple[PointClassifier, dict]:
+    """A fine-tuned classifier (eval mode) and its checkpoint record."""
+    state = checkpoint.load(ckpt, stage="finetune")
+    encoder = encoder_from_record(checkpoint.encoder_record(state))
+    model = PointClassifier(encoder, len(state["label_names"]), state["protocol"])
+    model.load_state_dict(state["model"])
+    return model.eval(), state

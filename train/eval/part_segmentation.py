@@ -14,6 +14,7 @@ import torch
 
 from train import checkpoint
 from train.eval.metrics import part_iou_scores
+from train.eval.split import evaluating, split_rows
 from train.models.encoders import encoder_from_record
 from train.models.part_segmentation import PartSegmentation, restrict_to_class
 
@@ -50,15 +51,9 @@ def evaluate_partseg(model: PartSegmentation, cache, split: str, num_points: int
     if not cache.has_part_labels:
         raise ValueError(f"{cache.loc.url} has no per-point part labels")
     class_parts = class_parts or [ids.tolist() for ids in cache.class_parts]
-    rows = cache.done_rows(split)
-    if not len(rows):
-        raise ValueError(f"{cache.loc.url}: the {split!r} split has no usable shapes")
-    was_training = model.training
-    model.eval()
-    try:
+    rows = split_rows(cache, split)
+    with evaluating(model):
         _, pred, truth = predict_parts(model, cache, rows, num_points, class_parts)
-    finally:
-        model.train(was_training)
     scores = part_iou_scores(pred, truth, cache.labels[rows], [np.asarray(p) for p in class_parts],
                              cache.label_names)
     return {**scores, "split": split, "num_points": num_points}

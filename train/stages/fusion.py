@@ -29,7 +29,6 @@ from train.models.lidar_backbone import WaffleConfig
 from train.optim import clamp_logit_scales
 from train.settings import setting
 
-
 LOSS_TERMS = ("contrastive", "regression", "occupancy", "codebook")
 
 

@@ -23,8 +23,8 @@ from train.loop import CacheMismatchError, PointCloudRunConfig, Task, cache_iden
 from train.losses import MultiTeacherLoss
 from train.models.encoders import create_encoder
 from train.models.student import Student
-from train.settings import format_weights, parse_weights, setting
 from train.optim import clamp_logit_scales
+from train.settings import format_weights, parse_weights, setting
 
 __all__ = ["CacheMismatchError", "Stage1Config", "Stage1Task", "cache_identity", "check_same_cache", "lr_at",
            "train_stage1"]
