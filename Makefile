@@ -43,6 +43,8 @@ TEACHERS_nuscenes = dinov2-vitb14
 TEACHERS_semantickitti = dinov2-vitb14
 TEACHERS ?= $(or $(TEACHERS_$(DATASET)),base)
 WORKERS ?= 2
+# Test processes (pytest-xdist): many tests wait on subprocesses (torchrun ranks, Dask workers, an S3 server).
+TEST_WORKERS ?= 2
 CACHE_ARGS ?=
 # The demo cache is lighter than the defaults (6 views of 128 px instead of 12 of 224) to stay within minutes on a CPU.
 DEMO_ARGS := --views 6 --resolution 128
@@ -65,7 +67,7 @@ $(STAMP): pyproject.toml Makefile
 	@touch $(STAMP)
 
 test: setup
-	$(VENV)/bin/pytest -q -m "not slow" --durations=15
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) -m "not slow" --durations=15
 
 test-slow: setup
 	$(VENV)/bin/pytest -q -m slow

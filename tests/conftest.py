@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs 2 workers: one thread each, so 2 cores are not 4 threads
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from cache_schema.example import example_objects, example_scenes, finish, write_blocks
 from cache_schema.writer import CacheWriter

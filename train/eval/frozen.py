@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.svm import LinearSVC
 
 from cache_schema import open_cache
 from train import checkpoint
@@ -80,6 +79,8 @@ def _features(model, cache, rows, num_points):
 
 def linear_probe(model: Student, cache, num_points: int = 1024, c: float = 1.0, split: str = "test") -> dict:
     """A linear SVM on frozen global features of the train split, scored on ``split``."""
+    from sklearn.svm import LinearSVC  # here, not at the top: it takes 2 s to import, and every rank would pay it
+
     train, test = cache.done_rows("train"), cache.done_rows(split)
     svm = LinearSVC(C=c, max_iter=20000).fit(_features(model, cache, train, num_points), cache.labels[train])
     acc = float((svm.predict(_features(model, cache, test, num_points)) == cache.labels[test]).mean())
@@ -88,6 +89,8 @@ def linear_probe(model: Student, cache, num_points: int = 1024, c: float = 1.0, 
 
 def svm_fewshot(model: Student, cache, n_way: int = 5, m_shot: int = 10, queries: int = 20, draws: int = 10,
             num_points: int = 1024, seed: int = 0) -> dict:
+    from sklearn.svm import LinearSVC
+
     train, test = cache.done_rows("train"), cache.done_rows("test")
     f_train, f_test = _features(model, cache, train, num_points), _features(model, cache, test, num_points)
     y_train, y_test = cache.labels[train], cache.labels[test]
