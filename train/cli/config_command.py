@@ -1,8 +1,9 @@
 """A `train` command built from its run's config dataclass: every field is an option, with the field's default and
 help (:func:`train.settings.setting`), so a setting is written once.
 
-``--config RUN/config.json`` sets click's ``default_map`` from the saved run before the other options are read:
-an option typed on the command line wins, every other one is the saved run's.
+``--config RUN/config.json`` is read before the other options: an option typed on the command line wins, every
+other setting is the saved run's (``None`` included), and settings the run derives (a warm-up from the steps) are
+derived again.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ CONTROLS: dict[str, tuple[Any, Any, Any]] = {  # run controls: how to run, not w
     "progress": (bool, typer.Option("--progress/--no-progress", help="Progress bar."), True),
 }
 NOT_FROM_CONFIG = ("out", "overwrite")  # a --config re-run writes where and how this command line says
+SAVED = "train.saved_settings"  # ctx.meta key: the --config run's settings
 
 
 def config_command(cls: type, stage: str, run: Callable[..., dict], doc: str, *, fixed: dict | None = None,
@@ -56,8 +58,12 @@ def config_command(cls: type, stage: str, run: Callable[..., dict], doc: str, *,
             for f in fields:
                 if f.metadata.get("from_cli"):
                     values[f.name] = f.metadata["from_cli"](values[f.name])
+            for name, value in ctx.meta.get(SAVED, {}).items():
+                if not _typed(ctx, name):
+                    values[name] = value
             if "cache" in values and not values["cache"]:
-                raise ValueError("--cache is required (or --config RUN/config.json to take the run's)")
+                raise ValueError("--cache is required" + (" (or --config RUN/config.json to take the run's)"
+                                                          if config else ""))
             cfg = cls(**values)
         except (TypeError, ValueError) as e:
             fail(e)
@@ -94,8 +100,8 @@ def _option(f: dataclasses.Field, hint: Any, described: str | None) -> inspect.P
 
 
 def _config_option(cls: type, stage: str, fields: list[dataclasses.Field]) -> inspect.Parameter:
-    """``--config FILE``: read first (eager), it makes the saved run's settings the other options' defaults."""
-    offered = {f.name: f for f in fields if f.name not in NOT_FROM_CONFIG}
+    """``--config FILE``: read first (eager), so that a bad file stops the command before anything else."""
+    offered = {f.name for f in fields} - set(NOT_FROM_CONFIG)
 
     def load(ctx: typer.Context, value: Optional[str]) -> Optional[str]:
         if not value:
@@ -105,15 +111,10 @@ def _config_option(cls: type, stage: str, fields: list[dataclasses.Field]) -> in
                 saved = json.load(fh)
             if saved.get("stage") != stage:
                 raise ValueError(f"{value} is a {saved.get('stage')!r} run; this command trains {stage!r}")
-            settings = saved_settings(cls, saved["config"])
+            settings = cls.from_saved(dict(saved["config"]))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             fail(ValueError(str(e) if str(e).startswith(value) else f"--config {value}: {e}"))
-        defaults = {}
-        for name, setting in settings.items():
-            if name in offered and setting is not None:
-                to_cli = offered[name].metadata.get("to_cli")
-                defaults[name] = to_cli(setting) if to_cli else setting
-        ctx.default_map = {**(ctx.default_map or {}), **defaults}
+        ctx.meta[SAVED] = {name: setting for name, setting in settings.items() if name in offered}
         return value
 
     info = typer.Option("--config", is_eager=True, callback=load,
@@ -122,7 +123,7 @@ def _config_option(cls: type, stage: str, fields: list[dataclasses.Field]) -> in
                              default=None)
 
 
-def saved_settings(cls: type, settings: dict) -> dict:
-    """A saved run's settings in this version's fields (``cls.upgrade_settings`` renames older ones)."""
-    return cls.upgrade_settings(dict(settings)) if hasattr(cls, "upgrade_settings") else dict(settings)
-
+def _typed(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was given on the command line (by the source's name: typer may bring its own copy of
+    click, whose enum is not click's)."""
+    return getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"

@@ -34,6 +34,7 @@ from train.settings import setting
 class FewshotConfig(FinetuneConfig):
     """Folds of n-way m-shot full fine-tuning; every fold a fine-tuning run of these settings."""
 
+    cache: str = setting(help="A points cache with train and test splits (ModelNet40 in the papers).")
     way: int = setting(5, "Classes per fold (5 or 10 in the papers).", check="positive")
     shot: int = setting(10, "Training objects per class (10 or 20).", check="positive")
     folds: int = setting(10, "Folds, each fine-tuned from --init.", check="positive")
@@ -41,6 +42,11 @@ class FewshotConfig(FinetuneConfig):
     workers: int = setting(0, "DataLoader worker processes (a fold is small).", check="non-negative")
     not_options = (*FinetuneConfig.not_options, "protocol", "val_split", "val_cache")
     recipe_table = {name: {**r, "epochs": 150} for name, r in RECIPES.items()}  # Point-MAE's cfgs/fewshot.yaml
+
+    @classmethod
+    def described_defaults(cls) -> dict[str, str]:
+        described = super().described_defaults()
+        return {**described, "batch_size": f"{described['batch_size']}, at most a fold's training objects"}
 
 
 @dataclass(frozen=True)

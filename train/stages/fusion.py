@@ -46,8 +46,8 @@ class FusionRunConfig(LoopConfig):
     teacher: str | None = setting(None, "Pair-feature teacher (default: the cache's only one).")
     dim: int = setting(64, "Backbone width (WaffleIron-style, per-point features).", check="positive")
     depth: int = setting(6, "Backbone blocks (planes xy, xz, yz in turn).", check="positive")
-    max_points: int | None = setting(16384, "Random points kept per frame and step (pairs follow; unset: all).",
-                                     check="positive")
+    max_points: int | None = setting(16384, "Random points kept per frame and step (pairs follow; 0: all).",
+                                     check="non-negative")
     contrastive: float = setting(1.0, "Weight of the 2D-3D InfoNCE over pairs (0: off).", check="non-negative")
     regression: float = setting(1.0, "Weight of the ScaLR cosine regression (0: off).", check="non-negative")
     occupancy: float = setting(0.0, "Weight of CMCR occupancy estimation (0: off).", check="non-negative")
@@ -69,9 +69,12 @@ class FusionRunConfig(LoopConfig):
         return {term: getattr(self, term) for term in LOSS_TERMS}
 
     @classmethod
-    def upgrade_settings(cls, settings: dict) -> dict:
-        """Runs before the four weights were settings of their own saved them as one ``weights`` dict."""
-        return {**(settings.pop("weights", None) or {}), **settings}
+    def from_saved(cls, settings: dict) -> dict:
+        """Older runs saved the four weights as one ``weights`` dict; a warm-up of min(10, steps) was derived."""
+        settings = {**(settings.pop("weights", None) or {}), **settings}
+        if "steps" in settings and settings.get("warmup_steps") == min(10, settings["steps"]):
+            settings["warmup_steps"] = None
+        return settings
 
 
 def label_fraction(text: str) -> float:

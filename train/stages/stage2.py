@@ -45,18 +45,28 @@ class Stage2Config(PointCloudRunConfig):
     use_global: bool = setting(True, "Global distillation, eq. 5.", flags=("--global/--no-global",))
     target: str = setting("features", "features (stage-1 tokens) or points (Point-MAE Chamfer reconstruction, the "
                                       "Table 8 baseline).", choices=("features", "points"))
-    decoder_depth: int = setting(2, "Transformer blocks of each decoder.", check="positive")
+    decoder_depth: int = setting(2, "Transformer blocks of each decoder.", check="non-negative")
     lr: float = setting(5e-4, "Peak AdamW learning rate.", check="positive")
     encoder_lr_scale: float | None = setting(
         None, "The encoder's learning rate as a share of --lr (the new decoders get --lr), so that their first, "
               "random gradients do not undo stage-1. Default: 0.1 with --init ckpt, 1 with --init random.",
-        check="positive")
+        check="non-negative")
     not_options = ("model",)  # the encoder is the teacher's
 
     def __post_init__(self) -> None:
         if self.encoder_lr_scale is None:
-            self.encoder_lr_scale = 0.1 if self.init == "ckpt" else 1.0
+            self.encoder_lr_scale = self.default_encoder_lr_scale(self.init)
 
+    @staticmethod
+    def default_encoder_lr_scale(init: str) -> float:
+        return 0.1 if init == "ckpt" else 1.0
+
+    @classmethod
+    def from_saved(cls, settings: dict) -> dict:
+        """The encoder's lr scale is derived from ``init`` unless it was chosen."""
+        if settings.get("encoder_lr_scale") == cls.default_encoder_lr_scale(settings.get("init", "ckpt")):
+            settings["encoder_lr_scale"] = None
+        return settings
     def distillation(self, default_mask_ratio: float) -> MaskedDistillationConfig:
         ratio = default_mask_ratio if self.mask_ratio is None else self.mask_ratio
         return MaskedDistillationConfig(ratio, self.shuffle, self.local, self.use_global, self.target,
