@@ -12,16 +12,16 @@ from cache_schema.errors import (
     NotACacheError,
     SchemaVersionError,
 )
-from cache_schema.layout import DONE, FAILED, PENDING, ArraySpec, Layout, objects_layout, scenes_layout
+from cache_schema.layout import DONE, FAILED, PENDING, ArraySpec, Layout, objects_layout, rooms_layout, scenes_layout
 from cache_schema.metadata import SCHEMA_NAME, SCHEMA_VERSION, CacheAttrs, TeacherRecord
-from cache_schema.reader import ObjectCache, SceneCache, SceneFrame, open_cache
+from cache_schema.reader import ObjectCache, Room, RoomCache, SceneCache, SceneFrame, open_cache
 from cache_schema.storage import locate
 from cache_schema.writer import BlockWriter, CacheWriter
 
 __all__ = [
     "SCHEMA_NAME", "SCHEMA_VERSION", "DONE", "FAILED", "PENDING",
-    "ArraySpec", "Layout", "objects_layout", "scenes_layout", "CacheAttrs", "TeacherRecord",
-    "CacheWriter", "BlockWriter", "open_cache", "ObjectCache", "SceneCache", "SceneFrame", "locate",
+    "ArraySpec", "Layout", "objects_layout", "scenes_layout", "rooms_layout", "CacheAttrs", "TeacherRecord",
+    "CacheWriter", "BlockWriter", "open_cache", "ObjectCache", "SceneCache", "SceneFrame", "RoomCache", "Room", "locate",
     "CacheError", "CacheLockedError", "IncompleteCacheError", "LayoutMismatchError", "NotACacheError",
     "SchemaVersionError",
 ]

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from cache_schema.layout import ArraySpec, Layout
+from cache_schema.layout import RAGGED_FAMILIES, ArraySpec, Layout
 
 DEFAULT_TARGET_BYTES = 4 * 2**20
 DEFAULT_MAX_BLOCK_ROWS = 256
@@ -95,7 +95,7 @@ def plan_chunks(layout: Layout, target_bytes: int = DEFAULT_TARGET_BYTES,
     block = min(block, pow2_ceil(layout.num_rows))  # no block far beyond the data
     chunks = {s.path: chunk_for(s, target_bytes, max_rows=block) for s in row_specs}
     for s in layout.arrays:
-        if s.axis in ("points", "pairs", "offsets"):
+        if s.axis in (*RAGGED_FAMILIES, "offsets"):
             chunks[s.path] = chunk_for(s, target_bytes)
         elif s.axis == "fixed":
             chunks[s.path] = (max(s.length or 1, 1), *s.inner_shape)

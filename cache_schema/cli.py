@@ -10,6 +10,7 @@ check a cache without the trainer's or the builder's dependencies.
     cache example caches/example.zarr --kind scenes
     cache show caches/demo.zarr --out sheet.png [--rows 8] [--ids ID ...]      # needs matplotlib (viz extra)
     cache show caches/demo-scenes.zarr --out frame.png [--frame 3] [--color-by label]
+    cache show caches/demo-rooms.zarr --out room.png [--frame 2]                 # a room from above, by class
 """
 
 from __future__ import annotations
@@ -108,15 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("unlock", parents=[common], help="remove a writer lock left by a dead build")
     p.set_defaults(func=_unlock)
     p = sub.add_parser("example", parents=[common], help="write a small synthetic cache (to learn the layout)")
-    p.add_argument("--kind", choices=("objects", "scenes"), default="objects")
+    p.add_argument("--kind", choices=("objects", "scenes", "rooms"), default="objects")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at PATH")
     p.set_defaults(func=_example)
     p = sub.add_parser("show", parents=[common],
-                       help="draw a PNG: objects -> contact sheet of shapes; scenes -> pairs over camera images + BEV")
+                       help="draw a PNG: objects -> contact sheet of shapes; scenes -> pairs over camera images + BEV; "
+                            "rooms -> a room from above by class and colour")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--rows", type=int, default=6, help="objects: how many shapes (the first done ones)")
-    p.add_argument("--ids", nargs="+", help="objects: these shape ids; scenes: this frame id")
-    p.add_argument("--frame", type=int, help="scenes: frame index (default: the first done frame)")
+    p.add_argument("--ids", nargs="+", help="objects: these shape ids; scenes, rooms: this frame or room id")
+    p.add_argument("--frame", type=int, help="scenes, rooms: frame or room index (default: the first done one)")
     p.add_argument("--color-by", choices=("depth", "label"), default="depth", help="scenes: colour of the points")
     p.set_defaults(func=_show)
     return parser

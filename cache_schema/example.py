@@ -1,4 +1,4 @@
-"""Small synthetic caches of both kinds, written through the public writer API.
+"""Small synthetic caches of every kind, written through the public writer API.
 
 They show how a builder uses the contract and give tests, `cache info` and
 `cache validate` something real to read without rendering or teachers. The
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from cache_schema.layout import DONE, FAILED, objects_layout, scenes_layout
+from cache_schema.layout import DONE, FAILED, objects_layout, rooms_layout, scenes_layout
 from cache_schema.metadata import CacheAttrs, TeacherRecord
 from cache_schema.writer import BlockWriter, CacheWriter
 
@@ -100,6 +100,36 @@ def example_scenes(num_frames: int = 10, num_cameras: int = 2, dim: int = 8) -> 
                            "reasons": np.array([""] * num_frames), "fixed": {}, "splits": splits}
 
 
+EXAMPLE_ROOM_CLASSES = ("floor", "wall", "chair")
+
+
+def example_rooms(num_rooms: int = 6) -> tuple[CacheAttrs, Any, dict]:
+    """Attributes, layout and data of a small rooms cache (random points, one box per instance)."""
+    rng = np.random.default_rng(2)
+    layout = rooms_layout(num_rooms)
+    attrs = CacheAttrs(kind="rooms", dataset={"name": "example-rooms", "source_root": "synthetic"},
+                       config={"box_classes": list(EXAMPLE_ROOM_CLASSES)}, label_names=EXAMPLE_ROOM_CLASSES)
+    n_pts = rng.integers(50, 200, num_rooms)
+    points = [rng.uniform(0, 4, (n, 3)) for n in n_pts]
+    labels = [rng.integers(0, len(EXAMPLE_ROOM_CLASSES), n) for n in n_pts]
+    boxes, box_labels = [], []
+    for p, lab in zip(points, labels):
+        present = np.unique(lab)
+        lo = np.stack([p[lab == c].min(0) for c in present])
+        hi = np.stack([p[lab == c].max(0) for c in present])
+        boxes.append(np.concatenate([(lo + hi) / 2, hi - lo], 1))
+        box_labels.append(present)
+    ragged = {"points": points, "colors": [rng.integers(0, 256, (n, 3)) for n in n_pts], "labels": labels,
+              "instances": labels, "boxes/box": boxes, "boxes/label": box_labels}
+    rows = {"rooms/ids": np.array([f"Area_{1 + i % 2}/room_{i}" for i in range(num_rooms)])}
+    splits = {"train": np.flatnonzero(np.arange(num_rooms) % 2 == 0), "test": np.flatnonzero(np.arange(num_rooms) % 2)}
+    return attrs, layout, {"rows": rows, "ragged": ragged, "status": np.full(num_rooms, DONE, np.uint8),
+                           "reasons": np.array([""] * num_rooms), "fixed": {}, "splits": splits}
+
+
+EXAMPLES = {"objects": example_objects, "scenes": example_scenes, "rooms": example_rooms}
+
+
 def write_blocks(writer: BlockWriter, data: dict, blocks: list[int] | None = None) -> None:
     """Write the given blocks (default: all pending ones) of example data."""
     for b in writer.pending_blocks() if blocks is None else blocks:
@@ -121,7 +151,7 @@ def finish(writer: CacheWriter, data: dict) -> str:
 def write_example(url: str | os.PathLike[str], kind: str = "objects", overwrite: bool = False,
                   **chunking: Any) -> str:
     """Write a complete example cache of ``kind``; returns its fingerprint."""
-    attrs, layout, data = example_objects() if kind == "objects" else example_scenes()
+    attrs, layout, data = EXAMPLES[kind]()
     with CacheWriter.create(url, attrs, layout, overwrite=overwrite, **chunking) as w:
         write_blocks(w, data)
         return finish(w, data)

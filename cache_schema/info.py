@@ -51,9 +51,8 @@ def summarize(url: str, storage_options: dict[str, Any] | None = None) -> dict[s
         "arrays": arrays,
         "stored_bytes": int(cache.loc.fs.du(cache.loc.root)),
     }
-    if cache.kind == "scenes":
-        for family, path in (("points", "frames/offsets"), ("pairs", "pairs/offsets")):
-            summary[f"num_{family}"] = int(arrays[path]["shape"][0] and cache.array(path)[-1]) if path in arrays else None
+    for family, path in cache.layout.offsets_paths.items():
+        summary[f"num_{family}"] = int(arrays[path]["shape"][0] and cache.array(path)[-1]) if path in arrays else None
     return summary
 
 
@@ -84,6 +83,9 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(f"    note x{n}: {note}")
     if s["kind"] == "scenes":
         lines.append(f"  ragged      {s.get('num_points')} points, {s.get('num_pairs')} point-pixel pairs")
+    if s["kind"] == "rooms":
+        boxes = f", {s['num_boxes']} boxes" if s.get("num_boxes") is not None else ""
+        lines.append(f"  ragged      {s.get('num_points')} points{boxes}")
     lines.append("  splits      " + (", ".join(f"{n} ({c})" for n, c in s["splits"].items()) or "-"))
     lines.append(f"  classes     {s['num_classes']}")
     if s.get("num_parts"):

@@ -6,12 +6,12 @@ same arrays for people; ``tests/test_schema_docs.py`` keeps the two in step.
 
 First axes (``ArraySpec.axis``):
 
-- ``row``:    one entry per shape (objects) or per frame (scenes); written in
-              whole row blocks by build workers.
-- ``points`` / ``pairs``: flat values of a ragged per-frame family; frame ``f``
-              owns ``values[offsets[f]:offsets[f+1]]`` (offsets in
-              ``frames/offsets`` and ``pairs/offsets``).
-- ``offsets``: (F+1,) int64 frame edges of a ragged family, written at finalize.
+- ``row``:    one entry per shape (objects), per frame (scenes) or per room
+              (rooms); written in whole row blocks by build workers.
+- ``points`` / ``pairs`` / ``boxes``: flat values of a ragged per-row family;
+              row ``f`` owns ``values[offsets[f]:offsets[f+1]]`` (the offsets
+              paths per kind are ``RAGGED_OFFSETS[kind]``).
+- ``offsets``: (rows+1,) int64 row edges of a ragged family, written at finalize.
 - ``fixed``:  any other array (cameras of all views, class prompts, splits),
               written whole by the build coordinator.
 """
@@ -25,12 +25,20 @@ from cache_schema.metadata import Kind, TeacherRecord
 
 STR = "str"  # variable-length UTF-8 strings (never pickled objects)
 POINT_CHUNK = 1024  # points per chunk along the point axis: a loader reading N <= 1024 points decodes one chunk
-RAGGED_OFFSETS = {"points": "frames/offsets", "pairs": "pairs/offsets"}
+# kind -> ragged family -> its (rows+1,) offsets array
+RAGGED_OFFSETS: dict[str, dict[str, str]] = {
+    "objects": {},
+    "scenes": {"points": "frames/offsets", "pairs": "pairs/offsets"},
+    "rooms": {"points": "rooms/offsets", "boxes": "boxes/offsets"},
+}
+RAGGED_FAMILIES = tuple(sorted({f for fams in RAGGED_OFFSETS.values() for f in fams}))
+ROW_PREFIX = {"objects": "", "scenes": "frames/", "rooms": "rooms/"}  # where ids and status live
 
 # A failed row whose reason starts with this failed for its machine (no OpenGL context, CUDA out of memory),
 # not for its input: a rerun builds it again, and the store is not finalized while any is left.
 RETRY_PREFIX = "environment: "
 PENDING, DONE, FAILED = 0, 1, 2
+IGNORE_LABEL = 255  # a per-point class of scenes and rooms caches: unlabelled
 STATUS_NAMES = {PENDING: "pending", DONE: "done", FAILED: "failed"}
 
 
@@ -42,7 +50,7 @@ class ArraySpec:
     dtype: str
     inner_shape: tuple[int, ...]
     dims: tuple[str, ...]
-    axis: str  # "row" | "points" | "pairs" | "offsets" | "fixed"
+    axis: str  # "row" | "points" | "pairs" | "boxes" | "offsets" | "fixed"
     length: int | None = None  # leading length of "fixed" arrays (None: set when written)
     inner_chunk: tuple[int, ...] | None = None  # largest chunk along the inner axes (None: whole axes)
 
@@ -77,7 +85,7 @@ class Layout:
     ids_path: str = field(init=False)
 
     def __post_init__(self) -> None:
-        prefix = "" if self.kind == "objects" else "frames/"
+        prefix = ROW_PREFIX[self.kind]
         object.__setattr__(self, "status_path", f"{prefix}status")
         object.__setattr__(self, "ids_path", f"{prefix}ids")
         paths = [a.path for a in self.arrays]
@@ -93,8 +101,13 @@ class Layout:
     def by_axis(self, axis: str) -> list[ArraySpec]:
         return [a for a in self.arrays if a.axis == axis]
 
+    @property
+    def offsets_paths(self) -> dict[str, str]:
+        """Ragged family -> path of its offsets array (empty for objects caches)."""
+        return RAGGED_OFFSETS[self.kind]
+
     def ragged_families(self) -> dict[str, list[ArraySpec]]:
-        return {fam: self.by_axis(fam) for fam in RAGGED_OFFSETS if self.by_axis(fam)}
+        return {fam: self.by_axis(fam) for fam in self.offsets_paths if self.by_axis(fam)}
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "num_rows": self.num_rows, "arrays": [a.to_dict() for a in self.arrays]}
@@ -223,3 +236,31 @@ def scenes_layout(
             a.append(ArraySpec(f"{base}/pca_components", "float32", (int(pca_in),), ("dim", "input_dim"), "fixed", t.dim))
             a.append(ArraySpec(f"{base}/pca_mean", "float32", (), ("input_dim",), "fixed", int(pca_in)))
     return Layout("scenes", num_frames, tuple(a))
+
+
+def rooms_layout(num_rooms: int, with_instances: bool = True, with_boxes: bool = True) -> Layout:
+    """Layout of a ``rooms`` cache: R indoor rooms of coloured, labelled points, and optionally instance ids
+    and axis-aligned boxes (for detection).
+
+    Points are float32 metres in the room's own frame (as the dataset gives them); labels index the cache's
+    ``label_names`` (``IGNORE_LABEL`` 255 marks unlabelled points); boxes are ``cx, cy, cz, dx, dy, dz`` with a
+    class index into ``config.box_classes``.
+    """
+    a = [
+        ArraySpec("rooms/ids", STR, (), ("room",), "row"),
+        ArraySpec("rooms/status", "uint8", (), ("room",), "row"),
+        ArraySpec("rooms/status_reason", STR, (), ("room",), "row"),
+        ArraySpec("rooms/offsets", "int64", (), ("room_edge",), "offsets", num_rooms + 1),
+        ArraySpec("points", "float32", (3,), ("point", "xyz"), "points"),
+        ArraySpec("colors", "uint8", (3,), ("point", "rgb"), "points"),
+        ArraySpec("labels", "uint8", (), ("point",), "points"),
+    ]
+    if with_instances:
+        a.append(ArraySpec("instances", "int32", (), ("point",), "points"))
+    if with_boxes:
+        a += [
+            ArraySpec("boxes/offsets", "int64", (), ("room_edge",), "offsets", num_rooms + 1),
+            ArraySpec("boxes/box", "float32", (6,), ("box", "cxyz_dxyz"), "boxes"),
+            ArraySpec("boxes/label", "uint8", (), ("box",), "boxes"),
+        ]
+    return Layout("rooms", num_rooms, tuple(a))

@@ -14,9 +14,9 @@ from typing import Any, Literal
 from cache_schema.errors import NotACacheError, SchemaVersionError
 
 SCHEMA_NAME = "teacher-cache"
-SCHEMA_VERSION = "1.1"  # MAJOR.MINOR: readers refuse another MAJOR, accept any MINOR.
-KINDS = ("objects", "scenes")
-Kind = Literal["objects", "scenes"]
+SCHEMA_VERSION = "1.2"  # MAJOR.MINOR: readers refuse another MAJOR, accept any MINOR.
+KINDS = ("objects", "scenes", "rooms")
+Kind = Literal["objects", "scenes", "rooms"]
 TEACHER_ROLES = ("image", "patch_mean", "depth", "text", "class_text", "pair_features", "tokens", "global")
 
 

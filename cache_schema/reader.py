@@ -1,6 +1,6 @@
 """Reading a cache: typed, read-only access by local path or fsspec URL.
 
-    cache = open_cache("s3://bucket/shapenet.zarr")     # ObjectCache or SceneCache
+    cache = open_cache("s3://bucket/shapenet.zarr")     # ObjectCache, SceneCache or RoomCache
     cache.points(cache.split("train")[:32])             # (32, P, 3)
     cache.teacher_array("clip-vit-b16", "image")        # zarr array (N, V, D), read lazily
 
@@ -20,7 +20,7 @@ import zarr
 
 from cache_schema.chunking import ChunkPlan
 from cache_schema.errors import IncompleteCacheError, NotACacheError
-from cache_schema.layout import DONE, FAILED, RAGGED_OFFSETS, Layout
+from cache_schema.layout import DONE, FAILED, Layout
 from cache_schema.metadata import CacheAttrs, TeacherRecord
 from cache_schema.storage import Location, locate
 
@@ -179,30 +179,34 @@ class SceneFrame(NamedTuple):
     pair_features: dict[str, np.ndarray]  # teacher -> (m, D) float16
 
 
-class SceneCache(CacheReader):
+class RaggedCache(CacheReader):
+    """A cache whose rows own variable-length slices of flat arrays (scenes, rooms)."""
+
+    @cached_property
+    def _offsets(self) -> dict[str, np.ndarray]:
+        return {fam: self.array(path)[:] for fam, path in self.layout.offsets_paths.items()}
+
+    def offsets(self, family: str) -> np.ndarray:
+        """(rows+1,) int64 edges of one ragged family's values per row (``points``, ``pairs``, ``boxes``)."""
+        return self._offsets[family]
+
+    def ragged(self, path: str, row: int) -> np.ndarray:
+        """One row's slice of a flat array (``points``, ``labels``, ``pairs/uv``, ...)."""
+        axis = self.layout[path].axis
+        if axis not in self.layout.offsets_paths:
+            raise KeyError(f"{path} is not a ragged per-row array")
+        o = self.offsets(axis)
+        if not 0 <= row < self.num_rows:
+            raise IndexError(f"row {row} outside 0..{self.num_rows - 1}")
+        return self.array(path)[int(o[row]):int(o[row + 1])]
+
+
+class SceneCache(RaggedCache):
     """A ``scenes`` cache: F frames of LiDAR points, cameras and point-pixel pairs."""
 
     @property
     def num_frames(self) -> int:
         return self.num_rows
-
-    @cached_property
-    def _offsets(self) -> dict[str, np.ndarray]:
-        return {fam: self.array(path)[:] for fam, path in RAGGED_OFFSETS.items()}
-
-    def offsets(self, family: str) -> np.ndarray:
-        """(F+1,) int64 edges of ``points`` or ``pairs`` values per frame."""
-        return self._offsets[family]
-
-    def ragged(self, path: str, frame: int) -> np.ndarray:
-        """One frame's slice of a flat array (``points``, ``labels``, ``pairs/uv``, ...)."""
-        axis = self.layout[path].axis
-        if axis not in RAGGED_OFFSETS:
-            raise KeyError(f"{path} is not a ragged per-frame array")
-        o = self.offsets(axis)
-        if not 0 <= frame < self.num_frames:
-            raise IndexError(f"frame {frame} outside 0..{self.num_frames - 1}")
-        return self.array(path)[int(o[frame]):int(o[frame + 1])]
 
     def frame(self, i: int) -> SceneFrame:
         has_labels = any(a.path == "labels" for a in self.layout.arrays)
@@ -220,6 +224,62 @@ class SceneCache(CacheReader):
         )
 
 
+class Room(NamedTuple):
+    """One room of a rooms cache (boxes empty when the cache has none)."""
+
+    id: str
+    points: np.ndarray          # (n, 3) float32 metres
+    colors: np.ndarray          # (n, 3) uint8
+    labels: np.ndarray          # (n,) uint8 class index, 255 = unlabelled
+    instances: np.ndarray | None  # (n,) int32, -1 = none; None when the cache has no instance ids
+    boxes: np.ndarray           # (k, 6) float32 cx, cy, cz, dx, dy, dz
+    box_labels: np.ndarray      # (k,) uint8 index into ``box_classes``
+
+
+class RoomCache(RaggedCache):
+    """A ``rooms`` cache: R indoor rooms of coloured points with per-point classes, instances and boxes.
+
+    ``ragged(path, room)`` reads one room's slice of a flat array, one room at a time: a room is the unit of
+    memory, never the area.
+    """
+
+    @property
+    def num_rooms(self) -> int:
+        return self.num_rows
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return self.attrs.label_names
+
+    @property
+    def box_classes(self) -> tuple[str, ...]:
+        return tuple(self.attrs.config.get("box_classes", ()))
+
+    @property
+    def has_boxes(self) -> bool:
+        return "boxes" in self.layout.offsets_paths and bool(self.layout.by_axis("boxes"))
+
+    @property
+    def has_instances(self) -> bool:
+        return any(a.path == "instances" for a in self.layout.arrays)
+
+    def room_sizes(self) -> np.ndarray:
+        """(R,) points per room."""
+        return np.diff(self.offsets("points"))
+
+    def room(self, i: int) -> Room:
+        boxes = self.ragged("boxes/box", i) if self.has_boxes else np.zeros((0, 6), np.float32)
+        return Room(
+            id=str(self.ids[i]),
+            points=self.ragged("points", i),
+            colors=self.ragged("colors", i),
+            labels=self.ragged("labels", i),
+            instances=self.ragged("instances", i) if self.has_instances else None,
+            boxes=boxes,
+            box_labels=self.ragged("boxes/label", i) if self.has_boxes else np.zeros(0, np.uint8),
+        )
+
+
 def open_group_readonly(loc: Location) -> zarr.Group:
     if not loc.exists():
         raise NotACacheError(f"no cache at {loc.url} (no zarr.json found)")
@@ -227,10 +287,10 @@ def open_group_readonly(loc: Location) -> zarr.Group:
 
 
 def open_cache(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None,
-               allow_incomplete: bool = False) -> ObjectCache | SceneCache:
+               allow_incomplete: bool = False) -> ObjectCache | SceneCache | RoomCache:
     """Open a cache read-only; the class follows the store's ``kind``."""
     loc = locate(url, storage_options)
     group = open_group_readonly(loc)
     kind = dict(group.attrs).get("kind")
-    cls = ObjectCache if kind == "objects" else SceneCache
+    cls = {"objects": ObjectCache, "rooms": RoomCache}.get(kind, SceneCache)
     return cls(loc, group, allow_incomplete=allow_incomplete)

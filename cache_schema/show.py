@@ -4,7 +4,8 @@ Objects caches: a contact sheet, one row per shape: its rendered views (RGB and
 depth), its points seen from two angles, its category and captions; failed
 rows are listed with their reasons. Scenes caches: for one frame, every camera
 image with its paired LiDAR points drawn at their stored pixels (coloured by
-depth or by label) and a bird's-eye view of the frame.
+depth or by label) and a bird's-eye view of the frame. Rooms caches: one room
+from above, coloured by class (with its boxes) and by its own colours.
 
 matplotlib is needed (the ``viz`` extra); the contract itself does not need it.
 """
@@ -17,7 +18,7 @@ import textwrap
 import numpy as np
 
 from cache_schema.layout import DONE, FAILED
-from cache_schema.reader import ObjectCache, SceneCache, open_cache
+from cache_schema.reader import ObjectCache, RoomCache, SceneCache, open_cache
 
 MAX_VIEWS = 4
 
@@ -40,6 +41,8 @@ def show(url: str, out: str, rows: int = 6, ids: list[str] | None = None, frame:
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     if isinstance(cache, ObjectCache):
         objects_sheet(cache, out, rows, ids, dpi)
+    elif isinstance(cache, RoomCache):
+        rooms_sheet(cache, out, frame, ids, dpi)
     else:
         scenes_sheet(cache, out, frame, ids, color_by, dpi)
     return out
@@ -248,5 +251,53 @@ def scenes_sheet(cache: SceneCache, out: str, frame: int | None = None, ids: lis
         cbar = fig.colorbar(sc, cax=cax)
         cbar.set_label("camera depth in images, range in the BEV (m)", fontsize=8)
         cbar.ax.tick_params(labelsize=7)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+
+
+MAX_SHOWN_POINTS = 200_000  # a room of a million points is drawn from an even subsample
+
+
+def rooms_sheet(cache: RoomCache, out: str, room: int | None = None, ids: list[str] | None = None,
+                dpi: int = 100) -> None:
+    """One room from above: coloured by class with its boxes, and in its own colours."""
+    plt = _pyplot()
+    from matplotlib import cm
+    from matplotlib.colors import ListedColormap, Normalize
+    from matplotlib.patches import Rectangle
+
+    if room is None:
+        room = _select(cache, 1, ids[:1] if ids else None)[0] if (ids or (cache.status == DONE).any()) else 0
+    r = cache.room(room)
+    keep = np.arange(len(r.points))
+    if len(keep) > MAX_SHOWN_POINTS:
+        keep = np.linspace(0, len(keep) - 1, MAX_SHOWN_POINTS).astype(int)
+    xyz, labels, colors = r.points[keep], r.labels[keep], r.colors[keep]
+    order = np.argsort(xyz[:, 2])  # higher points drawn last: the picture looks down through the ceiling-less room
+    names = tuple(cache.label_names)
+    cmap = ListedColormap(cm.tab20(np.linspace(0, 1, 20))[: max(len(names), 1)])
+    fig, axes = plt.subplots(1, 2, figsize=(14, 6.5), dpi=dpi)
+    fig.suptitle(f"{cache.loc.url}: room {room} ({r.id}), {len(r.points)} points, {len(r.boxes)} boxes"
+                 + (f" (drawn: {len(keep)})" if len(keep) < len(r.points) else ""), fontsize=11)
+    not_top = labels[order] != (names.index("ceiling") if "ceiling" in names else -1)
+    shown = order[not_top]
+    values = np.where(labels[shown] == 255, -1, labels[shown])
+    axes[0].scatter(xyz[shown, 0], xyz[shown, 1], s=0.4, c=values, cmap=cmap, norm=Normalize(0, cmap.N - 1))
+    box_names = cache.box_classes
+    for (cx, cy, _, dx, dy, _), b in zip(r.boxes, r.box_labels):
+        axes[0].add_patch(Rectangle((cx - dx / 2, cy - dy / 2), dx, dy, fill=False, lw=0.8, ec="black"))
+        if b < len(box_names):
+            axes[0].text(cx, cy, box_names[b], fontsize=6, ha="center", va="center")
+    axes[0].set_title("by class, from above (ceiling hidden), boxes outlined", fontsize=9)
+    axes[1].scatter(xyz[shown, 0], xyz[shown, 1], s=0.4, c=colors[shown] / 255.0)
+    axes[1].set_title("its own colours, from above (ceiling hidden)", fontsize=9)
+    for ax in axes:
+        ax.set_aspect("equal")
+        ax.set_xlabel("x (m)", fontsize=8)
+        ax.set_ylabel("y (m)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    cbar = fig.colorbar(cm.ScalarMappable(norm=Normalize(-0.5, cmap.N - 0.5), cmap=cmap), ax=axes[0],
+                        ticks=range(cmap.N), fraction=0.04)
+    cbar.ax.set_yticklabels(list(names)[: cmap.N], fontsize=7)
     fig.savefig(out, dpi=dpi)
     plt.close(fig)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,7 @@ from cache_schema.errors import CacheError
 from cache_schema.chunking import ChunkPlan
 from cache_schema.fingerprint import (array_paths, block_bytes, fingerprint_from_digests, has_digests,
                                       legacy_fingerprint, row_digests, stored_digests)
-from cache_schema.layout import DONE, FAILED, PENDING, RAGGED_OFFSETS, STATUS_NAMES, STR, Layout
+from cache_schema.layout import DONE, FAILED, IGNORE_LABEL, PENDING, STATUS_NAMES, STR, Layout
 from cache_schema.lock import describe, read_lock
 from cache_schema.metadata import CacheAttrs
 from cache_schema.reader import open_group_readonly
@@ -80,7 +80,9 @@ def validate(url: str, storage_options: dict[str, Any] | None = None, workers: i
     if shape_problems or ragged_problems:
         return problems  # the block checks below rely on the shapes and offsets
     ranges = [plan.block_range(b, layout.num_rows) for b in range(plan.num_blocks(layout.num_rows))]
-    context = BlockContext.build(layout, small, arrays, part_allowed)
+    class_counts = {"labels": len(raw.get("label_names", [])),
+                    "boxes/label": len(raw.get("config", {}).get("box_classes", []))}
+    context = BlockContext.build(layout, small, arrays, part_allowed, class_counts)
     results = _map_blocks(loc.url, storage_options, ranges, context, workers, scheduler)
     problems += _merge_block_problems(results)
     unreadable = any("do not decode" in p.what for r in results for p in r.problems)
@@ -120,7 +122,7 @@ def _check_arrays(group: zarr.Group, layout: Layout) -> tuple[dict[str, zarr.Arr
 def _read_small(group: zarr.Group, layout: Layout) -> tuple[dict[str, np.ndarray], list[Problem]]:
     """Status, reasons and offsets: one value per row, read whole (everything else is read by block)."""
     kept, out = {}, []
-    paths = [layout.status_path, layout.status_path + "_reason", *RAGGED_OFFSETS.values()]
+    paths = [layout.status_path, layout.status_path + "_reason", *layout.offsets_paths.values()]
     for path in paths:
         if path in group:
             try:
@@ -140,15 +142,16 @@ class BlockContext:
     num_cameras: int | None
     status_path: str
     part_allowed: np.ndarray | None            # (classes, parts) bool, when the cache has part labels
+    class_counts: dict[str, int] = field(default_factory=dict)  # ragged label path -> number of classes (0: any)
 
     @classmethod
     def build(cls, layout: Layout, small: dict[str, np.ndarray], arrays: dict[str, zarr.Array],
-              part_allowed: np.ndarray | None) -> BlockContext:
+              part_allowed: np.ndarray | None, class_counts: dict[str, int] | None = None) -> BlockContext:
         families = {f: tuple(s.path for s in specs) for f, specs in layout.ragged_families().items()}
-        offsets = {f: small[RAGGED_OFFSETS[f]] for f in families if RAGGED_OFFSETS[f] in small}
+        offsets = {f: small[layout.offsets_paths[f]] for f in families if layout.offsets_paths[f] in small}
         n_cam = arrays["cameras/K"].shape[1] if "cameras/K" in arrays else None
         return cls(tuple(s.path for s in layout.by_axis("row")), families, offsets, n_cam, layout.status_path,
-                   part_allowed)
+                   part_allowed, dict(class_counts or {}))
 
 
 @dataclass
@@ -214,7 +217,8 @@ def _ragged_block(group: zarr.Group, path: str, off: np.ndarray, r0: int, r1: in
     hashers = [hashlib.sha256() for _ in range(r1 - r0)]
     frames_off = context.offsets.get("points")
     out: list[Problem] = []
-    bad_point = bad_camera = nonfinite = 0
+    bad_point = bad_camera = nonfinite = bad_class = 0
+    num_classes = context.class_counts.get(path, 0)
     step = arr.chunks[0] if arr.ndim else 1
     c0 = lo
     while c0 < hi:
@@ -237,6 +241,10 @@ def _ragged_block(group: zarr.Group, path: str, off: np.ndarray, r0: int, r1: in
             bad_point += int(((values < 0) | (values >= n_points)).sum())
         if path == "pairs/camera" and context.num_cameras is not None:
             bad_camera += int((values >= context.num_cameras).sum())
+        if num_classes:  # class indices (255 marks unlabelled points)
+            bad_class += int(((values >= num_classes) & (values != IGNORE_LABEL)).sum())
+        if path == "boxes/box":
+            bad_class += int((~np.isfinite(values)).sum() + (values[:, 3:] < 0).sum())
         nonfinite += _count_nonfinite(path, values)
         c0 = c1
     if bad_point:
@@ -246,6 +254,11 @@ def _ragged_block(group: zarr.Group, path: str, off: np.ndarray, r0: int, r1: in
                                            f"({context.num_cameras})"))
     if nonfinite:
         out.append(Problem(path, f"{nonfinite} non-finite values (NaN or Inf)"))
+    if bad_class and path == "boxes/box":
+        out.append(Problem(path, f"{bad_class} box values are non-finite or negative sizes (rows {r0}:{r1})"))
+    elif bad_class:
+        out.append(Problem(path, f"{bad_class} values are not a class index below {num_classes} nor 255 "
+                                 f"(rows {r0}:{r1})"))
     digests = np.stack([np.frombuffer(h.digest(), np.uint8) for h in hashers]) if hashers else \
         np.zeros((0, 32), np.uint8)
     return digests, out
@@ -366,7 +379,7 @@ def _check_status(arrays: dict, layout: Layout, kept: dict[str, np.ndarray]) -> 
 def _check_ragged(arrays: dict, layout: Layout, kept: dict[str, np.ndarray]) -> list[Problem]:
     out = []
     for family, specs in layout.ragged_families().items():
-        opath = RAGGED_OFFSETS[family]
+        opath = layout.offsets_paths[family]
         offsets = kept.get(opath)
         if offsets is None:
             continue

@@ -42,7 +42,7 @@ from cache_schema.chunking import (
 from cache_schema.errors import IncompleteCacheError, LayoutMismatchError
 from cache_schema.fingerprint import (DIGEST_BYTES, SCHEME, digest_path, fingerprint_from_digests, frame_digests,
                                       has_digests, legacy_fingerprint, row_digests, stored_digests)
-from cache_schema.layout import DONE, FAILED, PENDING, RAGGED_OFFSETS, RETRY_PREFIX, STR, ArraySpec, Layout
+from cache_schema.layout import DONE, FAILED, PENDING, RAGGED_FAMILIES, RETRY_PREFIX, STR, ArraySpec, Layout
 from cache_schema.lock import DEFAULT_HEARTBEAT_S, DEFAULT_STALE_AFTER_S, LOCK_NAME, WriterLock, verify_token
 from cache_schema.metadata import CacheAttrs
 from cache_schema.storage import Location, locate
@@ -77,7 +77,7 @@ def create_array(group: zarr.Group, spec: ArraySpec, shape: tuple[int, ...], chu
 def create_digests(group: zarr.Group, specs: Sequence[ArraySpec], num_rows: int, block_rows: int) -> None:
     """The (rows, 32) digest array of every row and ragged array in ``specs`` (see ``fingerprint``)."""
     for spec in specs:
-        if spec.axis in ("row", *RAGGED_OFFSETS):
+        if spec.axis in ("row", *RAGGED_FAMILIES):
             dspec = ArraySpec(digest_path(spec.path), "uint8", (DIGEST_BYTES,), ("row", "sha256"), "row")
             create_array(group, dspec, (num_rows, DIGEST_BYTES), (block_rows, DIGEST_BYTES))
 
@@ -397,7 +397,7 @@ class CacheWriter(BlockWriter):
         for family, specs in self.layout.ragged_families().items():
             counts = np.concatenate([blk[f"{family}_counts"][:] for blk in blocks])
             offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-            ospec = self.layout[RAGGED_OFFSETS[family]]
+            ospec = self.layout[self.layout.offsets_paths[family]]
             create_array(self.group, ospec, offsets.shape, chunk_for(ospec, self.plan.target_bytes))[...] = offsets
             block_starts = offsets[[self.block_range(b)[0] for b in range(self.num_blocks)] + [self.layout.num_rows]]
             for spec in specs:
@@ -409,7 +409,7 @@ class CacheWriter(BlockWriter):
                     out[c0:c1] = _gather(parts, block_starts, c0, c1)
 
     def _consolidated(self) -> bool:
-        return all(path in self.group for path in RAGGED_OFFSETS.values())
+        return all(path in self.group for path in self.layout.offsets_paths.values())
 
     def close(self) -> None:
         self.lock.release()

@@ -10,13 +10,13 @@ import pytest
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs 2 workers: one thread each, so 2 cores are not 4 threads
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from cache_schema.example import example_objects, example_scenes, finish, write_blocks
+from cache_schema.example import EXAMPLES, finish, write_blocks
 from cache_schema.writer import CacheWriter
 
 
 def build(url, kind: str = "objects", **chunking):
     """Write a complete example cache of ``kind`` at ``url``; returns (fingerprint, data)."""
-    attrs, layout, data = example_objects() if kind == "objects" else example_scenes()
+    attrs, layout, data = EXAMPLES[kind]()
     with CacheWriter.create(url, attrs, layout, **chunking) as w:
         write_blocks(w, data)
         return finish(w, data), data

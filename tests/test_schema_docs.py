@@ -7,16 +7,17 @@ import re
 
 import pytest
 
-from cache_schema.layout import objects_layout, scenes_layout
+from cache_schema.layout import objects_layout, rooms_layout, scenes_layout
 from cache_schema.metadata import TEACHER_ROLES, TeacherRecord
 
 DOC = (pathlib.Path(__file__).resolve().parents[1] / "cache_schema" / "SCHEMA.md").read_text()
 
 
 def _documented(kind: str) -> dict[str, str]:
-    """path -> dtype column of the objects or scenes table."""
-    objects_part, scenes_part = DOC.split("## Scenes caches")
-    section = objects_part.split("## Objects caches")[1] if kind == "objects" else scenes_part
+    """path -> dtype column of the objects, scenes or rooms table."""
+    objects_part, rest = DOC.split("## Scenes caches")
+    scenes_part, rooms_part = rest.split("## Rooms caches")
+    section = {"objects": objects_part.split("## Objects caches")[1], "scenes": scenes_part, "rooms": rooms_part}[kind]
     rows = re.findall(r"^\| `([^`]+)` \| [^|]+ \| ([^|]+) \|", section, flags=re.M)
     return {path: dtype.strip() for path, dtype in rows}
 
@@ -29,10 +30,10 @@ def _all_layout_arrays():
     obj = objects_layout(4, 16, 2, 2, t, num_classes=3, image_hw=(8, 8), store_rgb=True, store_depth=True,
                          with_normals=True, with_part_labels=True)
     scn = scenes_layout(3, 2, s, with_labels=True, image_hw=(8, 8), store_images=True)
-    return {"objects": obj.arrays, "scenes": scn.arrays}
+    return {"objects": obj.arrays, "scenes": scn.arrays, "rooms": rooms_layout(3).arrays}
 
 
-@pytest.mark.parametrize("kind", ["objects", "scenes"])
+@pytest.mark.parametrize("kind", ["objects", "scenes", "rooms"])
 def test_every_layout_array_is_documented_with_its_dtype(kind):
     doc = _documented(kind)
     for spec in _all_layout_arrays()[kind]:
@@ -41,7 +42,7 @@ def test_every_layout_array_is_documented_with_its_dtype(kind):
             f"{spec.path}: SCHEMA.md says {doc[spec.path]}, layout.py says {spec.dtype}"
 
 
-@pytest.mark.parametrize("kind", ["objects", "scenes"])
+@pytest.mark.parametrize("kind", ["objects", "scenes", "rooms"])
 def test_every_documented_array_exists_in_the_layout(kind):
     declared = {s.path for s in _all_layout_arrays()[kind]} | {"split/<name>"}
     documented = set(_documented(kind))

@@ -9,7 +9,7 @@ from conftest import build
 xr = pytest.importorskip("xarray", reason="the `test` extra installs xarray")
 
 
-@pytest.mark.parametrize("kind", ["objects", "scenes"])
+@pytest.mark.parametrize("kind", ["objects", "scenes", "rooms"])
 def test_a_cache_opens_as_an_xarray_datatree(tmp_path, kind):
     url = str(tmp_path / f"{kind}.zarr")
     _, data = build(url, kind, max_block_rows=4)

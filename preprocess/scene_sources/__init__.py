@@ -20,11 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from cache_schema.layout import IGNORE_LABEL  # noqa: F401  (re-exported: the scene sources' import)
 from preprocess.errors import BadInput
 from preprocess.input_files import checked_path
 from preprocess.sources import row_order, rows_by_split
-
-IGNORE_LABEL = 255
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ from torch.utils.data import IterableDataset
 
 from cache_schema import open_cache
 from cache_schema.errors import CorruptChunkError
-from cache_schema.layout import RAGGED_OFFSETS
 from train.data.prefetch import DEFAULT_BUDGET_BYTES
 from train.data.sharding import ShardedStream, SlotPlan
 from train.data.transport import PackedBatch
@@ -88,7 +87,7 @@ class SceneStream(ShardedStream, IterableDataset):
     def _open(self) -> tuple[dict, dict]:
         """The frame and pair offsets (read whole) and the flat arrays a frame is cut from."""
         cache = open_cache(self.url)
-        offsets = {fam: cache.array(path)[:] for fam, path in RAGGED_OFFSETS.items()}
+        offsets = {fam: cache.array(path)[:] for fam, path in cache.layout.offsets_paths.items()}
         flat = {"points": "points", "pair_point": "pairs/point", "pair_camera": "pairs/camera", "pair_uv": "pairs/uv",
                 "pair_features": f"teachers/{self.teacher}/pair_features"}
         if self.has_labels:
