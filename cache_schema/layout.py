@@ -103,11 +103,11 @@ class Layout:
 
     @property
     def offsets_paths(self) -> dict[str, str]:
-        """Ragged family -> path of its offsets array (empty for objects caches)."""
-        return RAGGED_OFFSETS[self.kind]
+        """Ragged family -> path of its offsets array, for the families this layout holds (none for objects)."""
+        return {fam: path for fam, path in RAGGED_OFFSETS[self.kind].items() if self.by_axis(fam)}
 
     def ragged_families(self) -> dict[str, list[ArraySpec]]:
-        return {fam: self.by_axis(fam) for fam in self.offsets_paths if self.by_axis(fam)}
+        return {fam: self.by_axis(fam) for fam in self.offsets_paths}
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "num_rows": self.num_rows, "arrays": [a.to_dict() for a in self.arrays]}

@@ -257,7 +257,7 @@ class RoomCache(RaggedCache):
 
     @property
     def has_boxes(self) -> bool:
-        return "boxes" in self.layout.offsets_paths and bool(self.layout.by_axis("boxes"))
+        return "boxes" in self.layout.offsets_paths
 
     @property
     def has_instances(self) -> bool:

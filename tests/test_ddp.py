@@ -83,6 +83,17 @@ def test_segment_ranks_hold_identical_weights(small_demo_cache, tmp_path):
     _assert_identical(out)
 
 
+def test_semseg_ranks_hold_identical_weights(tmp_path):
+    from test_semseg import write_rooms
+
+    cache = str(tmp_path / "rooms.zarr")
+    write_rooms(cache, [3000, 4000, 5000])
+    out = str(tmp_path / "semseg")
+    _torchrun("semseg", cache=cache, out=out, epochs=1, warmup_epochs=0, batch_size=2, num_points=256,
+              num_group=8, group_size=16, workers=1, log_every=1, val_split=None)
+    _assert_identical(out)
+
+
 @pytest.mark.parametrize("mode", ["pretrain", "finetune"])
 def test_fusion_ranks_hold_identical_weights(small_scenes_cache, tmp_path, mode):
     out = str(tmp_path / mode)

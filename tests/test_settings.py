@@ -17,6 +17,7 @@ from train.cli.config_command import CONTROLS, config_command
 from train.downstream.fewshot import FewshotConfig
 from train.downstream.finetune import FinetuneConfig
 from train.downstream.segment import SegmentConfig
+from train.downstream.semseg import SemsegConfig
 from train.loop import LoopConfig
 from train.settings import check_settings, option_name
 from train.stages.fusion import FusionRunConfig
@@ -28,6 +29,7 @@ COMMANDS = {  # command path -> (config class, settings the command fixes or lea
     ("stage2",): (Stage2Config, (), tuple(CONTROLS)),
     ("finetune",): (FinetuneConfig, (), tuple(CONTROLS)),
     ("segment",): (SegmentConfig, (), tuple(CONTROLS)),
+    ("semseg",): (SemsegConfig, (), tuple(CONTROLS)),
     ("fewshot",): (FewshotConfig, (), ("progress",)),
     ("fusion", "pretrain"): (FusionRunConfig, ("mode", *FusionRunConfig.finetune_only), tuple(CONTROLS)),
     ("fusion", "finetune"): (FusionRunConfig, ("mode", *FusionRunConfig.pretrain_only), tuple(CONTROLS)),

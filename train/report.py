@@ -46,6 +46,7 @@ def read_metrics(run_dir: str, name: str = "metrics.csv") -> dict[str, np.ndarra
 OBJECT_COLUMNS = (("zeroshot", "zero-shot top-1"), ("linear", "linear SVM"), ("fewshot", "few-shot"))
 SEG_COLUMNS = (("miou", "mIoU"), ("accuracy", "point accuracy"))
 SEGMENT_COLUMNS = (("instance_miou", "Inst. mIoU"), ("class_miou", "Cls. mIoU"))
+SEMSEG_COLUMNS = (("miou", "mIoU"), ("macc", "mAcc"), ("oa", "OA"))
 FINETUNE_COLUMNS = (("overall_accuracy", "OA"), ("mean_class_accuracy", "mAcc"), ("overall_accuracy_vote10",
                                                                                  "OA, vote 10"))
 
@@ -93,6 +94,16 @@ def partseg_evaluation(ckpt: str, cache: str) -> dict:
     seg = evaluate_partseg(model, open_cache(cache), "test", state["num_points"], state["class_parts"])
     return {"checkpoint": os.path.basename(ckpt), "setting": "test split",
             "this run": {"instance_miou": seg["instance_miou"], "class_miou": seg["class_miou"]}}
+
+
+def semseg_evaluation(ckpt: str, cache: str) -> dict:
+    from cache_schema import open_cache
+    from train.eval.semantic_segmentation import evaluate_rooms, load_semseg
+
+    model, state = load_semseg(ckpt)
+    seg = evaluate_rooms(model, open_cache(cache), "test", state["num_points"], block_size=state["block_size"])
+    return {"checkpoint": os.path.basename(ckpt), "setting": "test rooms, whole, 3 votes",
+            "this run": {"miou": seg["miou"], "macc": seg["macc"], "oa": seg["oa"]}}
 
 
 def finetune_evaluation(ckpt: str, cache: str) -> dict:

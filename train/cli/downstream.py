@@ -1,4 +1,5 @@
-"""`train finetune`, `train fewshot`, `train segment`, `train export-encoder`: a pre-trained encoder put to use."""
+"""`train finetune`, `train fewshot`, `train segment`, `train semseg`, `train export-encoder`: a pre-trained encoder
+put to use."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from train.cli.options import fail
 from train.downstream.fewshot import FewshotConfig, run_fewshot
 from train.downstream.finetune import FinetuneConfig, train_finetune
 from train.downstream.segment import SegmentConfig, train_segment
+from train.downstream.semseg import SemsegConfig, train_semseg
 
 finetune = config_command(
     FinetuneConfig, "finetune", train_finetune,
@@ -22,6 +24,12 @@ segment = config_command(
     SegmentConfig, "segment", train_segment,
     "Part segmentation (Point-MAE's head and recipe) on a cache with per-point part labels; validates instance mIoU "
     "on the test split every epoch, as the published protocol does, and keeps the best as best.pt.")
+semseg = config_command(
+    SemsegConfig, "semseg", train_semseg,
+    "Indoor semantic segmentation (ACT's S3DIS protocol: random 1 m blocks of 2,048 points, Point-MAE's segmentation "
+    "head without the object class, class-weighted loss) on a rooms cache; validates mIoU on random blocks of the "
+    "test split every epoch, as the reference does, and keeps the best as best.pt. Score whole rooms with `train eval "
+    "semseg`.")
 
 
 def _fewshot(cfg: FewshotConfig, progress: bool = True) -> dict:

@@ -126,9 +126,12 @@ class SlotPlan:
 
 
 def slot_plan(selected: np.ndarray, block_rows: int, s: Sharding, worker_id: int, seed: int, epoch: int,
-              batches_done: int) -> SlotPlan:
-    """The plan of the DataLoader worker ``worker_id`` (0 in-process) resuming ``batches_done`` into ``epoch``."""
-    order = epoch_order(selected, block_rows, seed, epoch)
+              batches_done: int, order: np.ndarray | None = None) -> SlotPlan:
+    """The plan of the DataLoader worker ``worker_id`` (0 in-process) resuming ``batches_done`` into ``epoch``.
+
+    ``order``: the epoch's rows in reading order, when the stream orders them itself (default: blocks in a
+    random order, :func:`epoch_order`)."""
+    order = epoch_order(selected, block_rows, seed, epoch) if order is None else order
     mine = rank_rows(order, s.world_size, s.rank)
     size = window_size(block_rows, s.window_rows, len(mine), s.slots)
     available = batches_available(worker_row_counts(len(mine), size, s.slots), s.batch_size, s.drop_last)

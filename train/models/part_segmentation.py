@@ -1,4 +1,6 @@
-"""Part segmentation heads on a point encoder's intermediates, one per published design.
+"""Segmentation heads on a point encoder's intermediates, one per published design: part segmentation (object
+class given) and, without the object class, indoor semantic segmentation (ACT's ``semantic_segmentation/models/
+pt.py``: the same head with no label branch, 3,328 input channels at C = 384).
 
 The encoder names the design it was published with (``segmentation_head``); no head names a family.
 
@@ -20,7 +22,8 @@ The encoder names the design it was published with (``segmentation_head``); no h
       -> global: max + mean over points (one sum, B, 3072) + label_conv(one-hot c) (B, 64), to every point
       -> per-point MLP: conv 1024-BN-ReLU-dropout 0.5, 512-BN-ReLU, 256-BN-ReLU, num_parts
 
-Scores for parts outside the object's class are masked at evaluation (``restrict_to_class``).
+Scores for parts outside the object's class are masked at evaluation (``restrict_to_class``). With
+``num_classes=0`` there is no object class: no ``label_conv`` and no 64 channels in the global feature.
 """
 
 from __future__ import annotations
@@ -44,7 +47,9 @@ def _label_conv(num_classes: int) -> nn.Sequential:
 
 
 class PartSegmentation(nn.Module):
-    """``forward(points, object_class) -> logits (B, N, num_parts)``; the design is the encoder's."""
+    """``forward(points, object_class) -> logits (B, N, num_parts)``; the design is the encoder's.
+
+    ``num_classes=0``: no object class (scene segmentation), ``forward(points)``."""
 
     def __init__(self, encoder: PointEncoder, num_classes: int, num_parts: int) -> None:
         super().__init__()
@@ -53,20 +58,21 @@ class PartSegmentation(nn.Module):
                              f"{', '.join(DESIGNS)}")
         self.encoder, self.num_classes, self.num_parts = encoder, num_classes, num_parts
         self.design = encoder.segmentation_head
-        self.label_conv = _label_conv(num_classes)
+        self.label_channels = 64 if num_classes else 0
+        self.label_conv = _label_conv(num_classes) if num_classes else None
         DESIGNS[self.design][0](self, encoder.intermediate_dims, encoder.token_dim)
 
     def _build_shared_centres(self, dims: list[int], c: int) -> None:
         feat, prop = sum(dims), round(8 * c / 3)
         self.propagation = _mlp([feat + 3, 4 * c, prop])
-        self.head = nn.Sequential(nn.Conv1d(prop + 2 * feat + 64, 512, 1), nn.BatchNorm1d(512), nn.ReLU(),
+        self.head = nn.Sequential(nn.Conv1d(prop + 2 * feat + self.label_channels, 512, 1), nn.BatchNorm1d(512), nn.ReLU(),
                                   nn.Dropout(0.5), nn.Conv1d(512, 256, 1), nn.BatchNorm1d(256), nn.ReLU(),
                                   nn.Conv1d(256, self.num_parts, 1))
 
     def _build_per_level(self, dims: list[int], c: int) -> None:
         self.propagations = nn.ModuleList(_mlp([d + 3, 4 * c, 1024]) for d in dims)
         feat = 1024 * len(dims)
-        self.head = nn.Sequential(nn.Conv1d(2 * feat + 64, 1024, 1), nn.BatchNorm1d(1024), nn.ReLU(),
+        self.head = nn.Sequential(nn.Conv1d(2 * feat + self.label_channels, 1024, 1), nn.BatchNorm1d(1024), nn.ReLU(),
                                   nn.Dropout(0.5), nn.Conv1d(1024, 512, 1), nn.BatchNorm1d(512), nn.ReLU(),
                                   nn.Conv1d(512, 256, 1), nn.BatchNorm1d(256), nn.ReLU(),
                                   nn.Conv1d(256, self.num_parts, 1))
@@ -95,9 +101,12 @@ class PartSegmentation(nn.Module):
         global_feature = torch.cat([x.max(dim=2)[0] + x.mean(dim=2), label], dim=-1)  # (B, L x 1024 + 64)
         return torch.cat([global_feature.unsqueeze(-1).expand(-1, -1, n), x], dim=1)
 
-    def forward(self, points: torch.Tensor, object_class: torch.Tensor) -> torch.Tensor:
-        one_hot = nn.functional.one_hot(object_class, self.num_classes).to(points.dtype).unsqueeze(-1)
-        label = self.label_conv(one_hot)[..., 0]                                      # (B, 64)
+    def forward(self, points: torch.Tensor, object_class: torch.Tensor | None = None) -> torch.Tensor:
+        if self.label_conv is None:
+            label = points.new_zeros(len(points), 0)                                  # no object class
+        else:
+            one_hot = nn.functional.one_hot(object_class, self.num_classes).to(points.dtype).unsqueeze(-1)
+            label = self.label_conv(one_hot)[..., 0]                                  # (B, 64)
         x = DESIGNS[self.design][1](self, points, label)
         return self.head(x).transpose(1, 2)                                           # (B, N, parts)
 

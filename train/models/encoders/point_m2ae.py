@@ -156,7 +156,9 @@ class PointM2AEEncoder(PointEncoder):
                                           "local_attention": True, "scale_norms": False}, "label_smoothing": 0.3},
                "scanobjectnn": {"encoder": {"group_sizes": (32, 16, 16), "global_pool": "concat",
                                             "local_attention": True, "scale_norms": False}, "label_smoothing": 0.0},
-               "segment": {"encoder": {"group_sizes": (16, 8, 8), "local_attention": True, "scale_norms": True}}}
+               "segment": {"encoder": {"group_sizes": (16, 8, 8), "local_attention": True, "scale_norms": True}},
+               # no official S3DIS recipe: its part-segmentation one, on 2,048-point blocks as on 2,048-point shapes
+               "semseg": {"encoder": {"group_sizes": (16, 8, 8), "local_attention": True, "scale_norms": True}}}
 
     def __init__(self, config: PointM2AEConfig) -> None:
         super().__init__()

@@ -78,7 +78,8 @@ class PointMAEEncoder(PointEncoder):
     config_class = PointMAEConfig
     default_mask_ratio = 0.6
     recipes = {"modelnet40": {"encoder": {"num_group": 64, "group_size": 32}},       # cfgs/finetune_modelnet.yaml
-               "scanobjectnn": {"encoder": {"num_group": 128, "group_size": 32}}}    # cfgs/finetune_scan_*.yaml
+               "scanobjectnn": {"encoder": {"num_group": 128, "group_size": 32}},    # cfgs/finetune_scan_*.yaml
+               "semseg": {"encoder": {"num_group": 128, "group_size": 32}}}          # ACT semantic_segmentation
 
     def __init__(self, config: PointMAEConfig) -> None:
         super().__init__()
