@@ -65,6 +65,12 @@ def test_every_family_answers_the_same_interface(name):
     assert encoder.encode(patches, visible=torch.ones_like(mask)).tokens.shape == full.tokens.shape
     levels = encoder.forward_intermediates(patches)
     assert [lv.features.shape[-1] for lv in levels] == encoder.intermediate_dims
+    if hasattr(encoder, "cls_token"):  # the segmentation models' sequence holds no cls token (Point-MAE, ACT)
+        with torch.no_grad():
+            encoder.cls_token.add_(1.0)
+        torch.testing.assert_close(encoder.forward_intermediates(patches)[-1].features, levels[-1].features)
+        with torch.no_grad():
+            encoder.cls_token.sub_(1.0)
     assert all(lv.centers.shape[:2] == lv.features.shape[:2] for lv in levels)
     names = {n for n, _ in encoder.named_parameters()}
     assert encoder.no_weight_decay() <= names

@@ -119,14 +119,17 @@ class PointMAEEncoder(PointEncoder):
         neighborhood, center = self.group_divider(points)
         return PointMAEPatches(center, neighborhood)
 
-    def _embed(self, patches: PointMAEPatches, visible: torch.Tensor | None):
-        """[cls ; patch tokens] (B, 1+G', C), their positional embeddings and the kept centres (B, G', 3)."""
+    def _embed(self, patches: PointMAEPatches, visible: torch.Tensor | None, with_cls: bool = True):
+        """[cls ; patch tokens] (B, 1+G', C), their positional embeddings and the kept centres (B, G', 3); without
+        the cls token with ``with_cls=False``."""
         tokens = self.reduce_dim(self.encoder(patches.neighborhood))                 # (B, G, C)
         center = patches.centers
         b, _, c = tokens.shape
         if visible is not None:  # Point-MAE's masked encoder: the same number of visible patches per cloud
             tokens = tokens[visible].reshape(b, -1, c)
             center = center[visible].reshape(b, -1, 3)
+        if not with_cls:
+            return tokens, self.pos_embed(center), center
         x = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1)            # (B, 1+G', C)
         pos = torch.cat([self.cls_pos.expand(b, -1, -1), self.pos_embed(center)], dim=1)
         return x, pos, center
@@ -142,11 +145,11 @@ class PointMAEEncoder(PointEncoder):
         return torch.cat([cls, tokens.max(dim=1)[0]], dim=-1)                        # (B, 2C)
 
     def forward_intermediates(self, patches: PointMAEPatches) -> list[Level]:
-        """The normed patch tokens after blocks ``fetch_layers(depth)``, all at the same centres (Point-MAE's
-        segmentation model reads these three depths)."""
-        x, pos, center = self._embed(patches, None)
+        """The normed patch tokens after blocks ``fetch_layers(depth)``, all at the same centres: Point-MAE's (and
+        ACT's) segmentation model reads these three depths of a sequence with no cls token."""
+        x, pos, center = self._embed(patches, None, with_cls=False)
         layers = self.blocks.forward_layers(x, pos, fetch_layers(self.config.depth))
-        return [Level(self.norm(h)[:, 1:], center) for h in layers]
+        return [Level(self.norm(h), center) for h in layers]
 
     def no_weight_decay(self) -> set[str]:
         return {"cls_token", "cls_pos"}
