@@ -45,14 +45,19 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(2)
 
 
-def _build(build, url: str, cfg, run) -> None:
-    """Run a builder and print its summary; input and cache problems end with a message, not a traceback."""
+def _build(build, url: str, cfg, run, teachers: bool = True) -> None:
+    """Run a builder and print its summary; input and cache problems end with a message, not a traceback.
+    ``teachers=False``: a builder without teachers, which never needs torch (nor its import time)."""
     from preprocess.errors import EnvironmentFailure
-    from preprocess.teachers import MissingWeightsError
 
+    expected: tuple[type[Exception], ...] = (CacheError, EnvironmentFailure, FileNotFoundError, ValueError)
+    if teachers:
+        from preprocess.teachers import MissingWeightsError
+
+        expected += (MissingWeightsError,)
     try:
         summary = build(url, cfg, run)
-    except (CacheError, MissingWeightsError, EnvironmentFailure, FileNotFoundError, ValueError) as e:
+    except expected as e:
         _fail(e)
     typer.echo(str(summary))
     if not summary.complete:
@@ -243,7 +248,7 @@ def rooms(
                           areas=areas, seed=seed, max_rooms=max_rooms)
     _build(build_rooms, out or f"caches/{dataset}.zarr", cfg, RunOptions(
         workers=workers, scheduler=scheduler, cluster=cluster, cluster_options=tuple(cluster_option or ()),
-        overwrite=overwrite, block_rows=block_rows, progress=progress))
+        overwrite=overwrite, block_rows=block_rows, progress=progress), teachers=False)
 
 
 @app.command()

@@ -175,4 +175,4 @@ def _parse_lines(path: str, rel: str, notes: list[str]) -> np.ndarray:
 
 
 def _shown(raw: str, limit: int = 100) -> str:
-    return repr(raw.rstrip("\r")[:limit]) + ("..." if len(raw) > limit else "")
+    return ascii(raw.rstrip("\r")[:limit]) + ("..." if len(raw) > limit else "")
