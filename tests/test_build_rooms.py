@@ -198,6 +198,11 @@ def test_class_files_are_read_exactly_or_refused_naming_file_and_line(tmp_path):
     latin = write("b_1.txt", b"1 2 3 4 5 6\n1 2\xff 3 4 5 6\n")  # not UTF-8 either: repaired all the same
     np.testing.assert_array_equal(read_class_file(latin, str(tmp_path), "b_1.txt", notes)[1], [1, 2, 3, 4, 5, 6])
     assert notes == ["stray character(s) removed: b_1.txt:2 ('1 2\\xff 3 4 5 6')"]
+    many = write("g_1.txt", b"\x10\n" + b"1 2 3 4 5 6\x07\n" * 12)  # a line of nothing but a stray character
+    notes.clear()
+    assert len(read_class_file(many, str(tmp_path), "g_1.txt", notes)) == 12
+    assert notes[0] == "stray character(s) removed: g_1.txt:1 ('\\x10')" and len(notes) == 11
+    assert notes[-1] == "stray character(s) removed: g_1.txt: 3 more lines"
     for i, (line, why) in enumerate([(b"1 2 3 4 5", "five numbers"), (b"1 2 3 4 5 6 7", "seven"),
                                      (b"1 2 3 4 5 nan", "not a number"), (b"1 2 1e400 4 5 6", "infinite"),
                                      (b"1,5 2 3 4 5 6", "a comma is not removed: it would join numbers"),

@@ -15,8 +15,8 @@ instance; boxes follow the S3DIS rule (bounds of each box-class instance).
 Every room is generated from (seed, room index) alone, so the same room is
 identical on any worker. Rooms go round-robin into ``Area_1`` ... ``Area_A``
 (``areas``); the last area is ``test`` unless ``test_area`` says otherwise.
-Each room sits at its own offset in its area's coordinates (S3DIS rooms are
-not centred either: the trainer shifts a room by its minimum).
+Each room sits at its own offset in its area's coordinates, as S3DIS rooms do
+(stored as given; a reader subtracts a room's minimum for room coordinates).
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def surfaces(size: np.ndarray, objects: list[tuple[int, list[Box]]]
 # ---------------------------------------------------------------- layout
 
 
-class Room:
+class RoomPlan:
     """Objects placed so far, and the room's extent: what a new object must not overlap."""
 
     def __init__(self, size: np.ndarray) -> None:
@@ -167,7 +167,7 @@ def room_objects(rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, 
     """The room's size (L, W, H) and its objects: (class, parts) in placement order."""
     size = np.array([rng.uniform(3, 7), rng.uniform(3, 6), rng.uniform(2.6, 3.2)])
     L, W, H = size
-    room = Room(size)
+    room = RoomPlan(size)
 
     def on_wall(width: tuple[float, float], depth: float, z: tuple[float, float], clear: float = 0.0) -> Proposer:
         """Something against a random wall; ``clear``: metres kept free in front of it (the door's)."""
@@ -280,7 +280,7 @@ def _clutter_floor(size: np.ndarray) -> Proposer:
     return propose
 
 
-def _clutter_on(rng: np.random.Generator, room: Room, table: Box, others: list[Box]) -> None:
+def _clutter_on(rng: np.random.Generator, room: RoomPlan, table: Box, others: list[Box]) -> None:
     """A small box standing on the table top, clear of the other things on it."""
     (x0, y0, _), (x1, y1, z) = table
     for _ in range(30):
