@@ -223,7 +223,7 @@ def rooms(
     room_points: Annotated[int, typer.Option(help="demo-rooms: points per room.")] = 20000,
     areas: Annotated[int, typer.Option(help="demo-rooms: areas the rooms are dealt into (Area_1 ... Area_A).")] = 3,
     seed: Annotated[int, typer.Option(help="Seed of the row order and of the demo rooms.")] = 0,
-    max_rooms: Annotated[Optional[int], typer.Option(help="Keep the first N rooms of the listing (quick runs).")]
+    max_rooms: Annotated[Optional[int], typer.Option(help="Keep the first N rooms of every area (quick runs).")]
     = None,
     workers: Workers = 0,
     scheduler: Scheduler = None,

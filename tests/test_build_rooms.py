@@ -4,6 +4,8 @@ the built-in demo rooms."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from room_fixtures import BAD_LINE, EMPTY, NO_ANNOTATIONS, STRAY, STRAY_Z, write_s3dis
@@ -118,6 +120,11 @@ def test_splits_are_the_test_area_the_rest_and_every_area(release, built):
     assert named["test"] == named["area_5"] == ["Area_5/hallway_6", "Area_5/office_1", "Area_5/office_2"]
     assert named["train"] == sorted(named["area_1"] + named["area_2"]) and len(named["train"]) == 6
     assert cache.attrs.config["test_area"] == 5 and cache.attrs.config["rooms"] is None
+    first = list_room_source("s3dis", release[0]).limited(1)  # a quick run keeps every area, so every split
+    assert [it.id for it in first.items] == ["Area_1/conferenceRoom_1", "Area_2/office_1", "Area_5/hallway_6"]
+    assert first.notes == ("stairs mapped to clutter: Area_1/conferenceRoom_1/Annotations/stairs_1.txt",)
+    area_5 = dataclasses.replace(first, items=tuple(it for it in first.items if it.area == 5))
+    assert area_5.limited(1).notes == ()  # a note on a room left out goes with it
 
 
 def test_a_rerun_confirms_and_an_interrupted_build_resumes_to_the_same_cache(release, built, tmp_path,

@@ -75,10 +75,17 @@ class RoomCatalog:
         return dataclasses.replace(self, items=row_order(self.items, seed))
 
     def limited(self, max_rooms: int | None) -> RoomCatalog:
-        """The first ``max_rooms`` rooms of the listing (for quick runs)."""
+        """The first ``max_rooms`` rooms of every area, order kept (for quick runs that still have every split)."""
         if not max_rooms:
             return self
-        return dataclasses.replace(self, items=self.items[:max_rooms])
+        seen: dict[int, int] = {}
+        keep = []
+        for item in self.items:
+            seen[item.area] = seen.get(item.area, 0) + 1
+            if seen[item.area] <= max_rooms:
+                keep.append(item)
+        named = [n for n in self.notes if any(f"{it.id}/" in n for it in keep)]  # notes on the rooms kept
+        return dataclasses.replace(self, items=tuple(keep), notes=tuple(named))
 
 
 SOURCES = ("s3dis", "demo-rooms")  # ScanNet would join here: a lister and a loader in its own module
