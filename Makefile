@@ -20,11 +20,14 @@ CACHES := caches
 # `make cache DATASET=...`: the object cache builder (`preprocess objects --help`) for shapenet, modelnet40,
 # meshes and demo; the scene cache builder (`preprocess scenes --help`) for nuscenes, semantickitti, demo-scenes;
 # the points cache builder (`preprocess points --help`) for scanobjectnn (VARIANT=obj_bg|obj_only|pb_t50_rs),
-# modelnet40-resampled, shapenet55 and demo-scan (built in, VARIANT as ScanObjectNN's).
+# modelnet40-resampled, shapenet55 and demo-scan (built in, VARIANT as ScanObjectNN's); the rooms cache builder
+# (`preprocess rooms --help`) for s3dis (S3DIS_ROOT = the Stanford3dDataset_v1.2_Aligned_Version folder) and
+# demo-rooms (built in).
 DATASET ?= demo
 OUT ?= $(CACHES)/$(DATASET)$(if $(filter scanobjectnn demo-scan,$(DATASET)),-$(VARIANT)).zarr
 SCENE_DATASETS := nuscenes semantickitti demo-scenes
 POINT_DATASETS := scanobjectnn modelnet40-resampled shapenet55 shapenetpart demo-scan
+ROOM_DATASETS := s3dis demo-rooms
 VARIANT ?= obj_bg
 ROOT_shapenet = $(SHAPENET_ROOT)
 ROOT_modelnet40 = $(MODELNET_ROOT)
@@ -35,6 +38,7 @@ ROOT_scanobjectnn = $(SCANOBJECTNN_ROOT)
 ROOT_modelnet40-resampled = $(MODELNET_RESAMPLED_ROOT)
 ROOT_shapenet55 = $(SHAPENET55_ROOT)
 ROOT_shapenetpart = $(SHAPENETPART_ROOT)
+ROOT_s3dis = $(S3DIS_ROOT)
 ROOT ?= $(ROOT_$(DATASET))
 VERSION ?= v1.0-mini
 TEACHERS_demo = tiny
@@ -80,6 +84,9 @@ else ifneq ($(filter $(DATASET),$(SCENE_DATASETS)),)
 	$(VENV)/bin/preprocess scenes $(DATASET) $(if $(ROOT),--root "$(ROOT)") --out "$(OUT)" \
 	  --teachers $(TEACHERS) --workers $(WORKERS) $(if $(filter nuscenes,$(DATASET)),--version $(VERSION)) \
 	  $(if $(filter demo-scenes,$(DATASET)),--images) $(CACHE_ARGS)
+else ifneq ($(filter $(DATASET),$(ROOM_DATASETS)),)
+	$(VENV)/bin/preprocess rooms $(DATASET) $(if $(ROOT),--root "$(ROOT)") --out "$(OUT)" --workers $(WORKERS) \
+	  $(CACHE_ARGS)
 else
 	$(VENV)/bin/preprocess objects $(DATASET) $(if $(ROOT),--root "$(ROOT)") --out "$(OUT)" \
 	  --teachers $(TEACHERS) --workers $(WORKERS) $(if $(filter demo,$(DATASET)),$(DEMO_ARGS)) $(CACHE_ARGS)

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,7 +28,9 @@ from cache_schema.layout import STR
 from preprocess.cluster import Executor, WorkerLost, open_executor
 from preprocess.errors import (BadInput, EnvironmentFailure, environment_reason, is_environment_error,
                                is_environment_reason)
-from preprocess.teachers import Teacher, load_teacher
+
+if TYPE_CHECKING:  # the teachers bring torch: builders without teachers (rooms, points) never load it
+    from preprocess.teachers import Teacher
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,8 @@ class BuildSummary:
 def cached_teacher(name: str, batch_size: int, device: str | None = None) -> Teacher:
     """One instance per process, name and device: workers keep their teachers between blocks."""
     import torch
+
+    from preprocess.teachers import load_teacher
 
     return load_teacher(name, device=torch.device(device) if device else None, batch_size=batch_size)
 

@@ -10,6 +10,8 @@
     preprocess scenes demo-scenes --teachers dinov2-tiny           # built-in demo streets, CPU
     preprocess scenes nuscenes --root /data/nuscenes --version v1.0-trainval --pca-dim 64 --workers 8
     preprocess scenes semantickitti --root /data/SemanticKITTI --scheduler tcp://head:8786
+    preprocess rooms demo-rooms                                    # built-in demo rooms, no teachers
+    preprocess rooms s3dis --root /data/Stanford3dDataset_v1.2_Aligned_Version --workers 4
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import typer
 
 from cache_schema.errors import CacheError
 
-app = typer.Typer(help="Build teacher-feature caches from meshes or LiDAR scenes.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(help="Build teacher-feature caches from meshes, point sets, LiDAR scenes or indoor rooms.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 Workers = Annotated[int, typer.Option(help="Dask worker processes on this machine (0: run in this process).")]
 Scheduler = Annotated[Optional[str], typer.Option(help="Address of an existing Dask scheduler, e.g. tcp://head:8786.")]
@@ -43,14 +45,19 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(2)
 
 
-def _build(build, url: str, cfg, run) -> None:
-    """Run a builder and print its summary; input and cache problems end with a message, not a traceback."""
+def _build(build, url: str, cfg, run, teachers: bool = True) -> None:
+    """Run a builder and print its summary; input and cache problems end with a message, not a traceback.
+    ``teachers=False``: a builder without teachers, which never needs torch (nor its import time)."""
     from preprocess.errors import EnvironmentFailure
-    from preprocess.teachers import MissingWeightsError
 
+    expected: tuple[type[Exception], ...] = (CacheError, EnvironmentFailure, FileNotFoundError, ValueError)
+    if teachers:
+        from preprocess.teachers import MissingWeightsError
+
+        expected += (MissingWeightsError,)
     try:
         summary = build(url, cfg, run)
-    except (CacheError, MissingWeightsError, EnvironmentFailure, FileNotFoundError, ValueError) as e:
+    except expected as e:
         _fail(e)
     typer.echo(str(summary))
     if not summary.complete:
@@ -62,7 +69,7 @@ def root(storage_option: Annotated[Optional[list[str]], typer.Option(
         "--storage-option", "-o", help="fsspec option KEY=VALUE for remote caches (s3://, gs://...), repeatable, "
                                        "anywhere on the line: -o anon=true, -o 'client_kwargs={\"endpoint_url\": "
                                        "\"http://minio:9000\"}'.")] = None) -> None:
-    """Build teacher-feature caches from meshes or LiDAR scenes (see README)."""
+    """Build teacher-feature caches from meshes, point sets, LiDAR scenes or indoor rooms (see README)."""
 
 
 @app.command()
@@ -200,6 +207,48 @@ def scenes(
         workers=workers, scheduler=scheduler, cluster=cluster, cluster_options=tuple(cluster_option or ()),
         gl_platform=gl_platform, overwrite=overwrite, block_rows=block_rows,
         batch_size=batch_size, progress=progress))
+
+
+@app.command()
+def rooms(
+    dataset: Annotated[str, typer.Argument(help="s3dis or demo-rooms (built in, no download).")],
+    root: Annotated[Optional[str], typer.Option(
+        help="S3DIS: the release folder as downloaded, Stanford3dDataset_v1.2_Aligned_Version (holding "
+             "Area_1 ... Area_6). Not needed for demo-rooms.")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Cache path or fsspec URL (default: caches/DATASET.zarr).")] = None,
+    test_area: Annotated[Optional[int], typer.Option(
+        help="The area whose rooms form split/test, the others split/train (default: 5 for S3DIS, the last area "
+             "for demo-rooms).")] = None,
+    rooms: Annotated[int, typer.Option(help="demo-rooms: how many rooms to generate.")] = 24,
+    room_points: Annotated[int, typer.Option(help="demo-rooms: points per room.")] = 20000,
+    areas: Annotated[int, typer.Option(help="demo-rooms: areas the rooms are dealt into (Area_1 ... Area_A).")] = 3,
+    seed: Annotated[int, typer.Option(help="Seed of the row order and of the demo rooms.")] = 0,
+    max_rooms: Annotated[Optional[int], typer.Option(help="Keep the first N rooms of every area (quick runs).")]
+    = None,
+    workers: Workers = 0,
+    scheduler: Scheduler = None,
+    cluster: Cluster = "local",
+    cluster_option: ClusterOption = None,
+    overwrite: Overwrite = False,
+    block_rows: Annotated[int, typer.Option(
+        help="Rooms per work unit, at most 4 (an S3DIS room reaches a million points; a worker holds a block).")]
+    = 4,
+    progress: Progress = True,
+) -> None:
+    """Build a rooms cache: every room's points, colours, classes (the 13 of S3DIS), instances and boxes.
+
+    S3DIS is read as downloaded (Area_N/<room>/Annotations/<class>_<k>.txt); a line with a stray character is
+    repaired with a note, stairs are read as clutter with a note, and a broken room becomes a failed row with its
+    reason. No teachers. Re-running with the same arguments resumes an interrupted build, or says it is complete.
+    """
+    from preprocess.build_common import RunOptions
+    from preprocess.build_rooms import RoomBuildConfig, build_rooms
+
+    cfg = RoomBuildConfig(dataset=dataset, root=root, test_area=test_area, rooms=rooms, room_points=room_points,
+                          areas=areas, seed=seed, max_rooms=max_rooms)
+    _build(build_rooms, out or f"caches/{dataset}.zarr", cfg, RunOptions(
+        workers=workers, scheduler=scheduler, cluster=cluster, cluster_options=tuple(cluster_option or ()),
+        overwrite=overwrite, block_rows=block_rows, progress=progress), teachers=False)
 
 
 @app.command()
