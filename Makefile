@@ -94,7 +94,8 @@ endif
 
 # The main job on built-in data: build the demo object cache with the tiny teachers (resumes / says complete when
 # run again), check it, train stage-1 and stage-2 on the CPU, draw them and print their evaluation next to a
-# random-init encoder. `make tour` runs every other capability's demo after it.
+# random-init encoder; then build the demo rooms and fine-tune indoor semantic segmentation from stage-2 and from
+# random init, and print their whole-room scores. `make tour` runs every other capability's demo after it.
 RUNS := runs
 DEMO_STAGE1_STEPS ?= 150
 DEMO_STAGE2_STEPS ?= 100
@@ -104,6 +105,10 @@ DEMO_FUSION_ARGS ?= --steps 150 --dim 32 --depth 4 --max-points 8192
 DEMO_FINETUNE_ARGS ?= --epochs 10 --warmup-epochs 1 --num-points 1024 --num-group 32 --workers 0 --no-progress
 # CPU-sized part segmentation on the demo's part labels: Point-MAE's recipe, 8 epochs at 512 points
 DEMO_SEGMENT_ARGS ?= --epochs 8 --warmup-epochs 1 --num-points 512 --workers 0 --no-progress
+# CPU-sized indoor semantic segmentation on the demo rooms: ACT's recipe, 6 short epochs (a quarter of the blocks)
+# of 512-point blocks in 32 patches
+DEMO_SEMSEG_ARGS ?= --epochs 6 --warmup-epochs 1 --num-points 512 --num-group 32 --group-size 32 --batch-size 16 \
+  --sample-rate 0.25 --workers 0 --no-progress
 # a run folder that has a last.pt is resumed (a finished run then stops at once); rm -r it to train again
 resume_if = $$( [ -f $(1)/last.pt ] && echo --resume )
 demo: setup
@@ -119,7 +124,15 @@ demo: setup
 	$(VENV)/bin/train report $(RUNS)/demo-s1
 	$(VENV)/bin/train report $(RUNS)/demo-s2
 	$(PY) scripts/demo_results.py $(RUNS)/demo-s1 $(RUNS)/demo-s2
-	@echo "pictures: $(RUNS)/demo-sheet.png, $(RUNS)/demo-s1/report.html, $(RUNS)/demo-s2/report.html"
+	$(MAKE) --no-print-directory cache DATASET=demo-rooms
+	$(VENV)/bin/cache show $(CACHES)/demo-rooms.zarr --out $(RUNS)/demo-rooms-sheet.png
+	$(VENV)/bin/train semseg --cache $(CACHES)/demo-rooms.zarr --init $(RUNS)/demo-s2/last.pt \
+	  --out $(RUNS)/demo-semseg-s2 $(DEMO_SEMSEG_ARGS) $(call resume_if,$(RUNS)/demo-semseg-s2)
+	$(VENV)/bin/train semseg --cache $(CACHES)/demo-rooms.zarr --init random \
+	  --out $(RUNS)/demo-semseg-random $(DEMO_SEMSEG_ARGS) $(call resume_if,$(RUNS)/demo-semseg-random)
+	$(PY) scripts/demo_semseg_results.py $(CACHES)/demo-rooms.zarr $(RUNS)/demo-semseg-s2 $(RUNS)/demo-semseg-random
+	@echo "pictures: $(RUNS)/demo-sheet.png, $(RUNS)/demo-rooms-sheet.png, $(RUNS)/demo-s1/report.html, \
+	$(RUNS)/demo-s2/report.html"
 
 # Every other capability on built-in data, after the main job: LiDAR scenes and fusion distillation, fine-tuning
 # on scanned shapes, part segmentation; each next to random init, every table printed at the end.

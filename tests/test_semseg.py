@@ -192,3 +192,21 @@ def test_train_and_evaluate_whole_rooms_from_the_command_line(rooms_cache, tmp_p
 def test_semseg_refuses_a_cache_of_another_kind(objects_cache, tmp_path):
     r = CliRunner().invoke(app, ["semseg", "--cache", objects_cache[0], "--out", str(tmp_path / "r")])
     assert r.exit_code != 0 and "objects cache" in r.output and "Traceback" not in r.output
+
+
+def test_a_short_cpu_run_on_demo_rooms_beats_the_untrained_model(tmp_path):
+    from preprocess.build_common import RunOptions
+    from preprocess.build_rooms import RoomBuildConfig, build_rooms
+    from train.downstream.semseg import SemsegConfig, train_semseg
+    from train.eval.semantic_segmentation import evaluate_rooms, load_semseg
+
+    url = str(tmp_path / "demo-rooms.zarr")
+    build_rooms(url, RoomBuildConfig("demo-rooms", rooms=6, room_points=8000, areas=3), RunOptions(progress=False))
+    out = str(tmp_path / "run")
+    train_semseg(SemsegConfig(cache=url, out=out, epochs=5, warmup_epochs=1, batch_size=16, num_points=256,
+                              num_group=16, group_size=16, lr=1e-3, workers=0, val_split=None), progress=False)
+    trained, _ = load_semseg(f"{out}/last.pt")
+    untrained = PartSegmentation(create_encoder("point-mae-tiny", num_group=16, group_size=16), 0, 13).eval()
+    cache = open_cache(url)
+    scores = [evaluate_rooms(m, cache, "test", 256, votes=1)["miou"] for m in (trained, untrained)]
+    assert scores[0] > scores[1] + 0.1, scores
