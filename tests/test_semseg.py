@@ -187,6 +187,27 @@ def test_train_and_evaluate_whole_rooms_from_the_command_line(rooms_cache, tmp_p
     recomputed = segmentation_scores(conf, CLASSES)
     assert scores["miou"] == pytest.approx(recomputed["miou"]) and scores["oa"] == pytest.approx(recomputed["oa"])
     assert scores["num_points"] == 3000 and set(scores) >= {"miou", "macc", "oa", "per_class"}
+    from train.report import report
+
+    _, page = report(out)
+    evaluation = json.load(open(f"{out}/eval.json"))
+    assert set(evaluation["this run"]) == {"miou", "macc", "oa"} and "mIoU" in open(page).read()
+
+
+def test_a_run_stopped_and_resumed_repeats_the_uninterrupted_one(rooms_cache, tmp_path):
+    from train.downstream.semseg import SemsegConfig, train_semseg
+
+    url, _ = rooms_cache
+    common = dict(cache=url, epochs=2, warmup_epochs=1, batch_size=4, num_points=256, num_group=8, group_size=16,
+                  workers=1, val_split=None)
+    whole = str(tmp_path / "whole")
+    train_semseg(SemsegConfig(out=whole, **common), progress=False)
+    parts = str(tmp_path / "parts")
+    train_semseg(SemsegConfig(out=parts, **common), progress=False, stop_at=3)
+    train_semseg(SemsegConfig(out=parts, **common), resume=True, progress=False)
+    a, b = (torch.load(f"{d}/last.pt", weights_only=True)["model"] for d in (whole, parts))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
 
 
 def test_semseg_refuses_a_cache_of_another_kind(objects_cache, tmp_path):
