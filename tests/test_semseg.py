@@ -231,3 +231,17 @@ def test_a_short_cpu_run_on_demo_rooms_beats_the_untrained_model(tmp_path):
     cache = open_cache(url)
     scores = [evaluate_rooms(m, cache, "test", 256, votes=1)["miou"] for m in (trained, untrained)]
     assert scores[0] > scores[1] + 0.1, scores
+
+
+def test_point_m2ae_segments_rooms_with_its_own_head(rooms_cache, tmp_path):
+    from train.downstream.semseg import SemsegConfig, train_semseg
+    from train.eval.semantic_segmentation import evaluate_rooms, load_semseg
+
+    url, _ = rooms_cache
+    out = str(tmp_path / "m2ae")
+    train_semseg(SemsegConfig(cache=url, out=out, model="point-m2ae-tiny", epochs=1, warmup_epochs=0, batch_size=4,
+                              sample_rate=0.25, num_points=256, workers=0, val_split=None), progress=False)
+    model, state = load_semseg(f"{out}/last.pt")
+    assert model.design == "per-level" and state["encoder"]["name"] == "point-m2ae"
+    scores = evaluate_rooms(model, open_cache(url), "test", 256, votes=1)
+    assert scores["num_points"] == 3000 and 0 <= scores["miou"] <= 1
