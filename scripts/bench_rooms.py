@@ -1,6 +1,6 @@
 """Rooms at S3DIS scale: build rate, training-block rate, and memory that follows a room, not the area.
 
-    .venv/bin/python scripts/bench_rooms.py [--room-points 1000000] [--rooms 2,6] [--eval-rooms 1,2]
+    .venv/bin/python scripts/bench_rooms.py [--room-points 1000000] [--rooms 4,12] [--eval-rooms 1,2]
 
 Demo rooms scaled to S3DIS's largest (about a million points each) are built into fresh caches of a few and of
 more rooms; each measurement runs in its own process, so its peak RSS is its own. Printed side by side in one run:
@@ -85,7 +85,8 @@ def run_child(*args: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--room-points", type=int, default=1_000_000)
-    ap.add_argument("--rooms", default="2,6", help="room counts of the build rows (each its own area)")
+    ap.add_argument("--rooms", default="4,12", help="room counts of the build rows (each its own area; the build "
+                                                    "writes blocks of 4 rooms)")
     ap.add_argument("--eval-rooms", default="1,2", help="test rooms of the evaluation rows")
     ap.add_argument("--batches", type=int, default=20, help="training batches timed per row")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -105,7 +106,7 @@ def main() -> None:
     print(f"demo rooms of {p:,} points (S3DIS's largest rooms hold about a million), one process per row\n")
     print(f"{'measurement':<44} {'rate':>22} {'peak RSS':>10}")
     builds = {}
-    for n in map(int, args.rooms.split(",")):
+    for n in [int(n) for n in args.rooms.split(",") if n]:
         url = f"{root}/rooms-{n}.zarr"
         r = run_child("build", url, str(n), str(p))
         builds[n] = url
@@ -116,7 +117,7 @@ def main() -> None:
         r = run_child("blocks", biggest, str(workers), str(args.batches))
         label = "training blocks of 2,048 points, " + ("in-process" if workers == 0 else f"{workers} workers")
         print(f"{label:<44} {r['blocks'] / r['seconds']:>14.1f} blocks/s {r['peak_rss_mib']:>6.0f} MiB")
-    for n in map(int, args.eval_rooms.split(",")):
+    for n in [int(n) for n in args.eval_rooms.split(",") if n]:
         url = f"{root}/eval-{n}.zarr"
         run_child("build-areas", url, str(2 * n), str(p))  # 2 areas: the second, n rooms, is the test split
         r = run_child("eval", url)
