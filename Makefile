@@ -53,7 +53,7 @@ CACHE_ARGS ?=
 # The demo cache is lighter than the defaults (6 views of 128 px instead of 12 of 224) to stay within minutes on a CPU.
 DEMO_ARGS := --views 6 --resolution 128
 
-.PHONY: setup test test-slow demo tour cache bench-chunks bench-build bench-scenes bench-validate bench-occlusion bench-encoders bench-stage2 ablate-stage2 bench-train clean
+.PHONY: setup test test-slow demo tour cache bench-chunks bench-build bench-scenes bench-validate bench-rooms bench-occlusion bench-encoders bench-stage2 ablate-stage2 bench-train clean
 
 setup: $(STAMP)
 
@@ -177,6 +177,10 @@ bench-scenes: setup
 # a generated 20-million-pair scene cache (~3 GB in /tmp, deleted afterwards): validate memory and speed
 bench-validate: setup
 	$(PY) scripts/bench_validate.py
+
+# demo rooms of a million points: build and training-block rates, whole-room evaluation, peak RSS of each
+bench-rooms: setup
+	$(PY) scripts/bench_rooms.py
 
 bench-occlusion: setup
 	$(PY) scripts/bench_occlusion.py
