@@ -159,6 +159,8 @@ def test_scores_match_a_hand_computed_confusion_matrix():
 def test_the_scene_head_has_no_object_class_branch():
     head = PartSegmentation(create_encoder("point-mae"), 0, 13)
     assert head.label_conv is None and head.head[0].in_channels == 3328  # ACT: 1024 + 2 x 1152
+    frozen = {n for n, p in head.named_parameters() if not p.requires_grad}
+    assert frozen == {"encoder.cls_token", "encoder.cls_pos"}  # no cls token in the sequence: never trained
     part = PartSegmentation(create_encoder("point-mae"), 16, 50)
     assert part.head[0].in_channels == 3392  # Point-MAE part segmentation: + 64 label channels
     tiny = PartSegmentation(create_encoder("point-mae-tiny", "semseg"), 0, 3)

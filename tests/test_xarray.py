@@ -18,6 +18,11 @@ def test_a_cache_opens_as_an_xarray_datatree(tmp_path, kind):
         np.testing.assert_allclose(tree["points"].values, data["rows"]["points"], atol=1e-3)  # stored as float16
         assert tree["split"]["train"].dims == ("train_row",) and tree["split"]["test"].size == 12
         assert tree["teachers/clip-tiny/text"].dims == ("row", "caption", "dim")
+    elif kind == "rooms":
+        offsets = tree["rooms"]["offsets"].values
+        np.testing.assert_array_equal(tree["points"].values[offsets[2]:offsets[3]],
+                                      data["ragged"]["points"][2].astype(np.float32))
+        assert tree["boxes"]["box"].dims == ("box", "cxyz_dxyz") and tree["rooms"]["ids"].dims == ("room",)
     else:
         K = tree["cameras"]["K"]
         assert K.dims == ("frame", "camera", "K_row", "K_col") and tree["cameras"]["T_lidar_to_cam"].shape[-1] == 4

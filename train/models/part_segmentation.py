@@ -58,6 +58,10 @@ class PartSegmentation(nn.Module):
                              f"{', '.join(DESIGNS)}")
         self.encoder, self.num_classes, self.num_parts = encoder, num_classes, num_parts
         self.design = encoder.segmentation_head
+        unused = encoder.unused_by_intermediates()
+        for name, p in encoder.named_parameters():
+            if name in unused:  # kept (an export carries them), never trained: no gradient reaches them
+                p.requires_grad_(False)
         self.label_channels = 64 if num_classes else 0
         self.label_conv = _label_conv(num_classes) if num_classes else None
         DESIGNS[self.design][0](self, encoder.intermediate_dims, encoder.token_dim)

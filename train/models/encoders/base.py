@@ -113,6 +113,11 @@ class PointEncoder(nn.Module):
         """Parameter names (relative to the encoder) that AdamW must not decay besides biases and norms."""
         return set()
 
+    def unused_by_intermediates(self) -> set[str]:
+        """Parameter names (relative to the encoder) that :meth:`forward_intermediates` never reads: a dense head
+        freezes them, so DDP finds a gradient for every parameter it trains."""
+        return set()
+
     def describe(self) -> dict:
         """``{"name": family, "config": {...}}``: what a checkpoint stores to rebuild this encoder."""
         return {"name": self.family, "config": dataclasses.asdict(self.config)}

@@ -154,6 +154,9 @@ class PointMAEEncoder(PointEncoder):
     def no_weight_decay(self) -> set[str]:
         return {"cls_token", "cls_pos"}
 
+    def unused_by_intermediates(self) -> set[str]:
+        return {"cls_token", "cls_pos"}  # the segmentation models' sequence has no cls token
+
 
 # ---- the released checkpoints (Pang-Yatian/Point-MAE): ``{'base_model': state}`` ----
 # pre-training (``Point_MAE``): the encoder under ``MAE_encoder.`` (no cls token, no cls_pos), plus the decoder;
