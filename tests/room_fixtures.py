@@ -23,7 +23,7 @@ BAD_LINE = ("Area_1/hallway_1", "board_1", 2, "x y z r g b")
 EMPTY = ("Area_2/office_1", "column_1")
 NO_ANNOTATIONS = "Area_1/office_1"
 STRAY = ("Area_5/hallway_6", "ceiling_1", 3)
-STRAY_Z = "103.0\x100000"  # as in the release's Area_5/hallway_6/Annotations/ceiling_1.txt line 180389
+STRAY_Z = "103.0\x100000"  # a control character inside a number, as the non-aligned release has in Area_5/office_19
 
 
 def _values(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -112,3 +112,18 @@ def test_streamed_part_labels_follow_their_points(small_demo_cache, sampling):
             d = ((stored[row][None] - points[:, None]) ** 2).sum(-1)  # each streamed point is a stored one
             assert (d.min(axis=1) < 1e-10).all()
             np.testing.assert_array_equal(labels[row][d.argmin(axis=1)], parts)
+
+
+def test_a_checkpoint_from_before_the_cls_change_warns_and_cannot_be_resumed(seg_run, tmp_path, capsys):
+    from train.models.part_segmentation import check_intermediates
+
+    out, _ = seg_run
+    state = torch.load(os.path.join(out, "last.pt"), weights_only=True)
+    assert state["intermediates"] == "no-cls"
+    del state["intermediates"]
+    old = str(tmp_path / "old.pt")
+    torch.save(state, old)
+    model, _ = load_segmenter(old)
+    assert "still held the cls token" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="cannot be resumed"):
+        check_intermediates(state, model.encoder, old, resuming=True)

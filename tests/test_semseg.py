@@ -31,9 +31,11 @@ def grid_room(rng: np.random.Generator, n: int, size=(3.0, 2.0, 2.5), origin=(10
     return (xyz + origin).astype(np.float32), labels
 
 
-def write_rooms(url: str, sizes: list[int], seed: int = 0, test: tuple[int, ...] = (0,)) -> list:
+def write_rooms(url: str, sizes: list[int], seed: int = 0, test: tuple[int, ...] = (0,),
+                failed: tuple[int, ...] = ()) -> list:
     rng = np.random.default_rng(seed)
-    rooms = [grid_room(rng, n) for n in sizes]
+    rooms = [grid_room(rng, n) if i not in failed else (np.zeros((0, 3), np.float32), np.zeros(0, np.uint8))
+             for i, n in enumerate(sizes)]
     attrs = CacheAttrs(kind="rooms", dataset={"name": "grid-rooms", "source_root": "synthetic"},
                        config={"box_classes": ["chair"]}, label_names=CLASSES)
     with CacheWriter.create(url, attrs, rooms_layout(len(sizes), with_instances=False, with_boxes=False),
@@ -42,7 +44,8 @@ def write_rooms(url: str, sizes: list[int], seed: int = 0, test: tuple[int, ...]
             s, e = w.block_range(b)
             part = rooms[s:e]
             w.write_block(b, {"rooms/ids": np.array([f"Area_1/room_{i}" for i in range(s, e)])},
-                          np.ones(e - s, np.uint8), ragged={
+                          [2 if i in failed else 1 for i in range(s, e)],
+                          ["bad line: Annotations/x.txt:3" if i in failed else "" for i in range(s, e)], ragged={
                               "points": [p for p, _ in part], "labels": [lab for _, lab in part],
                               "colors": [np.zeros((len(p), 3), np.uint8) for p, _ in part]})
         w.write_split("test", list(test))
@@ -54,7 +57,7 @@ def write_rooms(url: str, sizes: list[int], seed: int = 0, test: tuple[int, ...]
 @pytest.fixture(scope="module")
 def rooms_cache(tmp_path_factory):
     url = str(tmp_path_factory.mktemp("rooms") / "grid.zarr")
-    return url, write_rooms(url, [3000, 9000, 5000, 7000])
+    return url, write_rooms(url, [3000, 9000, 5000, 7000], test=(0, 2))
 
 
 def test_blocks_per_room_follow_acts_room_idxs():
@@ -91,8 +94,10 @@ def test_the_stream_gives_centred_blocks_of_the_training_rooms(rooms_cache):
     z = points[..., 2].numpy()
     assert z.min() >= 0 and z.max() <= 2.5 + 1e-5  # height above the room's lowest point, not centred
     rows = torch.cat([b["row"] for b in batches]).numpy()
-    assert set(rows) == {1, 2, 3}  # the test room is never drawn
+    assert set(rows) == {1, 3}  # test rooms are never drawn
     np.testing.assert_array_equal(np.bincount(rows, minlength=4), stream.counts)  # in proportion to points
+    np.testing.assert_array_equal(stream.counts, [0, round(9000 / 16000 * 31), 0, round(7000 / 16000 * 31)])
+    assert max(len(set(b["row"].tolist())) for b in batches) == 2  # a batch mixes the rooms of its window
     labels = torch.cat([b["labels"] for b in batches]).numpy()
     assert set(np.unique(labels)) == {0, 1, 2}
 
@@ -127,6 +132,23 @@ def test_a_blocks_content_does_not_depend_on_who_draws_it(rooms_cache):
     assert blocks(0) == blocks(2)
 
 
+def act_block_starts(top_x: float, top_y: float, block=1.0, stride=0.5) -> list[tuple[float, float]]:
+    """A direct port of ACT's ``ScannetDatasetWholeScene`` loop (room minimum at 0): every block's start."""
+    grid_x = int(np.ceil(float(top_x - block) / stride) + 1)
+    grid_y = int(np.ceil(float(top_y - block) / stride) + 1)
+    starts = []
+    for index_y in range(0, grid_y):
+        for index_x in range(0, grid_x):
+            s_x = index_x * stride
+            e_x = min(s_x + block, top_x)
+            s_x = e_x - block
+            s_y = index_y * stride
+            e_y = min(s_y + block, top_y)
+            s_y = e_y - block
+            starts.append((s_x, s_y))
+    return starts
+
+
 def test_sliding_blocks_cover_every_point_in_columns_of_whole_blocks():
     rng = np.random.default_rng(3)
     for size in ((3.3, 2.2, 2.0), (0.7, 2.6, 2.0)):  # a room narrower than a block too
@@ -138,8 +160,9 @@ def test_sliding_blocks_cover_every_point_in_columns_of_whole_blocks():
             assert np.abs(xyz[idx, :2] - center).max() <= 0.5 + 0.001 + 1e-6
             covered[idx] = True
         assert covered.all()
-        grid = [max(1, int(np.ceil((t - 1.0) / 0.5)) + 1) for t in xyz[:, :2].max(0)]
-        assert len(blocks) <= grid[0] * grid[1]
+        if min(size[:2]) >= 1.0:  # ACT's loop (a room narrower than a block has no grid there)
+            expected = [np.array(s) + 0.5 for s in act_block_starts(*xyz[:, :2].max(0))]
+            np.testing.assert_allclose(np.array([c for _, c in blocks]), np.array(expected), atol=1e-6)
 
 
 def test_scores_match_a_hand_computed_confusion_matrix():
@@ -149,8 +172,8 @@ def test_scores_match_a_hand_computed_confusion_matrix():
     s = segmentation_scores(conf, CLASSES)
     iou_floor, iou_wall = 5 / (5 + 1 + 2), 4 / (4 + 2 + 1)
     assert s["per_class"] == {"floor": pytest.approx(iou_floor), "wall": pytest.approx(iou_wall), "chair": None}
-    assert s["miou"] == pytest.approx((iou_floor + iou_wall) / 2)
-    assert s["macc"] == pytest.approx((5 / 6 + 4 / 6) / 2)
+    assert s["miou"] == pytest.approx((iou_floor + iou_wall + 0) / 3)  # ACT: every class, an absent one as 0
+    assert s["macc"] == pytest.approx((5 / 6 + 4 / 6 + 0) / 3)
     assert s["oa"] == pytest.approx(9 / 12) and s["num_points"] == 12
     conf[2, 1] = 1  # a chair predicted as wall: chair IoU 0 counts in the mean
     assert segmentation_scores(conf, CLASSES)["per_class"]["chair"] == 0.0
@@ -182,13 +205,13 @@ def test_train_and_evaluate_whole_rooms_from_the_command_line(rooms_cache, tmp_p
     assert r.exit_code == 0, r.output
     scores = json.loads(r.output.strip().splitlines()[-1])
     saved = np.load(npz)
-    assert list(saved["rooms"]) == ["Area_1/room_0"] and saved["offsets"].tolist() == [0, 3000]
-    np.testing.assert_array_equal(saved["label"], rooms[0][1])  # every point of the test room, in order
+    assert list(saved["rooms"]) == ["Area_1/room_0", "Area_1/room_2"] and saved["offsets"].tolist() == [0, 3000, 8000]
+    np.testing.assert_array_equal(saved["label"], np.concatenate([rooms[0][1], rooms[2][1]]))  # every point, in order
     conf = np.zeros((3, 3), np.int64)
     np.add.at(conf, (saved["label"], saved["pred"]), 1)
     recomputed = segmentation_scores(conf, CLASSES)
     assert scores["miou"] == pytest.approx(recomputed["miou"]) and scores["oa"] == pytest.approx(recomputed["oa"])
-    assert scores["num_points"] == 3000 and set(scores) >= {"miou", "macc", "oa", "per_class"}
+    assert scores["num_points"] == 8000 and set(scores) >= {"miou", "macc", "oa", "per_class"}
     from train.report import report
 
     _, page = report(out)
@@ -246,4 +269,14 @@ def test_point_m2ae_segments_rooms_with_its_own_head(rooms_cache, tmp_path):
     model, state = load_semseg(f"{out}/last.pt")
     assert model.design == "per-level" and state["encoder"]["name"] == "point-m2ae"
     scores = evaluate_rooms(model, open_cache(url), "test", 256, votes=1)
-    assert scores["num_points"] == 3000 and 0 <= scores["miou"] <= 1
+    assert scores["num_points"] == 8000 and 0 <= scores["miou"] <= 1
+
+
+def test_a_test_room_that_failed_to_build_is_named_not_silently_dropped(tmp_path):
+    from train.eval.semantic_segmentation import evaluate_rooms
+
+    url = str(tmp_path / "rooms.zarr")
+    write_rooms(url, [2000, 3000, 2500], test=(0, 1), failed=(1,))
+    model = PartSegmentation(create_encoder("point-mae-tiny", num_group=8, group_size=16), 0, 3).eval()
+    scores = evaluate_rooms(model, open_cache(url), "test", 256, votes=1)
+    assert scores["rooms"] == 1 and scores["failed_rooms"] == ["Area_1/room_1"] and scores["num_points"] == 2000

@@ -81,7 +81,11 @@ def list_rooms(root: str, test_area: int | None = None, **_: Any) -> RoomCatalog
     items, notes = [], []
     for area, area_name in areas:
         folder = os.path.join(root, area_name)
-        for room in sorted(os.listdir(folder)):
+        try:
+            rooms = sorted(os.listdir(folder))
+        except OSError as e:
+            raise ValueError(f"unreadable area folder: {folder} ({e.strerror})") from None
+        for room in rooms:
             path = os.path.join(folder, room)
             if room.startswith(".") or not os.path.isdir(path):
                 continue
@@ -89,9 +93,12 @@ def list_rooms(root: str, test_area: int | None = None, **_: Any) -> RoomCatalog
             items.append(RoomItem(rid, "test" if area == test_area else "train", area,
                                   {"dataset": "s3dis", "root": root, "folder": path}))
             annotations = os.path.join(path, "Annotations")
-            if os.path.isdir(annotations):  # notes known from the names alone go into the cache's dataset notes
-                notes += [_mapped_note(class_of(f), f"{rid}/Annotations/{f}") for f in class_files(annotations)
-                          if class_of(f) not in S3DIS_CLASSES]
+            try:  # notes known from the names alone go into the cache's dataset notes
+                names = class_files(annotations) if os.path.isdir(annotations) else []
+            except OSError:
+                names = []  # unreadable: the worker fails this room with the reason
+            notes += [_mapped_note(class_of(f), f"{rid}/Annotations/{f}") for f in names
+                      if class_of(f) not in S3DIS_CLASSES]
     return RoomCatalog("s3dis", root, S3DIS_CLASSES, BOX_CLASSES, test_area, tuple(items), tuple(notes))
 
 
@@ -100,7 +107,10 @@ def load_room(item: RoomItem) -> RoomData:
     annotations = os.path.join(folder, "Annotations")
     if not os.path.isdir(annotations):
         raise BadInput(f"missing Annotations folder: {annotations}")
-    files = class_files(annotations)
+    try:
+        files = class_files(annotations)
+    except OSError as e:
+        raise BadInput(f"unreadable Annotations folder: {annotations} ({e.strerror})") from e
     if not files:
         raise BadInput(f"no class files: {annotations} holds no <class>_<k>.txt")
     notes: list[str] = []

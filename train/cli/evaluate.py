@@ -153,6 +153,9 @@ def eval_semseg(
         scores = evaluate_rooms(model, c, split, state["num_points"], votes, state.get("block_size", 1.0), seed,
                                 batch_size, progress=not json_out, save_predictions=save_predictions)
         scores.pop("confusion")
+        if scores["failed_rooms"]:
+            typer.echo(f"warning: {len(scores['failed_rooms'])} rooms of {split!r} failed to build and are not "
+                       f"scored: {', '.join(scores['failed_rooms'][:5])} (see `cache info {cache}`)", err=True)
         result = {"eval": "semseg", "ckpt": ckpt, "cache": cache, **scores}
     except (CacheError, FileNotFoundError, ValueError, KeyError) as e:
         fail(e)

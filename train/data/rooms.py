@@ -10,7 +10,8 @@ by U(-0.1, 0.1) per axis.
 
 Who draws which blocks is :mod:`train.data.sharding`'s plan over the epoch's *slots* (one per block): rooms in a
 random order per (seed, epoch), each room's slots together, so a shuffle window of slots reads only the rooms it
-draws from. Memory is a window of blocks' rooms (about ``window_rows x N`` points, plus the rooms cut at its two
+draws from: a batch mixes the ~9 rooms of a 4,096-block window on S3DIS (ACT shuffles the whole area). Memory is
+a window of blocks' rooms (about ``window_rows x N`` points, plus the rooms cut at its two
 ends), never the area; every slot is drawn once per epoch whatever the ranks and workers; a slot's block and
 augmentation are seeded by (seed, epoch, slot), so they do not depend on who draws it.
 
@@ -45,7 +46,7 @@ class RoomStreamConfig:
     sample_rate: float = 1.0     # blocks per epoch as a share of (points of the split / num_points)
     augment: bool = True         # scale U(0.8, 1.25), shift U(-0.1, 0.1) per axis
     seed: int = 0
-    window_rows: int = 256       # blocks shuffled together (they draw from a few neighbouring rooms of the order)
+    window_rows: int = 4096      # blocks shuffled together: ~9 S3DIS rooms' worth, so a batch mixes rooms
     prefetch_bytes: int = 64 * 2**20
 
     @property

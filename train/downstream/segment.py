@@ -25,7 +25,7 @@ from train.data.objects import StreamConfig
 from train.downstream.recipe import EpochTask, RecipeConfig, build_encoder
 from train.eval.part_segmentation import evaluate_partseg
 from train.loop import run
-from train.models.part_segmentation import PartSegmentation
+from train.models.part_segmentation import INTERMEDIATES, PartSegmentation, check_intermediates
 from train.settings import setting
 
 RECIPE = dict(epochs=300, warmup_epochs=10, batch_size=16, lr=2e-4, weight_decay=0.05, grad_clip=10.0,
@@ -79,9 +79,10 @@ class SegmentTask(EpochTask):
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "encoder": self.model.encoder.describe(),
                 "label_names": list(self.label_names), "part_names": list(self.part_names),
-                "class_parts": self.class_parts, "num_points": self.cfg.num_points}
+                "class_parts": self.class_parts, "num_points": self.cfg.num_points, "intermediates": INTERMEDIATES}
 
     def load_state(self, state: dict) -> None:
+        check_intermediates(state, self.model.encoder, self.cfg.out, resuming=True)
         self.model.load_state_dict(state["model"])
 
     def describe(self) -> dict:

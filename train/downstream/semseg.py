@@ -26,7 +26,7 @@ from train.data.rooms import RoomBlockStream, RoomStreamConfig, class_weights
 from train.downstream.recipe import EpochTask, RecipeConfig, build_encoder
 from train.eval.metrics import IGNORE_INDEX
 from train.loop import run
-from train.models.part_segmentation import PartSegmentation
+from train.models.part_segmentation import INTERMEDIATES, PartSegmentation
 from train.settings import setting
 
 RECIPE = dict(epochs=60, warmup_epochs=10, batch_size=32, lr=2e-4, weight_decay=0.05, grad_clip=10.0,
@@ -99,7 +99,8 @@ class SemsegTask(EpochTask):
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "encoder": self.model.encoder.describe(),
                 "label_names": list(self.label_names), "num_points": self.cfg.num_points,
-                "block_size": self.cfg.block_size, "class_weights": self.weights.tolist()}
+                "block_size": self.cfg.block_size, "class_weights": self.weights.tolist(),
+                "intermediates": INTERMEDIATES}
 
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])

@@ -16,7 +16,7 @@ from train import checkpoint
 from train.eval.metrics import part_iou_scores
 from train.eval.split import evaluating, split_rows
 from train.models.encoders import encoder_from_record
-from train.models.part_segmentation import PartSegmentation, restrict_to_class
+from train.models.part_segmentation import PartSegmentation, check_intermediates, restrict_to_class
 
 
 def class_part_mask(class_parts: list[list[int]], num_parts: int) -> torch.Tensor:
@@ -65,4 +65,5 @@ def load_segmenter(ckpt: str) -> tuple[PartSegmentation, dict]:
     model = PartSegmentation(encoder_from_record(checkpoint.encoder_record(state)), len(state["label_names"]),
                              len(state["part_names"]))
     model.load_state_dict(state["model"])
+    check_intermediates(state, model.encoder, ckpt)
     return model.eval(), state

@@ -8,6 +8,9 @@ with its own random padding and order, and every pass adds one vote to each poin
 a point's prediction is its most voted class. mIoU, mAcc and OA are computed over every point of every room of
 the split together (one confusion matrix for the area), as the reference does. One room is in memory at a time.
 
+Rooms of the split whose build failed cannot be scored: their ids are listed as ``failed_rooms`` (and
+`train eval semseg` warns), so a missing room never passes unnoticed.
+
 ``P.npz`` holds ``rooms`` (R,) ids, ``offsets`` (R+1,), ``pred`` and ``label`` (sum,) uint8 class indices (255 =
 unlabelled) in the cache's class order, so anyone can recompute the scores.
 """
@@ -27,16 +30,17 @@ from train.models.part_segmentation import PartSegmentation
 
 
 def segmentation_scores(conf: np.ndarray, class_names: tuple[str, ...]) -> dict:
-    """mIoU (mean IoU over the classes in labels or predictions), mAcc (mean recall over the classes in the
-    labels), OA and per-class IoU (None for a class absent from both) from a (C, C) confusion matrix."""
+    """mIoU and mAcc (mean IoU and mean recall over *every* class, a class absent from the labels counting 0, as
+    ACT's ``main_test.py`` computes them: S3DIS Area 5 has all 13), OA and per-class IoU (None for a class absent
+    from labels and predictions) from a (C, C) confusion matrix."""
     tp = np.diag(conf).astype(np.float64)
     truth, union = conf.sum(1), conf.sum(0) + conf.sum(1) - tp
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = np.where(union > 0, tp / union, np.nan)
-        recall = np.where(truth > 0, tp / truth, np.nan)
+        recall = np.where(truth > 0, tp / truth, 0.0)
     total = conf.sum()
-    return {"miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else 0.0,
-            "macc": float(np.nanmean(recall)) if np.isfinite(recall).any() else 0.0,
+    return {"miou": float(np.nan_to_num(iou).mean()) if len(iou) else 0.0,
+            "macc": float(recall.mean()) if len(recall) else 0.0,
             "oa": float(tp.sum() / total) if total else 0.0,
             "per_class": {n: (None if np.isnan(v) else float(v)) for n, v in zip(class_names, iou)},
             "num_points": int(total)}
@@ -62,7 +66,7 @@ def predict_room(model: PartSegmentation, xyz: np.ndarray, num_points: int, rng:
     """(n,) predicted class of every point of a room (``xyz`` with its minimum at 0): hard votes over ``votes``
     passes of sliding blocks."""
     device = next(model.parameters()).device
-    counts = np.zeros((len(xyz), model.num_parts), np.uint16)
+    counts = np.zeros((len(xyz), model.num_parts), np.uint32)  # a lone point padded to a block votes N times
     for _ in range(votes):
         chunks = [(idx[s:s + num_points], center) for idx, center in sliding_blocks(xyz, num_points, rng, block_size,
                                                                                      stride)
@@ -81,6 +85,7 @@ def evaluate_rooms(model: PartSegmentation, cache, split: str, num_points: int, 
                    save_predictions: str | None = None) -> dict:
     """Whole-room scores of ``model`` on ``split`` (see the module docstring); ``save_predictions``: write P.npz."""
     rows = split_rows(cache, split)
+    failed = [str(cache.ids[r]) for r in cache.split(split) if r not in set(rows.tolist())]
     names = cache.label_names
     conf = np.zeros((len(names), len(names)), np.int64)
     kept: dict[str, list] = {"rooms": [], "pred": [], "label": []}
@@ -105,7 +110,8 @@ def evaluate_rooms(model: PartSegmentation, cache, split: str, num_points: int, 
                  pred=np.concatenate(kept["pred"]) if sizes else np.zeros(0, np.uint8),
                  label=np.concatenate(kept["label"]) if sizes else np.zeros(0, np.uint8),
                  class_names=np.array(names))
-    return {**scores, "split": split, "rooms": len(rows), "votes": votes, "num_points_per_block": num_points,
+    return {**scores, "split": split, "rooms": len(rows), "failed_rooms": failed, "votes": votes,
+            "num_points_per_block": num_points,
             "ignored_points": ignored, "confusion": conf.tolist()}
 
 

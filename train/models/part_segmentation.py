@@ -115,6 +115,25 @@ class PartSegmentation(nn.Module):
         return self.head(x).transpose(1, 2)                                           # (B, N, parts)
 
 
+# What a segmentation checkpoint records of its intermediates; runs saved before it read Point-MAE's intermediates
+# with the cls token in the sequence (see ``check_intermediates``).
+INTERMEDIATES = "no-cls"
+
+
+def check_intermediates(state: dict, encoder: PointEncoder, path: str, resuming: bool = False) -> None:
+    """A segmentation checkpoint saved before the intermediates left the cls token out cannot be resumed (its
+    optimiser trained the cls token) and scores a little differently now: an error, or a warning to stderr."""
+    if state.get("intermediates") == INTERMEDIATES or not encoder.unused_by_intermediates():
+        return
+    message = (f"{path} was trained when the segmentation intermediates still held the cls token; this version "
+               "leaves it out, as Point-MAE's and ACT's segmentation models do")
+    if resuming:
+        raise ValueError(f"{message}: it cannot be resumed; start the run again")
+    import sys
+
+    print(f"warning: {message}: its scores differ slightly from the run's own", file=sys.stderr)
+
+
 DESIGNS = {"shared-centres": (PartSegmentation._build_shared_centres, PartSegmentation._forward_shared_centres),
            "per-level": (PartSegmentation._build_per_level, PartSegmentation._forward_per_level)}
 
