@@ -85,7 +85,8 @@ def evaluate_rooms(model: PartSegmentation, cache, split: str, num_points: int, 
                    save_predictions: str | None = None) -> dict:
     """Whole-room scores of ``model`` on ``split`` (see the module docstring); ``save_predictions``: write P.npz."""
     rows = split_rows(cache, split)
-    failed = [str(cache.ids[r]) for r in cache.split(split) if r not in set(rows.tolist())]
+    built = set(rows.tolist())
+    failed = [str(cache.ids[r]) for r in cache.split(split) if r not in built]
     names = cache.label_names
     conf = np.zeros((len(names), len(names)), np.int64)
     kept: dict[str, list] = {"rooms": [], "pred": [], "label": []}
