@@ -191,6 +191,14 @@ def finalize_unless_retrying(writer: CacheWriter) -> str | None:
     return None if writer.retry_rows().any() else writer.finalize()
 
 
+def finish_build(writer: CacheWriter, url: str, splits: dict[str, list[int]], start: float, unit: str,
+                 stage_seconds: dict[str, float]) -> BuildSummary:
+    """The end of every build: write the splits, finalize (unless rows wait for a rerun), summarize."""
+    for split, rows in splits.items():
+        writer.write_split(split, rows)
+    return summarize(writer, url, finalize_unless_retrying(writer), start, unit, stage_seconds)
+
+
 def summarize(writer: CacheWriter, url: str, fingerprint: str | None, start: float, unit: str,
               stage_seconds: dict[str, float] | None = None, already_complete: bool = False) -> BuildSummary:
     """The outcome of a build, read back from the store."""

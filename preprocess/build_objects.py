@@ -22,7 +22,7 @@ import numpy as np
 
 from cache_schema import DONE, FAILED, CacheAttrs, CacheWriter, objects_layout
 from preprocess.build_common import (BlockReport, BuildSummary, RunOptions, build_executor, worker_teacher,
-                                     coordinator_teacher, finalize_unless_retrying, row_failure, run_blocks,
+                                     coordinator_teacher, finish_build, row_failure, run_blocks,
                                      set_torch_threads, summarize, with_working_renderer)
 from cache_schema.writer import BlockWriter
 from preprocess.captions import captioner_settings, make_captioner
@@ -208,9 +208,7 @@ def build_objects(url: str, cfg: ObjectBuildConfig, run: RunOptions = RunOptions
         for name, t in teachers.items():
             if isinstance(t, ClipTeacher):
                 writer.write_fixed(f"teachers/{name}/class_text", t.encode_classes(list(catalog.label_names)))
-        for split, rows in catalog.splits().items():
-            writer.write_split(split, rows)
-        summary = summarize(writer, url, finalize_unless_retrying(writer), start, "shape", stage_seconds)
+        summary = finish_build(writer, url, catalog.splits(), start, "shape", stage_seconds)
         if not (cfg.store_rgb or cfg.store_depth):
             v, r = cfg.views.num_views, cfg.views.resolution
             summary.notes.append(

@@ -25,7 +25,7 @@ import numpy as np
 
 from cache_schema import DONE, FAILED, CacheAttrs, CacheWriter, rooms_layout
 from cache_schema.writer import BlockWriter
-from preprocess.build_common import (BlockReport, BuildSummary, RunOptions, build_executor, finalize_unless_retrying,
+from preprocess.build_common import (BlockReport, BuildSummary, RunOptions, build_executor, finish_build,
                                      row_failure, run_blocks, summarize)
 from preprocess.room_sources import BOX_RULE, RoomData, RoomItem, list_room_source, load_room
 from preprocess.sources import ROW_ORDER
@@ -141,8 +141,6 @@ def build_rooms(url: str, cfg: RoomBuildConfig, run: RunOptions = RunOptions()) 
                      for b in writer.pending_blocks()}
             stage_seconds = run_blocks(ex, writer, build_block, tasks, STAGES, desc=f"{cfg.dataset} rooms",
                                        unit="room")
-        for split, rows in catalog.splits().items():
-            writer.write_split(split, rows)
-        summary = summarize(writer, url, finalize_unless_retrying(writer), start, "room", stage_seconds)
+        summary = finish_build(writer, url, catalog.splits(), start, "room", stage_seconds)
         summary.notes = [*catalog.notes, *room_notes(writer, catalog.notes)]
         return summary

@@ -27,7 +27,7 @@ from cache_schema import DONE, FAILED, CacheAttrs, CacheWriter, scenes_layout
 from cache_schema.metadata import TeacherRecord
 from cache_schema.writer import BlockWriter
 from preprocess.build_common import (BlockReport, BuildSummary, RunOptions, build_executor, worker_teacher,
-                                     coordinator_teacher, finalize_unless_retrying, row_failure, run_blocks,
+                                     coordinator_teacher, finish_build, row_failure, run_blocks,
                                      set_torch_threads, summarize, with_working_renderer)
 from preprocess.dense_features import Pca, sample_at_pixels
 from preprocess.errors import BadInput
@@ -315,8 +315,6 @@ def build_scenes(url: str, cfg: SceneBuildConfig, run: RunOptions = RunOptions()
                      for b in writer.pending_blocks()}
             stage_seconds = run_blocks(ex, writer, build_block, tasks, STAGES, desc=f"{cfg.dataset} frames",
                                        unit="frame")
-        for split, rows in catalog.splits().items():
-            writer.write_split(split, rows)
-        summary = summarize(writer, url, finalize_unless_retrying(writer), start, "frame", stage_seconds)
+        summary = finish_build(writer, url, catalog.splits(), start, "frame", stage_seconds)
         summary.notes = notes
         return summary
