@@ -181,11 +181,14 @@ class RoomBlockStream(ShardedStream, IterableDataset):
             for slot in slots[skip:]:
                 pending.append(self.block(rooms[int(slot_room[slot])], int(slot_room[slot]), int(slot), epoch))
                 if len(pending) == self.batch_size:
-                    yield out(collate_blocks(pending))
+                    yield out(self.collate(pending))
                     pending = []
             skip = 0
         if pending and not self.drop_last:
-            yield out(collate_blocks(pending))
+            yield out(self.collate(pending))
+
+    def collate(self, blocks: list[dict]) -> dict:
+        return collate_blocks(blocks)
 
     def block(self, room: tuple[np.ndarray, np.ndarray], room_index: int, slot: int, epoch: int) -> dict:
         xyz, labels = room

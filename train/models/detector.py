@@ -1,0 +1,191 @@
+"""3DETR (Misra et al. 2021) with the project's pre-trained point encoder in place of its own: the detector of the
+paper's Table 7 (ScanNetV2, 18 axis-aligned classes).
+
+    encoder tokens (B, G, C) at centres (B, G, 3)      Point-MAE / Point-M2AE on the whole scene
+      -> encoder_to_decoder_projection                 MLP C -> 256 (BN, ReLU)
+    queries: FPS of the token centres (256)            Fourier features of the scene-normalised xyz -> MLP
+    8-layer pre-norm transformer decoder               self-attention, cross-attention to the tokens, FFN;
+                                                       one shared LayerNorm on every layer's output
+    per-layer heads (BN MLPs, dropout 0.3)             class (C+1: the last is "no object"), centre offset
+                                                       (sigmoid - 0.5, in metres from the query), size
+                                                       (sigmoid, a share of the scene's extent)
+
+This follows 3DETR's ``models/model_3detr.py``, ``transformer.py``, ``position_embedding.py`` and ``helpers.py``
+layer for layer. What differs: the encoder (3DETR's is a PointNet++ set abstraction of 2,048 points, radius 0.2,
+64 samples, then 3 transformer layers; ours groups the scene with the encoder family's own tokenizer, see the
+``detect`` recipes), and the angle heads, which are left out: ScanNet's boxes have no heading and 3DETR multiplies
+its one-bin angle prediction by 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from train.models.encoders import PointEncoder
+from train.ops.geometry import farthest_point_sample
+
+OUTPUT_KEYS = ("sem_cls_logits", "center_normalized", "center_unnormalized", "size_normalized",
+               "size_unnormalized", "objectness_prob", "sem_cls_prob")
+
+
+def conv_mlp(input_dim: int, hidden_dims: list[int], output_dim: int, *, norm: bool = True,
+             dropout: float | None = None, hidden_bias: bool = False, output_bias: bool = True,
+             output_norm: bool = False, output_activation: bool = False) -> nn.Sequential:
+    """3DETR's ``GenericMLP`` with ``use_conv``: 1x1 convolutions over (B, C, N), BatchNorm and ReLU per hidden
+    layer, then dropout."""
+    layers: list[nn.Module] = []
+    prev = input_dim
+    for width in hidden_dims:
+        layers += [nn.Conv1d(prev, width, 1, bias=hidden_bias)]
+        layers += [nn.BatchNorm1d(width)] if norm else []
+        layers += [nn.ReLU()]
+        layers += [nn.Dropout(dropout)] if dropout is not None else []
+        prev = width
+    layers += [nn.Conv1d(prev, output_dim, 1, bias=output_bias)]
+    layers += [nn.BatchNorm1d(output_dim)] if output_norm else []
+    layers += [nn.ReLU()] if output_activation else []
+    return nn.Sequential(*layers)
+
+
+def normalize_to_scene(xyz: torch.Tensor, dims_min: torch.Tensor, dims_max: torch.Tensor) -> torch.Tensor:
+    """xyz (B, N, 3) mapped so the scene's bounds (B, 3) become [0, 1] (3DETR's ``shift_scale_points``)."""
+    return (xyz - dims_min[:, None]) / (dims_max - dims_min)[:, None]
+
+
+class FourierPositionEmbedding(nn.Module):
+    """Random Fourier features of scene-normalised coordinates (Tancik et al. 2020; 3DETR's ``fourier``):
+    ``[sin, cos](2 pi x' B)`` with a fixed Gaussian B (3, d/2)."""
+
+    def __init__(self, dim: int, gauss_scale: float = 1.0) -> None:
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"Fourier features need an even width, got {dim}")
+        self.register_buffer("gauss_B", torch.randn(3, dim // 2) * gauss_scale)
+
+    @torch.no_grad()
+    def forward(self, xyz: torch.Tensor, dims_min: torch.Tensor, dims_max: torch.Tensor) -> torch.Tensor:
+        """(B, N, dim) features of xyz (B, N, 3)."""
+        projected = (normalize_to_scene(xyz.float(), dims_min, dims_max) * (2 * math.pi)) @ self.gauss_B
+        return torch.cat([projected.sin(), projected.cos()], dim=-1)
+
+
+class DecoderLayer(nn.Module):
+    """3DETR's pre-norm ``TransformerDecoderLayer``: positions are added to queries and keys, never to values."""
+
+    def __init__(self, dim: int = 256, heads: int = 4, ffn_dim: int = 256, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.dropout1, self.dropout2, self.dropout3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
+        self.linear1, self.linear2 = nn.Linear(dim, ffn_dim), nn.Linear(ffn_dim, dim)
+        self.dropout = nn.Dropout(dropout)
+        self.activation = nn.ReLU()
+
+    def forward(self, tgt: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor, query_pos: torch.Tensor
+                ) -> torch.Tensor:
+        x = self.norm1(tgt)
+        q = x + query_pos
+        tgt = tgt + self.dropout1(self.self_attn(q, q, x, need_weights=False)[0])
+        x = self.norm2(tgt)
+        tgt = tgt + self.dropout2(self.cross_attn(x + query_pos, memory + pos, memory, need_weights=False)[0])
+        x = self.norm3(tgt)
+        return tgt + self.dropout3(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+
+
+class TransformerDecoder(nn.Module):
+    """A stack of :class:`DecoderLayer` returning every layer's output through one shared final LayerNorm
+    (3DETR's ``return_intermediate``); its weight matrices start Xavier-uniform, as 3DETR's."""
+
+    def __init__(self, num_layers: int = 8, dim: int = 256, heads: int = 4, ffn_dim: int = 256,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(DecoderLayer(dim, heads, ffn_dim, dropout) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(dim)
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+
+    def forward(self, tgt: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor, query_pos: torch.Tensor
+                ) -> list[torch.Tensor]:
+        out = []
+        for layer in self.layers:
+            tgt = layer(tgt, memory, pos, query_pos)
+            out.append(self.norm(tgt))
+        return out
+
+
+class Detector(nn.Module):
+    """A point encoder with 3DETR's decoder and box heads. ``forward(points)`` returns 3DETR's
+    ``{"outputs": last layer, "aux_outputs": [earlier layers]}``, each a dict of :data:`OUTPUT_KEYS`."""
+
+    def __init__(self, encoder: PointEncoder, num_classes: int, num_queries: int = 256, dec_layers: int = 8,
+                 dec_dim: int = 256, dec_heads: int = 4, dec_ffn_dim: int = 256, dec_dropout: float = 0.1,
+                 mlp_dropout: float = 0.3) -> None:
+        super().__init__()
+        self.encoder, self.num_classes, self.num_queries = encoder, num_classes, num_queries
+        enc_dim = encoder.token_dim
+        self.encoder_to_decoder_projection = conv_mlp(enc_dim, [enc_dim, enc_dim], dec_dim, output_bias=False,
+                                                      output_norm=True, output_activation=True)
+        self.pos_embedding = FourierPositionEmbedding(dec_dim)
+        self.query_projection = conv_mlp(dec_dim, [dec_dim], dec_dim, norm=False, hidden_bias=True,
+                                         output_activation=True)
+        self.decoder = TransformerDecoder(dec_layers, dec_dim, dec_heads, dec_ffn_dim, dec_dropout)
+        head = dict(hidden_dims=[dec_dim, dec_dim], dropout=mlp_dropout)
+        self.mlp_heads = nn.ModuleDict({"sem_cls_head": conv_mlp(dec_dim, output_dim=num_classes + 1, **head),
+                                        "center_head": conv_mlp(dec_dim, output_dim=3, **head),
+                                        "size_head": conv_mlp(dec_dim, output_dim=3, **head)})
+
+    def hyperparameters(self) -> dict:
+        """What rebuilds the decoder and heads (with the encoder's ``describe()``)."""
+        first = self.decoder.layers[0]
+        return {"num_classes": self.num_classes, "num_queries": self.num_queries,
+                "dec_layers": len(self.decoder.layers), "dec_dim": first.linear1.in_features,
+                "dec_heads": first.self_attn.num_heads, "dec_ffn_dim": first.linear1.out_features,
+                "dec_dropout": first.dropout.p, "mlp_dropout": self.mlp_heads["size_head"][3].p}
+
+    def query_points(self, centers: torch.Tensor) -> torch.Tensor:
+        """(B, Q, 3) queries: farthest point sampling of the token centres from the first (3DETR's FPS)."""
+        idx = farthest_point_sample(centers.detach().float(), min(self.num_queries, centers.shape[1]))
+        return centers.gather(1, idx.unsqueeze(-1).expand(-1, -1, 3))
+
+    def forward(self, points: torch.Tensor) -> dict:
+        """points (B, N, 3) in metres; the scene's bounds are those of its points, as 3DETR's dataset gives them."""
+        dims_min, dims_max = points.amin(dim=1), points.amax(dim=1)
+        encoded = self.encoder.encode(self.encoder.tokenize(points))
+        centers = encoded.centers.float()
+        memory = self.encoder_to_decoder_projection(encoded.tokens.transpose(1, 2)).transpose(1, 2)
+        query_xyz = self.query_points(centers)
+        query_pos = self.query_projection(self.pos_embedding(query_xyz, dims_min, dims_max).transpose(1, 2))
+        query_pos = query_pos.transpose(1, 2)
+        pos = self.pos_embedding(centers, dims_min, dims_max).to(memory.dtype)
+        layers = self.decoder(torch.zeros_like(query_pos), memory, pos, query_pos)
+        outputs = [self.box_predictions(features, query_xyz, dims_min, dims_max) for features in layers]
+        return {"outputs": outputs[-1], "aux_outputs": outputs[:-1]}
+
+    def box_predictions(self, features: torch.Tensor, query_xyz: torch.Tensor, dims_min: torch.Tensor,
+                        dims_max: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One decoder layer's boxes (3DETR's ``get_box_predictions`` and ``BoxProcessor``)."""
+        x = features.transpose(1, 2)
+        cls_logits = self.mlp_heads["sem_cls_head"](x).transpose(1, 2).float()
+        center_offset = self.mlp_heads["center_head"](x).transpose(1, 2).float().sigmoid() - 0.5
+        size_normalized = self.mlp_heads["size_head"](x).transpose(1, 2).float().sigmoid()
+        center_unnormalized = query_xyz + center_offset
+        scene_scale = (dims_max - dims_min).clamp(min=0.1)
+        with torch.no_grad():  # only matching and evaluation read these
+            prob = cls_logits.softmax(dim=-1)
+        return {"sem_cls_logits": cls_logits,
+                "center_normalized": normalize_to_scene(center_unnormalized, dims_min, dims_max),
+                "center_unnormalized": center_unnormalized,
+                "size_normalized": size_normalized,
+                "size_unnormalized": size_normalized * scene_scale[:, None],
+                "objectness_prob": 1 - prob[..., -1],
+                "sem_cls_prob": prob[..., :-1]}
+
+
+def predicted_boxes(layer: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, Q, 6) centre-size boxes of one layer's outputs."""
+    return torch.cat([layer["center_unnormalized"], layer["size_unnormalized"]], dim=-1)
