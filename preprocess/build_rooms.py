@@ -27,7 +27,7 @@ from cache_schema import DONE, FAILED, CacheAttrs, CacheWriter, rooms_layout
 from cache_schema.writer import BlockWriter
 from preprocess.build_common import (BlockReport, BuildSummary, RunOptions, build_executor, finish_build,
                                      row_failure, run_blocks, summarize)
-from preprocess.room_sources import BOX_RULE, RoomData, RoomItem, list_room_source, load_room
+from preprocess.room_sources import RoomCatalog, RoomData, RoomItem, list_room_source, load_room
 from preprocess.sources import ROW_ORDER
 
 STAGES = ("load", "write")
@@ -57,14 +57,15 @@ class RoomBuildConfig:
         demo = {"rooms": self.rooms, "room_points": self.room_points, "areas": self.areas, "seed": self.seed}
         return {"test_area": self.test_area, **(demo if self.is_demo else {})}
 
-    def content(self, test_area: int, box_classes: tuple[str, ...]) -> dict[str, Any]:
-        """The stored config: the demo settings only for the demo (an S3DIS cache does not depend on them)."""
+    def content(self, catalog: RoomCatalog) -> dict[str, Any]:
+        """The stored config: the demo settings only for the demo (an S3DIS cache does not depend on them), the
+        test area the source chose (None without areas), box classes and how the boxes were made."""
         d = dataclasses.asdict(self)
-        d["test_area"] = test_area
+        d["test_area"] = catalog.test_area
         if not self.is_demo:
             d.update(rooms=None, room_points=None, areas=None)
-        d["box_classes"] = list(box_classes)
-        d["boxes"] = BOX_RULE
+        d["box_classes"] = list(catalog.box_classes)
+        d["boxes"] = catalog.box_rule
         return d
 
 
@@ -129,7 +130,7 @@ def build_rooms(url: str, cfg: RoomBuildConfig, run: RunOptions = RunOptions()) 
         raise ValueError(f"dataset {cfg.dataset!r} at {cfg.root!r} lists no rooms")
     attrs = CacheAttrs(kind="rooms", dataset={"name": catalog.name, "source_root": catalog.source_root,
                                               **({"notes": list(catalog.notes)} if catalog.notes else {})},
-                       config={**cfg.content(catalog.test_area, catalog.box_classes), "row_order": ROW_ORDER},
+                       config={**cfg.content(catalog), "row_order": ROW_ORDER},
                        label_names=catalog.label_names)
     layout = rooms_layout(len(catalog.items))
     with CacheWriter.create(url, attrs, layout, overwrite=run.overwrite,
