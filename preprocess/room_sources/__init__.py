@@ -101,14 +101,14 @@ class RoomCatalog:
         return dataclasses.replace(self, items=tuple(keep), notes=tuple(named))
 
 
-SOURCES = ("s3dis", "demo-rooms")  # ScanNet would join here: a lister and a loader in its own module
+SOURCES = ("s3dis", "scannet", "demo-rooms")  # each a lister and a loader in its own module
 
 
 def list_room_source(name: str, root: str | None, **options: Any) -> RoomCatalog:
-    """The catalog of room dataset ``name`` (s3dis, demo-rooms)."""
-    from preprocess.room_sources import demo_rooms, s3dis
+    """The catalog of room dataset ``name`` (s3dis, scannet, demo-rooms)."""
+    from preprocess.room_sources import demo_rooms, s3dis, scannet
 
-    sources = {"s3dis": s3dis.list_rooms, "demo-rooms": demo_rooms.list_rooms}
+    sources = {"s3dis": s3dis.list_rooms, "scannet": scannet.list_rooms, "demo-rooms": demo_rooms.list_rooms}
     if name not in sources:
         raise ValueError(f"unknown room dataset {name!r}; choose one of {list(SOURCES)}")
     if name != "demo-rooms" and not root:
@@ -118,10 +118,17 @@ def list_room_source(name: str, root: str | None, **options: Any) -> RoomCatalog
 
 def load_room(item: RoomItem) -> RoomData:
     """Read one room (in a worker); raises BadInput with the reason when it is broken."""
-    from preprocess.room_sources import demo_rooms, s3dis
+    from preprocess.room_sources import demo_rooms, s3dis, scannet
 
-    loaders = {"s3dis": s3dis.load_room, "demo-rooms": demo_rooms.load_room}
+    loaders = {"s3dis": s3dis.load_room, "scannet": scannet.load_room, "demo-rooms": demo_rooms.load_room}
     return loaders[item.source["dataset"]](item)
+
+
+def summary_notes(name: str, notes: list[str]) -> list[str]:
+    """Lines a source adds to the build summary from its done rooms' notes (ScanNet: boxes dropped in total)."""
+    from preprocess.room_sources import scannet
+
+    return scannet.summary_notes(notes) if name == "scannet" else []
 
 
 # S3DIS class index -> BOX_CLASSES index (255: no box for this class)
