@@ -16,8 +16,8 @@ from preprocess.build_common import RunOptions
 from preprocess.build_rooms import RoomBuildConfig, build_rooms
 from preprocess.cli import app
 from preprocess.errors import BadInput
-from preprocess.room_sources import list_room_source
-from preprocess.room_sources.scannet import BOX_CLASSES, BOX_IDS, DATA, NYU40_CLASSES, load_room
+from preprocess.room_sources import RoomItem, list_room_source
+from preprocess.room_sources.scannet import BOX_CLASSES, BOX_IDS, DATA, NYU40_CLASSES, _load, load_room
 
 RUN = RunOptions(progress=False, block_rows=4)
 TRAIN = ["scene0000_00", "scene0001_00", "scene0002_00", "scene0003_00", "scene0004_00"]
@@ -170,11 +170,17 @@ def test_a_scene_with_a_bad_array_fails_naming_the_file(tmp_path, name, change, 
     arrays[name] = change(arrays[name])
     for k, v in arrays.items():
         np.save(tmp_path / f"s_{k}.npy", v)
-    from preprocess.room_sources import RoomItem
-
     item = RoomItem("s", "train", None, {"dataset": "scannet", "root": str(tmp_path), "folder": str(tmp_path)})
     with pytest.raises(BadInput, match=f"^{reason}"):
         load_room(item)
+
+
+def test_a_truncated_npy_is_unreadable_naming_the_file(tmp_path):
+    np.save(tmp_path / "s_vert.npy", np.zeros((1000, 6), np.float32))
+    whole = (tmp_path / "s_vert.npy").read_bytes()
+    (tmp_path / "s_vert.npy").write_bytes(whole[:3000])  # a copy cut short
+    with pytest.raises(BadInput, match=rf"^unreadable .npy: {tmp_path}/s_vert.npy \(ValueError: Failed to read"):
+        _load(str(tmp_path / "s_vert.npy"), str(tmp_path))
 
 
 def test_splits_are_the_lists_and_unlisted_scenes_are_not_built(prepared, built):
