@@ -21,13 +21,14 @@ CACHES := caches
 # meshes and demo; the scene cache builder (`preprocess scenes --help`) for nuscenes, semantickitti, demo-scenes;
 # the points cache builder (`preprocess points --help`) for scanobjectnn (VARIANT=obj_bg|obj_only|pb_t50_rs),
 # modelnet40-resampled, shapenet55 and demo-scan (built in, VARIANT as ScanObjectNN's); the rooms cache builder
-# (`preprocess rooms --help`) for s3dis (S3DIS_ROOT = the Stanford3dDataset_v1.2_Aligned_Version folder) and
+# (`preprocess rooms --help`) for s3dis (S3DIS_ROOT = the Stanford3dDataset_v1.2_Aligned_Version folder), scannet
+# (SCANNET_ROOT = the folder holding scannet_train_detection_data and meta_data, votenet's scannet/) and
 # demo-rooms (built in).
 DATASET ?= demo
 OUT ?= $(CACHES)/$(DATASET)$(if $(filter scanobjectnn demo-scan,$(DATASET)),-$(VARIANT)).zarr
 SCENE_DATASETS := nuscenes semantickitti demo-scenes
 POINT_DATASETS := scanobjectnn modelnet40-resampled shapenet55 shapenetpart demo-scan
-ROOM_DATASETS := s3dis demo-rooms
+ROOM_DATASETS := s3dis scannet demo-rooms
 VARIANT ?= obj_bg
 ROOT_shapenet = $(SHAPENET_ROOT)
 ROOT_modelnet40 = $(MODELNET_ROOT)
@@ -39,6 +40,7 @@ ROOT_modelnet40-resampled = $(MODELNET_RESAMPLED_ROOT)
 ROOT_shapenet55 = $(SHAPENET55_ROOT)
 ROOT_shapenetpart = $(SHAPENETPART_ROOT)
 ROOT_s3dis = $(S3DIS_ROOT)
+ROOT_scannet = $(SCANNET_ROOT)
 ROOT ?= $(ROOT_$(DATASET))
 VERSION ?= v1.0-mini
 TEACHERS_demo = tiny

@@ -1,4 +1,4 @@
-"""Rooms cache builder: indoor rooms (S3DIS, the demo rooms) -> points, colours, classes, instances, boxes.
+"""Rooms cache builder: indoor rooms (S3DIS, ScanNet, the demo rooms) -> points, colours, classes, instances, boxes.
 
 The coordinator (:func:`build_rooms`) lists the rooms, creates or resumes the
 store and hands every unfinished block of rooms to :func:`build_block`, here
@@ -8,10 +8,12 @@ points, so a block holds at most :data:`MAX_BLOCK_ROOMS` rooms: a worker's
 memory is a few rooms, never an area.
 
 A broken room (no ``Annotations`` folder, an empty or unreadable class file, a
-line without six numbers) becomes a failed row with its reason and the build
-goes on. A room loaded with a repair or a mapping is done with its notes as
-its ``status_reason``; notes known from the listing (a ``stairs`` file) are
-also the cache's ``dataset.notes``, and the summary lists them all.
+line without six numbers, a missing or misshapen ScanNet ``.npy``) becomes a
+failed row with its reason and the build goes on. A room loaded with a repair,
+a mapping or a drop (ScanNet boxes outside its 18 box classes) is done with
+its notes as its ``status_reason``; notes known from the listing (a ``stairs``
+file) are also the cache's ``dataset.notes``, and the summary lists them all,
+with a source's totals (boxes dropped).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from cache_schema import DONE, FAILED, CacheAttrs, CacheWriter, rooms_layout
 from cache_schema.writer import BlockWriter
 from preprocess.build_common import (BlockReport, BuildSummary, RunOptions, build_executor, finish_build,
                                      row_failure, run_blocks, summarize)
-from preprocess.room_sources import BOX_RULE, RoomData, RoomItem, list_room_source, load_room
+from preprocess.room_sources import RoomCatalog, RoomData, RoomItem, list_room_source, load_room, summary_notes
 from preprocess.sources import ROW_ORDER
 
 STAGES = ("load", "write")
@@ -42,7 +44,7 @@ class RoomBuildConfig:
 
     dataset: str
     root: str | None = None
-    test_area: int | None = None  # None: 5 for S3DIS, the last area for the demo rooms
+    test_area: int | None = None  # None: 5 for S3DIS, the last area for the demo rooms (ScanNet has none)
     rooms: int = 24               # demo-rooms
     room_points: int = 20000      # demo-rooms
     areas: int = 3                # demo-rooms
@@ -57,14 +59,15 @@ class RoomBuildConfig:
         demo = {"rooms": self.rooms, "room_points": self.room_points, "areas": self.areas, "seed": self.seed}
         return {"test_area": self.test_area, **(demo if self.is_demo else {})}
 
-    def content(self, test_area: int, box_classes: tuple[str, ...]) -> dict[str, Any]:
-        """The stored config: the demo settings only for the demo (an S3DIS cache does not depend on them)."""
+    def content(self, catalog: RoomCatalog) -> dict[str, Any]:
+        """The stored config: the demo settings only for the demo (an S3DIS cache does not depend on them), the
+        test area the source chose (None without areas), box classes and how the boxes were made."""
         d = dataclasses.asdict(self)
-        d["test_area"] = test_area
+        d["test_area"] = catalog.test_area
         if not self.is_demo:
             d.update(rooms=None, room_points=None, areas=None)
-        d["box_classes"] = list(box_classes)
-        d["boxes"] = BOX_RULE
+        d["box_classes"] = list(catalog.box_classes)
+        d["boxes"] = catalog.box_rule
         return d
 
 
@@ -107,14 +110,19 @@ def room_arrays(room: RoomData) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------- coordinator
 
 
-def room_notes(writer: CacheWriter, known: tuple[str, ...]) -> list[str]:
-    """The notes of done rooms (read back from the store, so a resumed build lists them too), by room id,
-    without those already known from the listing; at most ``MAX_SUMMARY_NOTES`` and a count of the rest."""
+def done_notes(writer: CacheWriter) -> list[str]:
+    """The notes of done rooms, by room id, read back from the store (so a resumed build has them all)."""
     status = writer.group["rooms/status"][:]
     reasons = writer.group["rooms/status_reason"][:]
     ids = writer.group["rooms/ids"][:]
     rows = sorted(np.flatnonzero((status == DONE) & (reasons != "")), key=lambda r: str(ids[r]))
-    notes = [n for r in rows for n in str(reasons[r]).split(NOTE_SEPARATOR) if n not in known]
+    return [n for r in rows for n in str(reasons[r]).split(NOTE_SEPARATOR)]
+
+
+def room_notes(notes: list[str], known: tuple[str, ...]) -> list[str]:
+    """The done rooms' ``notes`` for the summary, without those already known from the listing; at most
+    ``MAX_SUMMARY_NOTES`` and a count of the rest."""
+    notes = [n for n in notes if n not in known]
     if len(notes) > MAX_SUMMARY_NOTES:
         notes = notes[:MAX_SUMMARY_NOTES] + [f"... and {len(notes) - MAX_SUMMARY_NOTES} more in rooms/status_reason"]
     return notes
@@ -129,7 +137,7 @@ def build_rooms(url: str, cfg: RoomBuildConfig, run: RunOptions = RunOptions()) 
         raise ValueError(f"dataset {cfg.dataset!r} at {cfg.root!r} lists no rooms")
     attrs = CacheAttrs(kind="rooms", dataset={"name": catalog.name, "source_root": catalog.source_root,
                                               **({"notes": list(catalog.notes)} if catalog.notes else {})},
-                       config={**cfg.content(catalog.test_area, catalog.box_classes), "row_order": ROW_ORDER},
+                       config={**cfg.content(catalog), "row_order": ROW_ORDER},
                        label_names=catalog.label_names)
     layout = rooms_layout(len(catalog.items))
     with CacheWriter.create(url, attrs, layout, overwrite=run.overwrite,
@@ -142,5 +150,6 @@ def build_rooms(url: str, cfg: RoomBuildConfig, run: RunOptions = RunOptions()) 
             stage_seconds = run_blocks(ex, writer, build_block, tasks, STAGES, desc=f"{cfg.dataset} rooms",
                                        unit="room")
         summary = finish_build(writer, url, catalog.splits(), start, "room", stage_seconds)
-        summary.notes = [*catalog.notes, *room_notes(writer, catalog.notes)]
+        notes = done_notes(writer)
+        summary.notes = [*catalog.notes, *room_notes(notes, catalog.notes), *summary_notes(catalog.name, notes)]
         return summary

@@ -12,6 +12,7 @@
     preprocess scenes semantickitti --root /data/SemanticKITTI --scheduler tcp://head:8786
     preprocess rooms demo-rooms                                    # built-in demo rooms, no teachers
     preprocess rooms s3dis --root /data/Stanford3dDataset_v1.2_Aligned_Version --workers 4
+    preprocess rooms scannet --root /data/votenet/scannet --workers 4   # holds scannet_train_detection_data
 """
 
 from __future__ import annotations
@@ -211,19 +212,21 @@ def scenes(
 
 @app.command()
 def rooms(
-    dataset: Annotated[str, typer.Argument(help="s3dis or demo-rooms (built in, no download).")],
+    dataset: Annotated[str, typer.Argument(help="s3dis, scannet or demo-rooms (built in, no download).")],
     root: Annotated[Optional[str], typer.Option(
         help="S3DIS: the release folder as downloaded, Stanford3dDataset_v1.2_Aligned_Version (holding "
-             "Area_1 ... Area_6). Not needed for demo-rooms.")] = None,
+             "Area_1 ... Area_6). ScanNet: the folder holding scannet_train_detection_data and meta_data "
+             "(votenet's scannet/ after batch_load_scannet_data.py). Not needed for demo-rooms.")] = None,
     out: Annotated[Optional[str], typer.Option(help="Cache path or fsspec URL (default: caches/DATASET.zarr).")] = None,
     test_area: Annotated[Optional[int], typer.Option(
         help="The area whose rooms form split/test, the others split/train (default: 5 for S3DIS, the last area "
-             "for demo-rooms).")] = None,
+             "for demo-rooms; ScanNet has no areas: its splits are train and val from meta_data).")] = None,
     rooms: Annotated[int, typer.Option(help="demo-rooms: how many rooms to generate.")] = 24,
     room_points: Annotated[int, typer.Option(help="demo-rooms: points per room.")] = 20000,
     areas: Annotated[int, typer.Option(help="demo-rooms: areas the rooms are dealt into (Area_1 ... Area_A).")] = 3,
     seed: Annotated[int, typer.Option(help="Seed of the row order and of the demo rooms.")] = 0,
-    max_rooms: Annotated[Optional[int], typer.Option(help="Keep the first N rooms of every area (quick runs).")]
+    max_rooms: Annotated[Optional[int], typer.Option(
+        help="Keep the first N rooms of every area, of every split for ScanNet (quick runs).")]
     = None,
     workers: Workers = 0,
     scheduler: Scheduler = None,
@@ -235,11 +238,13 @@ def rooms(
     = 4,
     progress: Progress = True,
 ) -> None:
-    """Build a rooms cache: every room's points, colours, classes (the 13 of S3DIS), instances and boxes.
+    """Build a rooms cache: every room's points, colours, classes, instances and boxes.
 
-    S3DIS is read as downloaded (Area_N/<room>/Annotations/<class>_<k>.txt); a line with a stray character is
-    repaired with a note, stairs are read as clutter with a note, and a broken room becomes a failed row with its
-    reason. No teachers. Re-running with the same arguments resumes an interrupted build, or says it is complete.
+    S3DIS is read as downloaded (Area_N/<room>/Annotations/<class>_<k>.txt; its 13 classes); a line with a stray
+    character is repaired with a note, stairs are read as clutter with a note. ScanNet is read as votenet prepares
+    it (scannet_train_detection_data/<scene>_{vert,sem_label,ins_label,bbox}.npy; the 40 NYU40 classes, boxes of
+    votenet's 18 detection classes as prepared, others dropped with a note). A broken room becomes a failed row with
+    its reason. No teachers. Re-running with the same arguments resumes an interrupted build, or says it is complete.
     """
     from preprocess.build_common import RunOptions
     from preprocess.build_rooms import RoomBuildConfig, build_rooms

@@ -7,9 +7,16 @@ which then becomes a failed row with that reason. A room that loads with a
 repair or a mapping (a stray character removed, ``stairs`` read as clutter)
 carries :attr:`RoomData.notes`, stored as the done row's ``status_reason``.
 
-Every source uses the 13 S3DIS classes, so caches of different sources share
-their ``label_names``; boxes are the axis-aligned bounds of each instance of a
-box class (every class but ceiling, floor and wall).
+S3DIS and the demo rooms use the 13 S3DIS classes, so their caches share
+``label_names``, and their boxes are the axis-aligned bounds of each instance
+of a box class (every class but ceiling, floor and wall). A source with its own
+classes and boxes (ScanNet: NYU40 classes, votenet's 18 box classes, boxes as
+prepared) says so in its catalog (``label_names``, ``box_classes``,
+``box_rule``).
+
+Areas are an S3DIS notion: a source without them (ScanNet) lists its rooms
+with ``area=None`` and takes its splits from its own lists; such a catalog has
+no ``area_N`` splits and no ``test_area``.
 """
 
 from __future__ import annotations
@@ -30,11 +37,12 @@ BOX_RULE = "axis-aligned bounds of the points of each instance whose class is on
 
 @dataclass(frozen=True)
 class RoomItem:
-    """One room to build: its id (``Area_5/office_1``), split, area and what its source needs (picklable)."""
+    """One room to build: its id (``Area_5/office_1``, ``scene0011_00``), split, area (None for a source
+    without areas) and what its source needs (picklable)."""
 
     id: str
-    split: str  # "train" or "test"
-    area: int
+    split: str  # "train" or "test" (S3DIS, demo), "train" or "val" (ScanNet)
+    area: int | None
     source: dict[str, Any] = field(repr=False)
 
 
@@ -44,30 +52,33 @@ class RoomData:
 
     points: np.ndarray     # (N, 3) float32
     colors: np.ndarray     # (N, 3) uint8
-    labels: np.ndarray     # (N,) uint8, index into S3DIS_CLASSES
-    instances: np.ndarray  # (N,) int32
+    labels: np.ndarray     # (N,) uint8, index into the catalog's label_names, 255 = unlabelled
+    instances: np.ndarray  # (N,) int32, -1 = none
     boxes: np.ndarray      # (K, 6) float32: cx, cy, cz, dx, dy, dz
-    box_labels: np.ndarray  # (K,) uint8, index into BOX_CLASSES
+    box_labels: np.ndarray  # (K,) uint8, index into the catalog's box_classes
     notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class RoomCatalog:
-    """Everything a source lists: rooms in a stable order, class and box-class names, listing-time notes."""
+    """Everything a source lists: rooms in a stable order, class and box-class names, how boxes were made,
+    listing-time notes."""
 
     name: str
     source_root: str
     label_names: tuple[str, ...]
     box_classes: tuple[str, ...]
-    test_area: int  # the area whose rooms are split ``test``
+    test_area: int | None  # the area whose rooms are split ``test``; None for a source without areas
     items: tuple[RoomItem, ...] = field(repr=False)
     notes: tuple[str, ...] = ()
+    box_rule: str = BOX_RULE
 
     def splits(self) -> dict[str, list[int]]:
-        """``train`` / ``test`` and one ``area_N`` per area: name -> row indices."""
+        """Every item's split, and one ``area_N`` per area (for rooms that have one): name -> row indices."""
         out = rows_by_split(self.items)
         for row, item in enumerate(self.items):
-            out.setdefault(f"area_{item.area}", []).append(row)
+            if item.area is not None:
+                out.setdefault(f"area_{item.area}", []).append(row)
         return out
 
     def shuffled(self, seed: int) -> RoomCatalog:
@@ -75,27 +86,29 @@ class RoomCatalog:
         return dataclasses.replace(self, items=row_order(self.items, seed))
 
     def limited(self, max_rooms: int | None) -> RoomCatalog:
-        """The first ``max_rooms`` rooms of every area, order kept (for quick runs that still have every split)."""
+        """The first ``max_rooms`` rooms of every area (of every split for rooms without one), order kept (quick
+        runs that still have every split); the notes kept are those naming a kept room (``<id>/...``)."""
         if not max_rooms:
             return self
-        seen: dict[int, int] = {}
+        seen: dict[int | str, int] = {}
         keep = []
         for item in self.items:
-            seen[item.area] = seen.get(item.area, 0) + 1
-            if seen[item.area] <= max_rooms:
+            group = item.split if item.area is None else item.area
+            seen[group] = seen.get(group, 0) + 1
+            if seen[group] <= max_rooms:
                 keep.append(item)
         named = [n for n in self.notes if any(f"{it.id}/" in n for it in keep)]  # notes on the rooms kept
         return dataclasses.replace(self, items=tuple(keep), notes=tuple(named))
 
 
-SOURCES = ("s3dis", "demo-rooms")  # ScanNet would join here: a lister and a loader in its own module
+SOURCES = ("s3dis", "scannet", "demo-rooms")  # each a lister and a loader in its own module
 
 
 def list_room_source(name: str, root: str | None, **options: Any) -> RoomCatalog:
-    """The catalog of room dataset ``name`` (s3dis, demo-rooms)."""
-    from preprocess.room_sources import demo_rooms, s3dis
+    """The catalog of room dataset ``name`` (s3dis, scannet, demo-rooms)."""
+    from preprocess.room_sources import demo_rooms, s3dis, scannet
 
-    sources = {"s3dis": s3dis.list_rooms, "demo-rooms": demo_rooms.list_rooms}
+    sources = {"s3dis": s3dis.list_rooms, "scannet": scannet.list_rooms, "demo-rooms": demo_rooms.list_rooms}
     if name not in sources:
         raise ValueError(f"unknown room dataset {name!r}; choose one of {list(SOURCES)}")
     if name != "demo-rooms" and not root:
@@ -105,10 +118,17 @@ def list_room_source(name: str, root: str | None, **options: Any) -> RoomCatalog
 
 def load_room(item: RoomItem) -> RoomData:
     """Read one room (in a worker); raises BadInput with the reason when it is broken."""
-    from preprocess.room_sources import demo_rooms, s3dis
+    from preprocess.room_sources import demo_rooms, s3dis, scannet
 
-    loaders = {"s3dis": s3dis.load_room, "demo-rooms": demo_rooms.load_room}
+    loaders = {"s3dis": s3dis.load_room, "scannet": scannet.load_room, "demo-rooms": demo_rooms.load_room}
     return loaders[item.source["dataset"]](item)
+
+
+def summary_notes(name: str, notes: list[str]) -> list[str]:
+    """Lines a source adds to the build summary from its done rooms' notes (ScanNet: boxes dropped in total)."""
+    from preprocess.room_sources import scannet
+
+    return scannet.summary_notes(notes) if name == "scannet" else []
 
 
 # S3DIS class index -> BOX_CLASSES index (255: no box for this class)
