@@ -6,6 +6,7 @@
 - ``classification.py``: a fine-tuned classifier's OA and mAcc, with voting; load_classifier.
 - ``part_segmentation.py``: a part-segmentation run's predictions and instance / class mIoU; load_segmenter.
 - ``lidar_segmentation.py``: a fusion run's LiDAR-only segmentation mIoU; load_fusion.
+- ``detection_metrics.py``: votenet / 3DETR's indoor detection AP25 / AP50: NMS, per-class proposals, VOC AP.
 
 Nothing is imported here: the data streams and models import ``metrics`` (its ignore index), and the training
 tasks import the evaluations they validate with, so the package itself stays empty to keep both cycle-free.
