@@ -72,6 +72,17 @@ def small_scenes_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def demo_rooms_cache(tmp_path_factory):
+    """A built demo-rooms cache (12 furnished rooms of 6,000 points with boxes, 3 areas: 8 train, 4 test)."""
+    from preprocess.build_common import RunOptions
+    from preprocess.build_rooms import RoomBuildConfig, build_rooms
+
+    url = str(tmp_path_factory.mktemp("rooms") / "demo-rooms.zarr")
+    build_rooms(url, RoomBuildConfig("demo-rooms", rooms=12, room_points=6000, areas=3), RunOptions(progress=False))
+    return url
+
+
+@pytest.fixture(scope="session")
 def stage1_ckpt(small_demo_cache, tmp_path_factory):
     """A 2-step stage-1 run's last.pt on the small demo cache."""
     import os

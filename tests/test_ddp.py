@@ -94,6 +94,14 @@ def test_semseg_ranks_hold_identical_weights(tmp_path):
     _assert_identical(out)
 
 
+def test_detect_ranks_hold_identical_weights(demo_rooms_cache, tmp_path):
+    out = str(tmp_path / "detect")
+    _torchrun("detect", cache=demo_rooms_cache, out=out, epochs=1, warmup_epochs=0, batch_size=2, num_points=512,
+              num_group=16, group_size=16, num_queries=8, dec_layers=2, dec_dim=32, dec_ffn_dim=32, workers=1,
+              log_every=1, val_split=None)
+    _assert_identical(out)
+
+
 @pytest.mark.parametrize("mode", ["pretrain", "finetune"])
 def test_fusion_ranks_hold_identical_weights(small_scenes_cache, tmp_path, mode):
     out = str(tmp_path / mode)

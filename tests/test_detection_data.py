@@ -19,14 +19,9 @@ from train.models.encoders import create_encoder
 from train.ops.geometry import farthest_point_sample
 
 
-@pytest.fixture(scope="module")
-def demo_rooms(tmp_path_factory):
-    from preprocess.build_common import RunOptions
-    from preprocess.build_rooms import RoomBuildConfig, build_rooms
-
-    url = str(tmp_path_factory.mktemp("det") / "demo-rooms.zarr")
-    build_rooms(url, RoomBuildConfig("demo-rooms", rooms=6, room_points=6000, areas=3), RunOptions(progress=False))
-    return url
+@pytest.fixture
+def demo_rooms(demo_rooms_cache):
+    return demo_rooms_cache
 
 
 def inside(points: np.ndarray, box: np.ndarray, eps: float = 1e-5) -> np.ndarray:

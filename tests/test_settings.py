@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from train.cli import app
 from train.cli.config_command import CONTROLS, config_command
+from train.downstream.detect import DetectConfig
 from train.downstream.fewshot import FewshotConfig
 from train.downstream.finetune import FinetuneConfig
 from train.downstream.segment import SegmentConfig
@@ -30,6 +31,7 @@ COMMANDS = {  # command path -> (config class, settings the command fixes or lea
     ("finetune",): (FinetuneConfig, (), tuple(CONTROLS)),
     ("segment",): (SegmentConfig, (), tuple(CONTROLS)),
     ("semseg",): (SemsegConfig, (), tuple(CONTROLS)),
+    ("detect",): (DetectConfig, (), tuple(CONTROLS)),
     ("fewshot",): (FewshotConfig, (), ("progress",)),
     ("fusion", "pretrain"): (FusionRunConfig, ("mode", *FusionRunConfig.finetune_only), tuple(CONTROLS)),
     ("fusion", "finetune"): (FusionRunConfig, ("mode", *FusionRunConfig.pretrain_only), tuple(CONTROLS)),

@@ -47,6 +47,9 @@ OBJECT_COLUMNS = (("zeroshot", "zero-shot top-1"), ("linear", "linear SVM"), ("f
 SEG_COLUMNS = (("miou", "mIoU"), ("accuracy", "point accuracy"))
 SEGMENT_COLUMNS = (("instance_miou", "Inst. mIoU"), ("class_miou", "Cls. mIoU"))
 SEMSEG_COLUMNS = (("miou", "mIoU"), ("macc", "mAcc"), ("oa", "OA"))
+DETECT_COLUMNS = (("map25", "mAP@0.25"), ("map50", "mAP@0.5"))
+PICTURE_TITLES = {"parts.png": "Test objects: predicted and true parts",
+                  "boxes.png": "Validation rooms from above: true and detected boxes"}
 FINETUNE_COLUMNS = (("overall_accuracy", "OA"), ("mean_class_accuracy", "mAcc"), ("overall_accuracy_vote10",
                                                                                  "OA, vote 10"))
 
@@ -104,6 +107,62 @@ def semseg_evaluation(ckpt: str, cache: str) -> dict:
     seg = evaluate_rooms(model, open_cache(cache), "test", state["num_points"], block_size=state["block_size"])
     return {"checkpoint": os.path.basename(ckpt), "setting": "test rooms, whole, 3 votes",
             "this run": {"miou": seg["miou"], "macc": seg["macc"], "oa": seg["oa"]}}
+
+
+def detect_evaluation(ckpt: str, cache: str) -> dict:
+    from cache_schema import open_cache
+    from train.eval.detection import evaluate_detection, load_detector
+
+    model, state = load_detector(ckpt)
+    c = open_cache(cache)
+    split = "val" if "val" in c.split_names else "test"
+    det = evaluate_detection(model, cache, split, state["num_points"])
+    return {"checkpoint": os.path.basename(ckpt), "setting": f"{split} rooms, 3DETR's NMS and AP",
+            "this run": {"map25": det["map25"], "map50": det["map50"]}}
+
+
+def boxes_picture(ckpt: str, cache_url: str, out_dir: str, dpi: int = 100, rooms: int = 3,
+                  min_score: float = 0.3) -> str:
+    """``out_dir/boxes.png``: validation rooms from above, true boxes and the run's detections scoring at least
+    ``min_score`` (after NMS), labelled by class."""
+    from matplotlib.patches import Rectangle
+
+    from cache_schema import open_cache
+    from train.eval.detection import load_detector, predict_split
+
+    plt = _pyplot()
+    model, state = load_detector(ckpt)
+    cache = open_cache(cache_url)
+    split = "val" if "val" in cache.split_names else "test"
+    names = state["box_classes"]
+    arrays = predict_split(model, cache_url, split, state["num_points"], max_rooms=rooms)
+    chosen = range(min(rooms, len(arrays["scenes"])))
+    cmap = plt.get_cmap("tab20")
+    fig, axes = plt.subplots(1, len(chosen), figsize=(6 * len(chosen), 6), dpi=dpi, squeeze=False)
+    fig.suptitle(f"{os.path.basename(ckpt)} on {cache_url}: true boxes (solid) and detections scoring >= "
+                 f"{min_score} (dashed), from above", fontsize=11)
+    for ax, i in zip(axes[0], chosen):
+        room = cache.room(int(np.flatnonzero(cache.ids == arrays["scenes"][i])[0]))
+        step = max(1, len(room.points) // 20000)
+        ax.scatter(room.points[::step, 0], room.points[::step, 1], s=0.2, c="0.75")
+        lo, hi = arrays["offsets"][i], arrays["offsets"][i + 1]
+        glo, ghi = arrays["gt_offsets"][i], arrays["gt_offsets"][i + 1]
+        drawn = [(b, c, "-", None) for b, c in zip(arrays["gt_boxes"][glo:ghi], arrays["gt_classes"][glo:ghi])]
+        keep = arrays["scores"][lo:hi] >= min_score
+        drawn += [(b, c, "--", s) for b, c, s in zip(arrays["boxes"][lo:hi][keep], arrays["classes"][lo:hi][keep],
+                                                     arrays["scores"][lo:hi][keep])]
+        for (cx, cy, _, dx, dy, _), c, style, score in drawn:
+            colour = cmap(int(c) % 20)
+            ax.add_patch(Rectangle((cx - dx / 2, cy - dy / 2), dx, dy, fill=False, lw=1.0, ls=style, ec=colour))
+            label = names[int(c)] if score is None else f"{names[int(c)]} {score:.2f}"
+            ax.text(cx, cy + (0 if score is None else dy / 2), label, fontsize=5, ha="center", color=colour)
+        ax.set_title(f"{arrays['scenes'][i]}: {ghi - glo} true, {int(keep.sum())} detected", fontsize=9)
+        ax.set_aspect("equal")
+        ax.tick_params(labelsize=7)
+    out = os.path.join(out_dir, "boxes.png")
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out
 
 
 def finetune_evaluation(ckpt: str, cache: str) -> dict:
@@ -221,8 +280,8 @@ def report(run_dir: str, out: str | None = None, with_eval: bool = True, dpi: in
 td,th{{border:1px solid #ccc;padding:4px 10px}} pre{{background:#f6f6f6;padding:1em}}</style></head><body>
 <h1>{html.escape(run_dir)} ({html.escape(stage)})</h1>
 <img src="{html.escape(os.path.basename(out))}" alt="curves and evaluation" style="max-width:100%">
-{'<h2>Test objects: predicted and true parts</h2><img src="parts.png" alt="parts" style="max-width:100%">'
- if parts_png else ""}
+{f'<h2>{PICTURE_TITLES.get(os.path.basename(parts_png), "Examples")}</h2><img src="{os.path.basename(parts_png)}" '
+ f'alt="examples" style="max-width:100%">' if parts_png else ""}
 <h2>Evaluation {html.escape(f"of {ckpt_name} ({setting})" if table else "")}</h2>
 <table><tr><th>encoder</th>{header}</tr>{rows}</table>
 <h2>Configuration</h2><pre>{html.escape(json.dumps(config, indent=2))}</pre></body></html>

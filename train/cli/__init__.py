@@ -11,6 +11,8 @@
     train eval partseg --cache caches/shapenetpart.zarr --ckpt runs/seg/best.pt --json
     train semseg --cache caches/s3dis.zarr --init runs/s2/last.pt --out runs/semseg
     train eval semseg --cache caches/s3dis.zarr --ckpt runs/semseg/best.pt --json --save-predictions area5.npz
+    train detect --cache caches/scannet.zarr --init runs/s2/last.pt --out runs/detect
+    train eval detect --cache caches/scannet.zarr --ckpt runs/detect/best.pt --json --save-predictions val.npz
     train fusion pretrain --cache caches/demo-scenes.zarr --out runs/f-pre
     train fusion finetune --cache caches/demo-scenes.zarr --out runs/f-1pc --labels 1% --init runs/f-pre/last.pt
     train eval seg --cache caches/demo-scenes.zarr --ckpt runs/f-1pc/last.pt --json
@@ -36,6 +38,7 @@ app.command()(downstream.finetune)
 app.command()(downstream.fewshot)
 app.command()(downstream.segment)
 app.command()(downstream.semseg)
+app.command()(downstream.detect)
 app.command("export-encoder")(downstream.export_encoder)
 app.command("report")(report.report_cmd)
 app.add_typer(fusion.app, name="fusion")

@@ -160,3 +160,41 @@ def eval_semseg(
     except (CacheError, FileNotFoundError, ValueError, KeyError) as e:
         fail(e)
     show(result, json_out)
+
+
+@app.command("detect")
+def eval_detect(
+    cache: Cache,
+    ckpt: Annotated[str, typer.Option(help="A `train detect` checkpoint (best.pt or last.pt).")],
+    split: Annotated[Optional[str], typer.Option(help="Rooms to score [default: val when the cache has it, "
+                                                      "else test].")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Rooms per forward pass.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seeds the points sampled from each room.")] = 0,
+    save_predictions: Annotated[Optional[str], typer.Option(
+        help="Write P.npz: scenes (S,), offsets (S+1,), boxes (sum, 6), scores, classes, gt_offsets, gt_boxes, "
+             "gt_classes and class_names, enough to recompute the AP.")] = None,
+    json_out: Json = False,
+) -> None:
+    """Indoor 3D detection as 3DETR scores ScanNetV2: per-class NMS, then AP per class and mAP at IoU 0.25 and 0.5
+    over the split's rooms (VOC all-point AP, mAP over the classes with ground truth)."""
+    from cache_schema import open_cache
+    from train.eval.detection import evaluate_detection, load_detector
+
+    try:
+        model, state = load_detector(ckpt)
+        c = open_cache(cache)
+        if c.kind != "rooms" or not c.has_boxes:
+            raise ValueError(f"{cache} is not a rooms cache with boxes; `train eval detect` reads one")
+        if list(c.box_classes) != list(state["box_classes"]):
+            raise ValueError(f"{cache} has other box classes than the run was trained on ({len(c.box_classes)} vs "
+                             f"{len(state['box_classes'])})")
+        split = split or ("val" if "val" in c.split_names else "test")
+        scores = evaluate_detection(model, cache, split, state["num_points"], seed, batch_size,
+                                    progress=not json_out, save_predictions=save_predictions)
+        if scores["failed_rooms"]:
+            typer.echo(f"warning: {len(scores['failed_rooms'])} rooms of {split!r} failed to build and are not "
+                       f"scored: {', '.join(scores['failed_rooms'][:5])} (see `cache info {cache}`)", err=True)
+        result = {"eval": "detect", "ckpt": ckpt, "cache": cache, "split": split, **scores}
+    except (CacheError, FileNotFoundError, ValueError, KeyError) as e:
+        fail(e)
+    show(result, json_out)

@@ -153,10 +153,15 @@ class Detector(nn.Module):
         return centers.gather(1, idx.unsqueeze(-1).expand(-1, -1, 3))
 
     def forward(self, points: torch.Tensor) -> dict:
-        """points (B, N, 3) in metres; the scene's bounds are those of its points, as 3DETR's dataset gives them."""
+        """points (B, N, 3) in metres; the scene's bounds are those of its points, as 3DETR's dataset gives them.
+
+        The encoder reads the points about the centre of their bounds (ScanNet's aligned rooms are near the origin
+        already; S3DIS and the demo rooms sit metres away), so its position embedding sees the same range
+        wherever a dataset puts its rooms; boxes come back in the input's coordinates."""
         dims_min, dims_max = points.amin(dim=1), points.amax(dim=1)
-        encoded = self.encoder.encode(self.encoder.tokenize(points))
-        centers = encoded.centers.float()
+        origin = ((dims_min + dims_max) / 2).unsqueeze(1)  # the encoder sees the scene about its centre
+        encoded = self.encoder.encode(self.encoder.tokenize(points - origin))
+        centers = encoded.centers.float() + origin
         memory = self.encoder_to_decoder_projection(encoded.tokens.transpose(1, 2)).transpose(1, 2)
         query_xyz = self.query_points(centers)
         query_pos = self.query_projection(self.pos_embedding(query_xyz, dims_min, dims_max).transpose(1, 2))

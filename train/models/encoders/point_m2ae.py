@@ -158,7 +158,11 @@ class PointM2AEEncoder(PointEncoder):
                                             "local_attention": True, "scale_norms": False}, "label_smoothing": 0.0},
                "segment": {"encoder": {"group_sizes": (16, 8, 8), "local_attention": True, "scale_norms": True}},
                # no official S3DIS recipe: its part-segmentation one, on 2,048-point blocks as on 2,048-point shapes
-               "semseg": {"encoder": {"group_sizes": (16, 8, 8), "local_attention": True, "scale_norms": True}}}
+               "semseg": {"encoder": {"group_sizes": (16, 8, 8), "local_attention": True, "scale_norms": True}},
+               # scenes: 3DETR-m's token counts (2,048 then halved) and its masking radii in metres (0.4, 0.8, 1.2)
+               "detect": {"encoder": {"num_groups": (2048, 1024, 512), "group_sizes": (32, 16, 16),
+                                      "local_radius": (0.4, 0.8, 1.2), "local_attention": True,
+                                      "scale_norms": False}}}
 
     def __init__(self, config: PointM2AEConfig) -> None:
         super().__init__()

@@ -79,7 +79,9 @@ class PointMAEEncoder(PointEncoder):
     default_mask_ratio = 0.6
     recipes = {"modelnet40": {"encoder": {"num_group": 64, "group_size": 32}},       # cfgs/finetune_modelnet.yaml
                "scanobjectnn": {"encoder": {"num_group": 128, "group_size": 32}},    # cfgs/finetune_scan_*.yaml
-               "semseg": {"encoder": {"num_group": 128, "group_size": 32}}}          # ACT semantic_segmentation
+               "semseg": {"encoder": {"num_group": 128, "group_size": 32}},          # ACT semantic_segmentation
+               # 3DETR's pre-encoder: 2,048 centres of 64 points (about its 0.2 m ball on a 40k-point ScanNet room)
+               "detect": {"encoder": {"num_group": 2048, "group_size": 64}}}
 
     def __init__(self, config: PointMAEConfig) -> None:
         super().__init__()
