@@ -88,21 +88,37 @@ def test_a_short_cpu_run_on_demo_rooms_beats_the_untrained_model(demo_rooms_cach
     assert seen[0] > seen[1] + 0.02, seen
 
 
-def test_the_loss_weights_change_the_loss(demo_rooms_cache):
+def test_each_loss_weight_scales_its_own_term(demo_rooms_cache):
     from train.data.detection import SceneStream, SceneStreamConfig
-    from train.downstream.detect import DetectConfig, DetectTask
+    from train.downstream.detect import DetectConfig, DetectTask, scene_targets
 
     batch = next(iter(SceneStream(demo_rooms_cache, SceneStreamConfig(num_points=512, prefetch_bytes=0))))
-    totals = []
-    for weights in ({}, {"loss_giou": 0.0}, {"loss_no_object": 1.0}):
-        cfg = DetectConfig(cache=demo_rooms_cache, out="unused", **SMALL, **weights).resolved()
-        task = DetectTask(cfg)
+    results = []
+    for weights in ({}, {"loss_giou": 0.0}, {"loss_center": 10.0}):
+        task = DetectTask(DetectConfig(cache=demo_rooms_cache, out="unused", **SMALL, **weights).resolved())
         torch.manual_seed(0)
         model = task.build(None, torch.device("cpu"), 0, 1).eval()
         with torch.no_grad():
-            totals.append(float(task.losses(model, batch, torch.device("cpu"), torch.autocast("cpu", enabled=False))
-                                ["total"]))
-    assert totals[0] != totals[1] and totals[0] != totals[2]
+            outputs = model(batch["points"])
+            results.append(task.criterion(outputs, scene_targets(batch, batch["points"], torch.device("cpu"))))
+    (total, logs), (no_giou, _), (more_center, _) = results
+    giou = sum(float(v) for k, v in logs.items() if k.startswith("loss/giou"))  # every decoder layer's
+    center = sum(float(v) for k, v in logs.items() if k.startswith("loss/center"))
+    assert giou > 0 and center > 0
+    assert float(total) - float(no_giou) == pytest.approx(giou, rel=1e-5)
+    assert float(more_center) - float(total) == pytest.approx(center, rel=1e-5)  # 10 = twice the default 5
+
+
+def test_the_box_heads_normalise_every_layer_with_one_batch_of_statistics():
+    from train.models.detector import Detector
+    from train.models.encoders import create_encoder
+
+    torch.manual_seed(0)
+    model = Detector(create_encoder("point-mae-tiny", None, num_group=32, group_size=16), 5, num_queries=8,
+                     dec_layers=3, dec_dim=32, dec_ffn_dim=32).train()
+    model(torch.rand(2, 512, 3))
+    norms = [m for m in model.mlp_heads.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert norms and all(int(m.num_batches_tracked) == 1 for m in norms)  # 3DETR: the L x B layers stacked once
 
 
 def test_bf16_on_a_cpu_gives_the_fp32_boxes_within_tolerance():
@@ -117,6 +133,10 @@ def test_bf16_on_a_cpu_gives_the_fp32_boxes_within_tolerance():
         fp32 = model(points)["outputs"]
         with torch.autocast("cpu", dtype=torch.bfloat16):
             bf16 = model(points)["outputs"]
+        xyz, lo, hi = points[:, :64], points.amin(1), points.amax(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fourier = model.pos_embedding(xyz, lo, hi)
+        torch.testing.assert_close(fourier, model.pos_embedding(xyz, lo, hi), rtol=0, atol=0)  # never in bf16
     assert bf16["center_unnormalized"].dtype == torch.float32  # heads return float32 for the loss and matching
     torch.testing.assert_close(bf16["center_unnormalized"], fp32["center_unnormalized"], atol=0.05, rtol=0)
     torch.testing.assert_close(bf16["size_unnormalized"], fp32["size_unnormalized"], atol=0.1, rtol=0)
@@ -134,6 +154,43 @@ def test_point_m2ae_detects_with_its_scene_grouping(demo_rooms_cache, tmp_path):
     model, state = load_detector(f"{out}/last.pt")
     assert state["encoder"]["name"] == "point-m2ae"
     assert tuple(state["encoder"]["config"]["local_radius"]) == (0.4, 0.8, 1.2)
+    with torch.no_grad():
+        out = model(torch.rand(1, 2048, 3) * 4)
+        tokens = model.encoder.encode(model.encoder.tokenize(torch.rand(1, 2048, 3))).tokens
+    assert tokens.shape[1] == 512 and out["outputs"]["sem_cls_logits"].shape == (1, 8, len(state["box_classes"]) + 1)
+
+
+def test_validation_follows_the_val_cache_and_its_splits(demo_rooms_cache, objects_cache, tmp_path):
+    from test_semseg import write_rooms
+
+    from train.downstream.detect import DetectConfig
+
+    cfg = DetectConfig(cache=demo_rooms_cache, out="unused", **SMALL)
+    assert cfg.resolved().val_split == "test"  # auto: the demo rooms have no val split
+    with pytest.raises(ValueError, match="--val-cache .* objects cache"):
+        DetectConfig(cache=demo_rooms_cache, out="unused", val_cache=objects_cache[0], **SMALL).resolved()
+    with pytest.raises(ValueError, match="--val-split 'val'"):
+        DetectConfig(cache=demo_rooms_cache, out="unused", val_split="val", **SMALL).resolved()
+    no_boxes = str(tmp_path / "no-boxes.zarr")
+    write_rooms(no_boxes, [3000, 3000])
+    with pytest.raises(ValueError, match="--val-cache .* without boxes"):
+        DetectConfig(cache=demo_rooms_cache, out="unused", val_cache=no_boxes, **SMALL).resolved()
+
+
+def test_eval_detect_refuses_a_cache_of_other_classes_and_a_missing_split(demo_rooms_cache, tmp_path):
+    from train.downstream.detect import DetectConfig, train_detect
+
+    out = str(tmp_path / "run")
+    train_detect(DetectConfig(cache=demo_rooms_cache, out=out, epochs=1, warmup_epochs=0, batch_size=4, workers=0,
+                              val_split=None, **SMALL), progress=False)
+    state = torch.load(f"{out}/last.pt", weights_only=False)
+    state["box_classes"] = ["chair"] * len(state["box_classes"])
+    torch.save(state, f"{out}/renamed.pt")
+    r = CliRunner().invoke(app, ["eval", "detect", "--cache", demo_rooms_cache, "--ckpt", f"{out}/renamed.pt"])
+    assert r.exit_code != 0 and "other box classes" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(app, ["eval", "detect", "--cache", demo_rooms_cache, "--ckpt", f"{out}/last.pt",
+                                 "--split", "val"])
+    assert r.exit_code != 0 and "--split" in r.output and "Traceback" not in r.output
 
 
 def test_detect_refuses_caches_it_cannot_read(objects_cache, tmp_path):

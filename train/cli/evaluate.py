@@ -178,17 +178,16 @@ def eval_detect(
     """Indoor 3D detection as 3DETR scores ScanNetV2: per-class NMS, then AP per class and mAP at IoU 0.25 and 0.5
     over the split's rooms (VOC all-point AP, mAP over the classes with ground truth)."""
     from cache_schema import open_cache
-    from train.eval.detection import evaluate_detection, load_detector
+    from train.eval.detection import check_classes, evaluate_detection, load_detector
 
     try:
         model, state = load_detector(ckpt)
         c = open_cache(cache)
-        if c.kind != "rooms" or not c.has_boxes:
-            raise ValueError(f"{cache} is not a rooms cache with boxes; `train eval detect` reads one")
-        if list(c.box_classes) != list(state["box_classes"]):
-            raise ValueError(f"{cache} has other box classes than the run was trained on ({len(c.box_classes)} vs "
-                             f"{len(state['box_classes'])})")
-        split = split or ("val" if "val" in c.split_names else "test")
+        check_classes(c, state)
+        split = split or next((s for s in ("val", "test") if s in c.split_names), None)
+        if split not in c.split_names:
+            raise ValueError(f"{cache} has no {split or 'val or test'} split (it has {', '.join(c.split_names)}); "
+                             "name one with --split")
         scores = evaluate_detection(model, cache, split, state["num_points"], seed, batch_size,
                                     progress=not json_out, save_predictions=save_predictions)
         if scores["failed_rooms"]:

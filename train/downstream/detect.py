@@ -46,8 +46,8 @@ class DetectConfig(RecipeConfig):
     val_split: str | None = setting("auto", "Score AP25 on this split every --val-every-epochs, keeping the best "
                                             "as best.pt (auto: val when the cache has it, else test).")
     val_every_epochs: int = setting(10, "Epochs between validations (3DETR: 10).", check="positive")
-    num_queries: int = setting(256, "Box queries, sampled by FPS from the encoder's token centres.",
-                               check="positive")
+    num_queries: int = setting(256, "Box queries, sampled by FPS from the encoder's token centres (at most as "
+                                    "many as the encoder has tokens).", check="positive")
     dec_layers: int = setting(8, "Transformer decoder layers.", check="positive")
     dec_dim: int = setting(256, "Decoder width (even: it holds Fourier features).", check="positive")
     dec_heads: int = setting(4, "Decoder attention heads.", check="positive")
@@ -66,18 +66,38 @@ class DetectConfig(RecipeConfig):
     not_options = RecipeConfig.not_options + ("sampling", "augmentation")  # rooms are sampled as 3DETR does
 
     def resolved(self) -> DetectConfig:
-        cache = open_cache(self.cache)
-        if cache.kind != "rooms" or not cache.has_boxes:
-            what = f"a {cache.kind} cache" if cache.kind != "rooms" else "a rooms cache without boxes"
-            raise ValueError(f"{self.cache} is {what}; `train detect` reads a rooms cache with boxes "
-                             "(`preprocess rooms scannet` or `preprocess rooms demo-rooms`)")
-        val = ("val" if "val" in cache.split_names else "test") if self.val_split == "auto" else self.val_split
-        for name, split in (("--train-split", self.train_split), ("--val-split", val)):
-            if split is not None and split not in cache.split_names:
-                raise ValueError(f"{name} {split!r}: {self.cache} has the splits {', '.join(cache.split_names)}")
+        cache = detection_cache(self.cache, "--cache")
+        if self.train_split not in cache.split_names:
+            raise ValueError(f"--train-split {self.train_split!r}: {self.cache} has the splits "
+                             f"{', '.join(cache.split_names)}")
+        val_url = self.val_cache or self.cache
+        val_cache = detection_cache(val_url, "--val-cache") if self.val_cache else cache
+        if tuple(val_cache.box_classes) != tuple(cache.box_classes):
+            raise ValueError(f"--val-cache {val_url} has other box classes than {self.cache}")
+        val = self.val_split
+        if val == "auto":
+            val = next((s for s in ("val", "test") if s in val_cache.split_names), None)
+            if val is None:
+                print(f"note: {val_url} has no val or test split; the run does not validate (--val-split NAME)")
+        if val is not None:
+            if val not in val_cache.split_names:
+                raise ValueError(f"--val-split {val!r}: {val_url} has the splits {', '.join(val_cache.split_names)}")
+            if not len(val_cache.done_rows(val)):
+                raise ValueError(f"--val-split {val!r}: no room of it is built in {val_url}")
         if self.dec_dim % 2 or self.dec_dim % self.dec_heads:
             raise ValueError(f"--dec-dim {self.dec_dim} must be even and divisible by --dec-heads {self.dec_heads}")
         return self.filled(RECIPE, "detect", val_split=val)
+
+
+def detection_cache(url: str, option: str):
+    """The rooms cache with boxes at ``url``, or a one-line error naming ``option``."""
+    cache = open_cache(url)
+    if cache.kind != "rooms" or not cache.has_boxes:
+        what = f"an {cache.kind} cache" if cache.kind == "objects" else f"a {cache.kind} cache" \
+            if cache.kind != "rooms" else "a rooms cache without boxes"
+        raise ValueError(f"{option} {url} is {what}; detection reads a rooms cache with boxes "
+                         "(`preprocess rooms scannet` or `preprocess rooms demo-rooms`)")
+    return cache
 
 
 class DetectTask(EpochTask):

@@ -38,13 +38,14 @@ def predict_split(model: Detector, url: str, split: str, num_points: int, seed: 
     ids = open_cache(url).ids
     rooms, dets, gts = [], [], []
     with evaluating(model):
-        for batch in tqdm(stream, total=len(stream), desc=f"detect {split}", unit="batch", disable=not progress):
+        for batch in tqdm(stream, total=-(-len(stream) // batch_size), desc=f"detect {split}", unit="batch",
+                          disable=not progress):
+            if max_rooms is not None and len(rooms) >= max_rooms:
+                break
             last = model(batch["points"].to(device))["outputs"]
             boxes = predicted_boxes(last).float().cpu().numpy()
             sem = last["sem_cls_prob"].float().cpu().numpy()
             obj = last["objectness_prob"].float().cpu().numpy()
-            if max_rooms is not None and len(rooms) >= max_rooms:
-                break
             for i, row in enumerate(batch["row"].tolist()):
                 rooms.append(str(ids[row]))
                 dets.append(parse_predictions(boxes[i], sem[i], obj[i], points=batch["points"][i].numpy()))
@@ -82,6 +83,15 @@ def scores_from_file(path: str) -> dict:
         arrays = {k: f[k] for k in PREDICTION_ARRAYS}
         names = tuple(str(n) for n in f["class_names"])
     return split_scores(**arrays, class_names=names)
+
+
+def check_classes(cache, state: dict) -> None:
+    """A one-line error unless ``cache`` is a rooms cache with the box classes the run was trained on."""
+    if cache.kind != "rooms" or not cache.has_boxes:
+        raise ValueError(f"{cache.loc.url} is not a rooms cache with boxes; detection reads one")
+    if list(cache.box_classes) != list(state["box_classes"]):
+        raise ValueError(f"{cache.loc.url} has other box classes than the run was trained on "
+                         f"({len(cache.box_classes)} vs {len(state['box_classes'])})")
 
 
 def load_detector(ckpt: str) -> tuple[Detector, dict]:

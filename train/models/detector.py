@@ -14,7 +14,9 @@ This follows 3DETR's ``models/model_3detr.py``, ``transformer.py``, ``position_e
 layer for layer. What differs: the encoder (3DETR's is a PointNet++ set abstraction of 2,048 points, radius 0.2,
 64 samples, then 3 transformer layers; ours groups the scene with the encoder family's own tokenizer, see the
 ``detect`` recipes), and the angle heads, which are left out: ScanNet's boxes have no heading and 3DETR multiplies
-its one-bin angle prediction by 0.
+its one-bin angle prediction by 0 (it still trains that head's residual towards 0 with a Huber loss of weight
+0.5, a term that reaches the decoder; it goes with the head). Under DDP 3DETR converts the BatchNorms to
+SyncBatchNorm; here each process normalises its own batch (8 rooms at the recipe's size, 3DETR's single-GPU batch).
 """
 
 from __future__ import annotations
@@ -67,9 +69,12 @@ class FourierPositionEmbedding(nn.Module):
 
     @torch.no_grad()
     def forward(self, xyz: torch.Tensor, dims_min: torch.Tensor, dims_max: torch.Tensor) -> torch.Tensor:
-        """(B, N, dim) features of xyz (B, N, 3)."""
-        projected = (normalize_to_scene(xyz.float(), dims_min, dims_max) * (2 * math.pi)) @ self.gauss_B
-        return torch.cat([projected.sin(), projected.cos()], dim=-1)
+        """(B, N, dim) float32 features of xyz (B, N, 3), in float32 under autocast too: phases reach tens of
+        radians, where bfloat16 steps are a tenth of one."""
+        with torch.autocast(xyz.device.type, enabled=False):
+            scene = normalize_to_scene(xyz.float(), dims_min.float(), dims_max.float())
+            projected = (scene * (2 * math.pi)) @ self.gauss_B
+            return torch.cat([projected.sin(), projected.cos()], dim=-1)
 
 
 class DecoderLayer(nn.Module):
@@ -166,29 +171,38 @@ class Detector(nn.Module):
         query_xyz = self.query_points(centers)
         query_pos = self.query_projection(self.pos_embedding(query_xyz, dims_min, dims_max).transpose(1, 2))
         query_pos = query_pos.transpose(1, 2)
-        pos = self.pos_embedding(centers, dims_min, dims_max).to(memory.dtype)
-        layers = self.decoder(torch.zeros_like(query_pos), memory, pos, query_pos)
-        outputs = [self.box_predictions(features, query_xyz, dims_min, dims_max) for features in layers]
+        pos = self.pos_embedding(centers, dims_min, dims_max)
+        layers = self.decoder(torch.zeros_like(query_pos, dtype=torch.float32), memory, pos, query_pos)
+        outputs = self.box_predictions(torch.stack(layers), query_xyz, dims_min, dims_max)
         return {"outputs": outputs[-1], "aux_outputs": outputs[:-1]}
 
     def box_predictions(self, features: torch.Tensor, query_xyz: torch.Tensor, dims_min: torch.Tensor,
-                        dims_max: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One decoder layer's boxes (3DETR's ``get_box_predictions`` and ``BoxProcessor``)."""
-        x = features.transpose(1, 2)
-        cls_logits = self.mlp_heads["sem_cls_head"](x).transpose(1, 2).float()
-        center_offset = self.mlp_heads["center_head"](x).transpose(1, 2).float().sigmoid() - 0.5
-        size_normalized = self.mlp_heads["size_head"](x).transpose(1, 2).float().sigmoid()
-        center_unnormalized = query_xyz + center_offset
-        scene_scale = (dims_max - dims_min).clamp(min=0.1)
+                        dims_max: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """Every decoder layer's boxes from its features (L, B, Q, C) (3DETR's ``get_box_predictions`` and
+        ``BoxProcessor``). The heads run once over the L x B stacked layers, as 3DETR's, so their BatchNorms
+        normalise every layer with the same statistics, in training and in evaluation."""
+        num_layers, b, q, c = features.shape
+        x = features.reshape(num_layers * b, q, c).transpose(1, 2)
+
+        def head(name: str) -> torch.Tensor:
+            return self.mlp_heads[name](x).transpose(1, 2).float().reshape(num_layers, b, q, -1)
+
+        cls_logits, center_offset, size_normalized = head("sem_cls_head"), head("center_head"), head("size_head")
+        center_offset, size_normalized = center_offset.sigmoid() - 0.5, size_normalized.sigmoid()
+        scene_scale = (dims_max - dims_min).clamp(min=0.1)[:, None]
         with torch.no_grad():  # only matching and evaluation read these
             prob = cls_logits.softmax(dim=-1)
-        return {"sem_cls_logits": cls_logits,
-                "center_normalized": normalize_to_scene(center_unnormalized, dims_min, dims_max),
-                "center_unnormalized": center_unnormalized,
-                "size_normalized": size_normalized,
-                "size_unnormalized": size_normalized * scene_scale[:, None],
-                "objectness_prob": 1 - prob[..., -1],
-                "sem_cls_prob": prob[..., :-1]}
+        out = []
+        for i in range(num_layers):
+            center_unnormalized = query_xyz + center_offset[i]
+            out.append({"sem_cls_logits": cls_logits[i],
+                        "center_normalized": normalize_to_scene(center_unnormalized, dims_min, dims_max),
+                        "center_unnormalized": center_unnormalized,
+                        "size_normalized": size_normalized[i],
+                        "size_unnormalized": size_normalized[i] * scene_scale,
+                        "objectness_prob": 1 - prob[i, ..., -1],
+                        "sem_cls_prob": prob[i, ..., :-1]})
+        return out
 
 
 def predicted_boxes(layer: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -159,7 +159,8 @@ class PointM2AEEncoder(PointEncoder):
                "segment": {"encoder": {"group_sizes": (16, 8, 8), "local_attention": True, "scale_norms": True}},
                # no official S3DIS recipe: its part-segmentation one, on 2,048-point blocks as on 2,048-point shapes
                "semseg": {"encoder": {"group_sizes": (16, 8, 8), "local_attention": True, "scale_norms": True}},
-               # scenes: 3DETR-m's token counts (2,048 then halved) and its masking radii in metres (0.4, 0.8, 1.2)
+               # scenes: 3DETR-m starts from 2,048 tokens and halves them once, masking attention at 0.4, 0.8 and
+               # 1.2 m; the third scale halves again, so the decoder reads 512 tokens (3DETR-m: 1,024)
                "detect": {"encoder": {"num_groups": (2048, 1024, 512), "group_sizes": (32, 16, 16),
                                       "local_radius": (0.4, 0.8, 1.2), "local_attention": True,
                                       "scale_norms": False}}}
