@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 
 from train.cli.options import fail, train_and_report
 
@@ -84,7 +85,7 @@ def _option(f: dataclasses.Field, hint: Any, described: str | None) -> inspect.P
     help_text = f.metadata.get("help", "")
     if described:
         help_text = f"{help_text} [recipe: {described}]".strip()
-    info = typer.Option(*f.metadata.get("flags", ()), help=help_text)
+    info = typer.Option(*f.metadata.get("flags", ()), help=escape(help_text))  # "[recipe: 8]" is no rich markup
     if f.default is not dataclasses.MISSING:
         default = f.default
     elif f.default_factory is not dataclasses.MISSING:

@@ -166,8 +166,8 @@ def eval_semseg(
 def eval_detect(
     cache: Cache,
     ckpt: Annotated[str, typer.Option(help="A `train detect` checkpoint (best.pt or last.pt).")],
-    split: Annotated[Optional[str], typer.Option(help="Rooms to score [default: val when the cache has it, "
-                                                      "else test].")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Rooms to score (default: val when the cache has it, "
+                                                      "else test).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Rooms per forward pass.")] = 8,
     seed: Annotated[int, typer.Option(help="Seeds the points sampled from each room.")] = 0,
     save_predictions: Annotated[Optional[str], typer.Option(
