@@ -60,14 +60,17 @@ def test_random_cuboid_keeps_enough_points_and_the_boxes_whose_centres_it_holds(
     rng = np.random.default_rng(2)
     xyz = rng.uniform(0, [6, 5, 3], (20000, 3))
     boxes = np.concatenate([rng.uniform(0.5, [5.5, 4.5, 2.5], (12, 3)), np.full((12, 3), 0.4)], axis=1)
+    cropped = 0
     for seed in range(5):
         idx, keep = random_cuboid(xyz, boxes, np.random.default_rng(seed), min_points=8000)
         assert len(idx) >= 8000 and len(keep) >= 1
         lo, hi = xyz[idx].min(axis=0), xyz[idx].max(axis=0)
         held = np.all((boxes[:, :3] >= lo) & (boxes[:, :3] <= hi), axis=1)
         assert list(np.flatnonzero(held)) == list(keep)
-        extent = hi - lo
-        assert np.all(extent <= np.array([6, 5, 3]) + 1e-9)
+        within = np.flatnonzero(np.all((xyz >= lo) & (xyz <= hi), axis=1))
+        assert list(within) == list(idx)  # a cuboid: every point inside the kept points' bounds is kept
+        cropped += len(idx) < len(xyz)
+    assert cropped == 5  # half the room's points, or more, never needs the whole room
     idx, keep = random_cuboid(xyz, boxes, np.random.default_rng(0), min_points=30000)  # impossible: whole room
     assert len(idx) == len(xyz) and len(keep) == len(boxes)
 

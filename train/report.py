@@ -110,12 +110,10 @@ def semseg_evaluation(ckpt: str, cache: str) -> dict:
 
 
 def detect_evaluation(ckpt: str, cache: str) -> dict:
-    from cache_schema import open_cache
     from train.eval.detection import check_classes, evaluate_detection, load_detector
 
     model, state = load_detector(ckpt)
-    c = open_cache(cache)
-    check_classes(c, state)
+    c = check_classes(cache, state)
     split = "val" if "val" in c.split_names else "test"
     det = evaluate_detection(model, cache, split, state["num_points"])
     failed = f"; {len(det['failed_rooms'])} rooms failed to build, not scored" if det["failed_rooms"] else ""
@@ -129,13 +127,11 @@ def boxes_picture(ckpt: str, cache_url: str, out_dir: str, dpi: int = 100, rooms
     ``min_score`` (after NMS), labelled by class."""
     from matplotlib.patches import Rectangle
 
-    from cache_schema import open_cache
     from train.eval.detection import check_classes, load_detector, predict_split
 
     plt = _pyplot()
     model, state = load_detector(ckpt)
-    cache = open_cache(cache_url)
-    check_classes(cache, state)
+    cache = check_classes(cache_url, state)
     split = "val" if "val" in cache.split_names else "test"
     names = state["box_classes"]
     arrays = predict_split(model, cache_url, split, state["num_points"], max_rooms=rooms)

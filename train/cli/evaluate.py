@@ -177,13 +177,11 @@ def eval_detect(
 ) -> None:
     """Indoor 3D detection as 3DETR scores ScanNetV2: per-class NMS, then AP per class and mAP at IoU 0.25 and 0.5
     over the split's rooms (VOC all-point AP, mAP over the classes with ground truth)."""
-    from cache_schema import open_cache
     from train.eval.detection import check_classes, evaluate_detection, load_detector
 
     try:
         model, state = load_detector(ckpt)
-        c = open_cache(cache)
-        check_classes(c, state)
+        c = check_classes(cache, state)
         split = split or next((s for s in ("val", "test") if s in c.split_names), None)
         if split not in c.split_names:
             raise ValueError(f"{cache} has no {split or 'val or test'} split (it has {', '.join(c.split_names)}); "

@@ -114,6 +114,17 @@ def sample_scene(xyz: np.ndarray, boxes: np.ndarray, labels: np.ndarray, rng: np
             "box_labels": labels.astype(np.int64)}
 
 
+def open_box_cache(url: str, option: str = ""):
+    """The rooms cache with boxes at ``url``, or a one-line error (naming ``option`` when given)."""
+    cache = open_cache(url)
+    if cache.kind != "rooms" or not cache.has_boxes:
+        what = ("an objects cache" if cache.kind == "objects" else f"a {cache.kind} cache") if cache.kind != "rooms" \
+            else "a rooms cache without boxes"
+        raise ValueError(f"{f'{option} ' if option else ''}{url} is {what}; detection reads a rooms cache with "
+                         "boxes (`preprocess rooms scannet` or `preprocess rooms demo-rooms`)")
+    return cache
+
+
 def collate_scenes(scenes: list[dict]) -> dict[str, torch.Tensor]:
     """Stack scenes, boxes padded to the batch's most (``box_present`` 0 on padding; 3DETR pads to 64)."""
     k = max(1, max(len(s["boxes"]) for s in scenes))
@@ -134,20 +145,14 @@ class SceneStream(RoomBlockStream):
 
     def __init__(self, url: str, config: SceneStreamConfig = SceneStreamConfig(), rank: int = 0,
                  world_size: int = 1) -> None:
-        self.url, self.config, self.rank, self.world_size = url, config, rank, world_size
-        cache = open_cache(url)
-        if cache.kind != "rooms":
-            raise ValueError(f"{url} is a {cache.kind} cache; detection reads rooms caches (`preprocess rooms`)")
-        if not cache.has_boxes:
-            raise ValueError(f"{url} has no boxes; build it from a source with boxes (scannet, s3dis, demo-rooms)")
-        rooms = cache.done_rows(config.split)
-        if not len(rooms):
-            raise ValueError(f"{url}: split {config.split!r} has no built rooms")
-        self.counts = np.zeros(cache.num_rows, np.int64)
-        self.counts[rooms] = 1
-        self.selected = np.ones(len(rooms), bool)
-        self.block_rows = 1
-        self.set_position(0)
+        super().__init__(url, config, rank, world_size)  # type: ignore[arg-type]
+
+    @staticmethod
+    def open_checked(url: str):
+        return open_box_cache(url)
+
+    def slots_per_room(self, cache, rooms: np.ndarray) -> np.ndarray:
+        return np.ones(len(rooms), np.int64)  # every room once per epoch
 
     def _open(self) -> dict:
         cache = open_cache(self.url)

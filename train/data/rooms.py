@@ -135,20 +135,31 @@ class RoomBlockStream(ShardedStream, IterableDataset):
                  world_size: int = 1) -> None:
         super().__init__()
         self.url, self.config, self.rank, self.world_size = url, config, rank, world_size
-        cache = open_cache(url)
-        if cache.kind != "rooms":
-            raise ValueError(f"{url} is a {cache.kind} cache; semantic segmentation reads rooms caches "
-                             "(`preprocess rooms`)")
+        cache = self.open_checked(url)
         rooms = cache.done_rows(config.split)
         if not len(rooms):
             raise ValueError(f"{url}: split {config.split!r} has no built rooms")
         self.counts = np.zeros(cache.num_rows, np.int64)
-        self.counts[rooms] = blocks_per_room(cache.room_sizes()[rooms], config.num_points, config.sample_rate)
-        if not self.counts.sum():
-            raise ValueError(f"{url}: split {config.split!r} holds fewer than {config.num_points} points")
+        self.counts[rooms] = self.slots_per_room(cache, rooms)
         self.selected = np.ones(int(self.counts.sum()), bool)  # one per slot: the sharding plan's rows
         self.block_rows = 1
         self.set_position(0)
+
+    @staticmethod
+    def open_checked(url: str):
+        cache = open_cache(url)
+        if cache.kind != "rooms":
+            raise ValueError(f"{url} is a {cache.kind} cache; semantic segmentation reads rooms caches "
+                             "(`preprocess rooms`)")
+        return cache
+
+    def slots_per_room(self, cache, rooms: np.ndarray) -> np.ndarray:
+        """(len(rooms),) slots of each built room of the split in an epoch: ACT's blocks per room."""
+        c = self.config
+        counts = blocks_per_room(cache.room_sizes()[rooms], c.num_points, c.sample_rate)
+        if not counts.sum():
+            raise ValueError(f"{self.url}: split {c.split!r} holds fewer than {c.num_points} points")
+        return counts
 
     def _plan(self, info, epoch: int, batches_done: int) -> SlotPlan:
         workers, worker_id = (info.num_workers, info.id) if info is not None else (0, 0)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from cache_schema import open_cache
-from train.data.detection import SceneStream, SceneStreamConfig
+from train.data.detection import SceneStream, SceneStreamConfig, open_box_cache
 from train.downstream.recipe import EpochTask, RecipeConfig, build_encoder
 from train.loop import run
 from train.models.detector import Detector
@@ -66,12 +66,12 @@ class DetectConfig(RecipeConfig):
     not_options = RecipeConfig.not_options + ("sampling", "augmentation")  # rooms are sampled as 3DETR does
 
     def resolved(self) -> DetectConfig:
-        cache = detection_cache(self.cache, "--cache")
+        cache = open_box_cache(self.cache, "--cache")
         if self.train_split not in cache.split_names:
             raise ValueError(f"--train-split {self.train_split!r}: {self.cache} has the splits "
                              f"{', '.join(cache.split_names)}")
         val_url = self.val_cache or self.cache
-        val_cache = detection_cache(val_url, "--val-cache") if self.val_cache else cache
+        val_cache = open_box_cache(val_url, "--val-cache") if self.val_cache else cache
         if tuple(val_cache.box_classes) != tuple(cache.box_classes):
             raise ValueError(f"--val-cache {val_url} has other box classes than {self.cache}")
         val = self.val_split
@@ -87,17 +87,6 @@ class DetectConfig(RecipeConfig):
         if self.dec_dim % 2 or self.dec_dim % self.dec_heads:
             raise ValueError(f"--dec-dim {self.dec_dim} must be even and divisible by --dec-heads {self.dec_heads}")
         return self.filled(RECIPE, "detect", val_split=val)
-
-
-def detection_cache(url: str, option: str):
-    """The rooms cache with boxes at ``url``, or a one-line error naming ``option``."""
-    cache = open_cache(url)
-    if cache.kind != "rooms" or not cache.has_boxes:
-        what = f"an {cache.kind} cache" if cache.kind == "objects" else f"a {cache.kind} cache" \
-            if cache.kind != "rooms" else "a rooms cache without boxes"
-        raise ValueError(f"{option} {url} is {what}; detection reads a rooms cache with boxes "
-                         "(`preprocess rooms scannet` or `preprocess rooms demo-rooms`)")
-    return cache
 
 
 class DetectTask(EpochTask):

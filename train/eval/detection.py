@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from cache_schema import open_cache
 from train import checkpoint
-from train.data.detection import SceneStream, SceneStreamConfig
+from train.data.detection import SceneStream, SceneStreamConfig, open_box_cache
 from train.eval.detection_metrics import parse_predictions, split_scores
 from train.eval.split import evaluating
 from train.models.detector import Detector, predicted_boxes
@@ -85,13 +85,14 @@ def scores_from_file(path: str) -> dict:
     return split_scores(**arrays, class_names=names)
 
 
-def check_classes(cache, state: dict) -> None:
-    """A one-line error unless ``cache`` is a rooms cache with the box classes the run was trained on."""
-    if cache.kind != "rooms" or not cache.has_boxes:
-        raise ValueError(f"{cache.loc.url} is not a rooms cache with boxes; detection reads one")
+def check_classes(url: str, state: dict):
+    """The rooms cache with boxes at ``url``, or a one-line error unless it has the box classes the run was
+    trained on."""
+    cache = open_box_cache(url)
     if list(cache.box_classes) != list(state["box_classes"]):
-        raise ValueError(f"{cache.loc.url} has other box classes than the run was trained on "
+        raise ValueError(f"{url} has other box classes than the run was trained on "
                          f"({len(cache.box_classes)} vs {len(state['box_classes'])})")
+    return cache
 
 
 def load_detector(ckpt: str) -> tuple[Detector, dict]:

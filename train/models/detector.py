@@ -132,6 +132,9 @@ class Detector(nn.Module):
                  mlp_dropout: float = 0.3) -> None:
         super().__init__()
         self.encoder, self.num_classes, self.num_queries = encoder, num_classes, num_queries
+        self.config = {"num_classes": num_classes, "num_queries": num_queries, "dec_layers": dec_layers,
+                       "dec_dim": dec_dim, "dec_heads": dec_heads, "dec_ffn_dim": dec_ffn_dim,
+                       "dec_dropout": dec_dropout, "mlp_dropout": mlp_dropout}
         enc_dim = encoder.token_dim
         self.encoder_to_decoder_projection = conv_mlp(enc_dim, [enc_dim, enc_dim], dec_dim, output_bias=False,
                                                       output_norm=True, output_activation=True)
@@ -146,11 +149,7 @@ class Detector(nn.Module):
 
     def hyperparameters(self) -> dict:
         """What rebuilds the decoder and heads (with the encoder's ``describe()``)."""
-        first = self.decoder.layers[0]
-        return {"num_classes": self.num_classes, "num_queries": self.num_queries,
-                "dec_layers": len(self.decoder.layers), "dec_dim": first.linear1.in_features,
-                "dec_heads": first.self_attn.num_heads, "dec_ffn_dim": first.linear1.out_features,
-                "dec_dropout": first.dropout.p, "mlp_dropout": self.mlp_heads["size_head"][3].p}
+        return dict(self.config)
 
     def query_points(self, centers: torch.Tensor) -> torch.Tensor:
         """(B, Q, 3) queries: farthest point sampling of the token centres from the first (3DETR's FPS)."""
