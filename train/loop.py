@@ -123,10 +123,12 @@ def _short(v) -> str:
 
 
 def lr_at(step: int, cfg: LoopConfig) -> float:
-    """Linear warm-up, then cosine decay to zero (as a factor of ``cfg.lr``)."""
+    """Linear warm-up, then cosine decay to zero at ``cfg.cosine_steps`` if the run has them, else at the last step
+    (as a factor of ``cfg.lr``)."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    length = getattr(cfg, "cosine_steps", None) or cfg.steps  # a recipe may cut its cosine short (Point-M2AE)
+    progress = (step - cfg.warmup_steps) / max(1, length - cfg.warmup_steps)
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
@@ -361,7 +363,8 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(losses["total"]).backward()
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(flat_params, cfg.grad_clip)
+            if cfg.grad_clip > 0:  # 0: none (the official masked-reconstruction recipes)
+                torch.nn.utils.clip_grad_norm_(flat_params, cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             task.after_step()

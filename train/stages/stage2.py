@@ -173,14 +173,10 @@ class Stage2Task(Task):
         return out
 
     def state(self) -> dict:
-        student = self.module.student
-        return {"model": student.state_dict(), "encoder": student.encoder.describe(),
-                "heads": {n: h.proj.out_features for n, h in student.heads.items()},
-                "decoders": {k: v for k, v in self.module.state_dict().items() if not k.startswith("student.")},
-                "teacher": {"ckpt": self.cfg.teacher, "name": self.teacher_name}}
+        return {**distillation_state(self.module), "teacher": {"ckpt": self.cfg.teacher, "name": self.teacher_name}}
 
     def load_state(self, state: dict) -> None:
-        self.module.load_state_dict({**{f"student.{k}": v for k, v in state["model"].items()}, **state["decoders"]})
+        load_distillation_state(self.module, state)
 
     def validate(self, url: str, split: str) -> dict[str, float]:
         return validate_student(self.module.student, url, split, self.cfg.num_points, prefer="linear")
@@ -188,6 +184,19 @@ class Stage2Task(Task):
     def describe(self) -> dict:
         return {"encoder": self.module.student.encoder.describe(),
                 "teacher": {"ckpt": self.cfg.teacher, "name": self.teacher_name}}
+
+
+def distillation_state(module: MaskedDistillation) -> dict:
+    """A masked-modelling run's checkpoint part: the student as every encoder tool reads it (``model``, ``encoder``,
+    ``heads``) and the decoders apart, so ``--init`` finds an encoder checkpoint like any other."""
+    student = module.student
+    return {"model": student.state_dict(), "encoder": student.encoder.describe(),
+            "heads": {n: h.proj.out_features for n, h in student.heads.items()},
+            "decoders": {k: v for k, v in module.state_dict().items() if not k.startswith("student.")}}
+
+
+def load_distillation_state(module: MaskedDistillation, state: dict) -> None:
+    module.load_state_dict({**{f"student.{k}": v for k, v in state["model"].items()}, **state["decoders"]})
 
 
 def open_teachers(url: str) -> set[str]:

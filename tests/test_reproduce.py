@@ -1,0 +1,169 @@
+"""scripts/reproduce.py: tables as runs, seeds, reuse of finished runs, mean +- std, and the paper's config files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+from train import reproduce as rp
+
+FAST = {"epochs": 1, "warmup_epochs": 0, "num_points": 128, "batch_size": 8, "workers": 0, "num_group": 16,
+        "group_size": 16}
+
+
+def write(path, obj) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f)
+
+
+@pytest.fixture
+def toy_configs(tmp_path, small_demo_cache):
+    """A two-row table: fine-tuning from a shared stage-1 run, and from random init; two columns of one run."""
+    root = str(tmp_path / "configs")
+    write(f"{root}/pretrain/toy/stage1.json", {"stage": "stage1", "config": {
+        "cache": small_demo_cache, "model": "point-mae-tiny", "steps": 2, "batch_size": 4, "num_points": 128,
+        "workers": 0}})
+    write(f"{root}/toy/table.json", {"title": "Toy table", "rows": ["point-mae/ours", "point-mae/random"], "columns": [
+        {"name": "acc", "cache": small_demo_cache, "metric": "accuracy"},
+        {"name": "acc vote", "cache": small_demo_cache, "metric": "accuracy-vote10"}]})
+    write(f"{root}/toy/point-mae/ours.json", {"stage": "finetune", "row": "ours", "paper": {"acc": 94.0},
+                                              "config": {"init": "runs/paper/pretrain/toy/stage1/last.pt", **FAST}})
+    write(f"{root}/toy/point-mae/random.json", {"stage": "finetune", "row": "random", "paper": {},
+                                                "config": {"init": "random", "model": "point-mae-tiny", **FAST}})
+    return root
+
+
+def test_plan_runs_shared_pretraining_once_and_first(toy_configs):
+    table = rp.load_table("toy", toy_configs)
+    runs, scored_by = rp.plan(table, toy_configs)
+    ids = [r.id for r in runs]
+    assert ids.count("pretrain/toy/stage1") == 1 and ids.index("pretrain/toy/stage1") == 0
+    assert len(ids) == 3  # the two columns read one run of each row
+    assert scored_by["point-mae/ours", "acc"] == scored_by["point-mae/ours", "acc vote"]
+    settings = rp.settings_for(runs[1], 7, "/o", None)
+    assert settings["init"] == "/o/seed7/pretrain/toy/stage1/last.pt" and settings["seed"] == 7
+
+
+def test_toy_table_two_seeds_mean_and_std_and_determinism(toy_configs, tmp_path):
+    out = str(tmp_path / "runs")
+    text = rp.reproduce("toy", [0, 1], out, root=toy_configs, log=lambda s: None)
+    table = rp.load_table("toy", toy_configs)
+    _, scored_by = rp.plan(table, toy_configs)
+    lines = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    for row in table.rows:
+        for i, col in enumerate(table.columns):
+            per_seed = []
+            for seed in (0, 1):
+                saved = json.load(open(os.path.join(out, f"seed{seed}", scored_by[row.id, col.name], rp.SCORES)))
+                per_seed.append(saved[f"{col.metric} {col.cache}"])
+            cell = lines[row.name].split("|")[3 + i].strip()
+            mean, std, paper = re.fullmatch(r"(\S+) \+- (\S+) \((\S+)\)", cell).groups()
+            assert float(mean) == pytest.approx(round(np.mean(per_seed), 2), abs=1e-9)
+            assert float(std) == pytest.approx(round(np.std(per_seed, ddof=1), 2), abs=1e-9)
+            assert paper == ("94.0" if (row.name, col.name) == ("ours", "acc") else "-")
+    # a score is the run's own evaluation: best.pt on the test split, in percent
+    from cache_schema import open_cache
+    from train.eval.classification import evaluate_classifier, load_classifier
+
+    folder = os.path.join(out, "seed1", scored_by["point-mae/ours", "acc"])
+    model, state = load_classifier(os.path.join(folder, "best.pt"))
+    plain = evaluate_classifier(model, open_cache(table.columns[0].cache), "test", state["num_points"])
+    assert json.load(open(os.path.join(folder, rp.SCORES)))[f"accuracy {table.columns[0].cache}"] == \
+        pytest.approx(100 * plain["overall_accuracy"])
+    # the seed reached the run, and the stage-1 run was the one fine-tuned from
+    cfg = json.load(open(os.path.join(folder, "config.json")))
+    assert cfg["config"]["seed"] == 1 and cfg["config"]["init"] == os.path.join(out, "seed1/pretrain/toy/stage1/last.pt")
+    # finished runs are not run again, and the table prints the same
+    calls = []
+    again = rp.reproduce("toy", [0, 1], out, root=toy_configs, runner=calls.append, log=lambda s: None)
+    assert calls == [] and again == text
+    # determinism: the whole chain again with seed 1 (stage-1; fine-tuning with augmentation and dropout; 10
+    # voting copies) gives the same weights and figures, while seed 0 gave others
+    other = str(tmp_path / "again")
+    rp.reproduce("toy", [1], other, root=toy_configs, log=lambda s: None)
+    import torch
+
+    for row in table.rows:
+        run = scored_by[row.id, "acc"]
+        weights = [torch.load(os.path.join(d, run, "last.pt"), weights_only=False)["model"]
+                   for d in (f"{out}/seed1", f"{other}/seed1", f"{out}/seed0")]
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+        assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+        scores = [json.load(open(os.path.join(d, run, rp.SCORES))) for d in (f"{out}/seed1", f"{other}/seed1")]
+        assert scores[0] == scores[1]
+
+
+def test_stopped_run_resumes(toy_configs, tmp_path):
+    """A run with a last.pt but no reproduce.json (killed) is resumed, not restarted."""
+    out = str(tmp_path / "runs")
+    calls = []
+
+    def runner(argv):
+        calls.append(argv)
+        rp.train_cli(argv)
+
+    table = rp.load_table("toy", toy_configs)
+    runs, _ = rp.plan(table, toy_configs)
+    rp.execute(runs[:1], [0], out, runner=runner, log=lambda s: None)
+    os.remove(os.path.join(out, "seed0", runs[0].id, rp.DONE))
+    rp.execute(runs[:1], [0], out, runner=runner, log=lambda s: None)
+    assert "--resume" not in calls[0] and "--resume" in calls[1]
+
+
+def test_bad_table_and_bad_setting_are_one_line_errors(toy_configs):
+    with pytest.raises(ValueError, match="no table 'table99'.*toy"):
+        rp.load_table("table99", toy_configs)
+    with pytest.raises(ValueError, match="stage1 has no setting 'epochz'"):
+        rp.command_argv("stage1", {"epochz": 3})
+
+
+def test_mean_std_is_numpy_sample_std():
+    assert rp.mean_std([90.0, 92.0, 97.0]) == pytest.approx((93.0, float(np.std([90, 92, 97], ddof=1))))
+    assert rp.mean_std([91.5]) == (91.5, 0.0)
+
+
+# ---- the paper's own config files ----
+
+def all_run_files():
+    root = rp.CONFIG_ROOT
+    files = []
+    for dirpath, _, names in os.walk(root):
+        files += [os.path.join(dirpath, n) for n in names if n.endswith(".json")
+                  and n not in ("table.json", "demo.json")]
+    return sorted(files)
+
+
+@pytest.mark.parametrize("table", rp.list_tables())
+def test_paper_tables_plan_and_every_run_builds_its_config(table):
+    """Every table of configs/paper plans (each reference is a file), every run's settings make its command's
+    config, and in the demo every cache maps to a demo cache."""
+    t = rp.load_table(table)
+    assert t.rows and all(any(v is not None for v in r.paper.values()) or "captions" in r.id for r in t.rows)
+    runs, _ = rp.plan(t)
+    demo = rp.Demo.load()
+    for run in runs:
+        for d in (None, demo):
+            argv = rp.command_argv(run.stage, rp.settings_for(run, 0, "/out", d))
+            assert argv[0] in ("stage1", "stage2", "mae", "joint", "finetune", "fewshot", "segment")
+
+
+def test_paper_run_files_are_accepted_by_config(tmp_path):
+    """`train <stage> --config FILE` reads every run file of configs/paper (its stage, its settings)."""
+    from train.tasks import TASKS
+
+    extra = {"fewshot": "train.downstream.fewshot:FewshotConfig"}
+    files = all_run_files()
+    assert len(files) > 40
+    for path in files:
+        saved = json.load(open(path))
+        target = TASKS[saved["stage"]].config if saved["stage"] in TASKS else extra[saved["stage"]]
+        module, _, name = target.partition(":")
+        cls = getattr(__import__(module, fromlist=[name]), name)
+        names = {f.name for f in dataclasses.fields(cls)}
+        assert set(saved["config"]) <= names, (path, set(saved["config"]) - names)
