@@ -66,9 +66,16 @@ def test_stage2_distils_the_coarsest_tokens_with_its_own_masking(m2ae_s1, small_
     identity = torch.arange(encoder.num_tokens).expand(2, -1)
     plain = model(patches, taught.tokens, taught.global_feature, mask=mask, perm=identity)
     assert abs(float((out["local"] - plain["local"]).detach())) > 1e-4  # the jigsaw changes the loss here too
-    with pytest.raises(ValueError, match="not patches of points"):
-        Stage2Task(Stage2Config(cache=small_demo_cache, out=str(tmp_path / "y"), teacher=teacher,
-                                target="points")).build(None, "cpu", 0, 1)
+
+    # Table 8 for Point-M2AE: its own hierarchical reconstruction replaces the local term (--target, the old name)
+    points_run = str(tmp_path / "points")
+    _ok("stage2", "--cache", small_demo_cache, "--teacher", teacher, "--out", points_run, "--steps", "2",
+        "--target", "points", "--no-global", *FAST)
+    rows = open(os.path.join(points_run, "metrics.csv")).read()
+    assert "loss/points" in rows and "loss/local" not in rows and "loss/global" not in rows
+    assert json.load(open(os.path.join(points_run, "config.json")))["config"]["target"] == "points"
+    state = torch.load(os.path.join(points_run, "last.pt"), weights_only=True)
+    assert any(k.startswith("hierarchical.token_prop.0.") for k in state["decoders"])
 
 
 def test_exported_teacher_features_of_point_m2ae_equal_on_the_fly_ones(m2ae_s1, small_demo_cache, tmp_path):

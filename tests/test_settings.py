@@ -78,7 +78,7 @@ def test_recipe_defaults_are_shown_from_the_recipe_tables():
     (LoopConfig(cache="c", out="o", steps=0), "--steps must be positive, got 0"),
     (LoopConfig(cache="c", out="o", workers=-1), "--workers must not be negative"),
     (LoopConfig(cache="c", out="o", precision="fp8"), "--precision is one of auto, fp32, bf16, fp16"),
-    (Stage2Config(cache="c", out="o", target="voxels"), "--target is one of features, points, got 'voxels'"),
+    (Stage2Config(cache="c", out="o", target="voxels"), "--local-target is one of features, points, got 'voxels'"),
     (Stage2Config(cache="c", out="o", mask_ratio=1.0), "--mask-ratio must be in (0, 1)"),
     (FinetuneConfig(cache="c", out="o", protocol="mlp9"), "--protocol is one of full, mlp3, linear"),
     (FinetuneConfig(cache="c", out="o", label_smoothing=1.0), "--label-smoothing must be in [0, 1)"),

@@ -24,9 +24,15 @@ With a hierarchical encoder (Point-M2AE) the tokens are those of its coarsest sc
 between "the output tokens of the first-stage and second-stage models", and those are the encoder's outputs;
 the masking is Point-M2AE's own (coarsest scale, back-projected), as Section 3.2 builds on it.
 
-``target="points"`` is the Point-MAE baseline instead of the local term: the
-decoder (no shuffle) reconstructs the masked patches' points, Chamfer-L2 (families whose output tokens are
-point patches: Point-MAE).
+``target="points"`` replaces the local term with the encoder family's own masked point reconstruction (its
+``reconstruction``), Chamfer-L2 as the official ``ChamferDistanceL2`` (the Table 8 baseline; with no other term,
+the families' own pre-training, ``train mae``):
+    "patches" (Point-MAE): [visible ; mask tokens] (no shuffle) -> decoder (xavier init, drop path rising to
+            ``decoder_drop_path``) -> norm -> head: the masked patches' points, relative to their centres
+    "hierarchical" (Point-M2AE): train.models.reconstruction.HierarchicalDecoder, from the coarsest scale down
+            to scale 1 with skip connections: 16 points per masked scale-1 token against its 8 scale-0 centres.
+            The scale norms below that scale get no gradient; they are frozen (at their initial values, as the
+            official release has ``encoder_norms.0``), so DDP needs no search for unused parameters.
 """
 
 from __future__ import annotations
@@ -37,8 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.models.encoders.base import Patches, random_token_mask
-from train.models.layers import TransformerEncoder, init_weights
+from train.models.encoders.base import Patches, random_token_mask, split_visible_masked
+from train.models.layers import TransformerEncoder, drop_path_rates, init_weights
+from train.models.reconstruction import HierarchicalDecoder, xavier_linears
 from train.models.student import Student
 from train.ops import chamfer_distance
 
@@ -49,17 +56,14 @@ class MaskedDistillationConfig:
     shuffle: bool = True
     local: bool = True
     use_global: bool = True
-    target: str = "features"  # or "points" (Point-MAE reconstruction)
-    decoder_depth: int = 2
+    target: str = "features"  # or "points" (the encoder family's own masked point reconstruction)
+    decoder_depth: int = 2     # blocks of each decoder (each stage of the hierarchical one)
+    decoder_drop_path: float = 0.0  # target "points": the reconstruction decoder's drop path, rising to this
+    up_blocks: int = 1         # target "points", hierarchical: residual blocks of each token propagation
 
 
 random_mask = random_token_mask  # the name the tests and scripts know
-
-
-def split_visible_masked(mask: torch.Tensor) -> torch.Tensor:
-    """(B, G) token ids in the decoder's input order: visible patches (in order), then masked ones."""
-    # a stable sort puts False (visible) before True (masked) and keeps each part's order
-    return torch.sort(mask.to(torch.uint8), dim=1, stable=True).indices
+__all__ = ["MaskedDistillation", "MaskedDistillationConfig", "random_mask", "split_visible_masked"]
 
 
 class MaskedDistillation(nn.Module):
@@ -70,23 +74,33 @@ class MaskedDistillation(nn.Module):
         self.student, self.cfg = student, cfg
         enc = student.encoder
         c, heads = enc.token_dim, enc.config.num_heads
-        if cfg.target == "points" and not hasattr(enc.config, "group_size"):
-            raise ValueError(f"--target points reconstructs point patches; {enc.family}'s output tokens are not "
-                             "patches of points (its own reconstruction objective is not built yet)")
-        if cfg.local or cfg.target == "points":
+        points = cfg.target == "points"
+        self.reconstruction = enc.reconstruction if points else None
+        if points and self.reconstruction is None:
+            raise ValueError(f"--target points: {enc.family} has no masked point reconstruction of its own")
+        if self.reconstruction == "hierarchical":
+            self.hierarchical = HierarchicalDecoder(enc, cfg.decoder_depth, cfg.up_blocks, cfg.decoder_drop_path)
+            for s in range(self.hierarchical.scale):  # no loss reads these scales' norms (module docstring)
+                if (norm := enc.scale_norm(s)) is not None:
+                    norm.requires_grad_(False)
+        elif cfg.local or points:
             self.mask_token = nn.Parameter(torch.zeros(1, 1, c))
             self.decoder_pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, c))
-            self.local_decoder = TransformerEncoder(c, heads, [0.0] * cfg.decoder_depth)
+            rates = drop_path_rates(cfg.decoder_drop_path, cfg.decoder_depth) if points else [0.0] * cfg.decoder_depth
+            self.local_decoder = TransformerEncoder(c, heads, rates)
             self.local_norm = nn.LayerNorm(c)
-            out = 3 * enc.config.group_size if cfg.target == "points" else token_dim
-            self.local_head = nn.Linear(c, out)
+            self.local_head = nn.Linear(c, 3 * enc.config.group_size if points else token_dim)
         if cfg.use_global:
             self.global_decoder = TransformerEncoder(c, heads, [0.0] * cfg.decoder_depth)
             self.global_norm = nn.LayerNorm(c)
             self.global_head = nn.Linear(enc.global_dim, global_dim)  # reads the tokens pooled as the encoder does
+        # Point_MAE's reconstruction keeps PyTorch's default init but for xavier in its decoder blocks
+        official = {"decoder_pos_embed", "local_head", "hierarchical"} if points else set()
         for name, m in self.named_children():
-            if name != "student":
+            if name != "student" and name not in official:
                 m.apply(init_weights)
+        if self.reconstruction == "patches":
+            xavier_linears(self.local_decoder)
         if hasattr(self, "mask_token"):
             nn.init.trunc_normal_(self.mask_token, std=0.02)
 
@@ -103,10 +117,17 @@ class MaskedDistillation(nn.Module):
         b, g = center.shape[:2]
         if mask is None:
             mask = encoder.random_mask(patches, self.cfg.mask_ratio)
-        encoded = encoder.encode(patches, visible=~mask)
-        visible = encoded.tokens
         out: dict[str, torch.Tensor] = {}
-        if self.cfg.local or self.cfg.target == "points":
+        if self.reconstruction == "hierarchical":
+            encoded, levels = encoder.encode_levels(patches, ~mask)
+            prediction, truth = self.hierarchical(levels, patches)                  # (L, K_0, 3), (L, K_s, 3)
+            out["points"] = chamfer_distance(prediction.float(), truth.float())
+            if details:
+                out.update(points_prediction=prediction, points_target=truth, levels=levels)
+        else:
+            encoded = encoder.encode(patches, visible=~mask)
+        visible = encoded.tokens
+        if self.reconstruction == "patches" or (self.cfg.local and self.cfg.target == "features"):
             token_ids = split_visible_masked(mask)                                   # (B, G) slot -> token
             x = torch.cat([visible, self.mask_token.expand(b, g - visible.shape[1], -1)], dim=1)
             if self.cfg.shuffle and self.cfg.target != "points":
@@ -121,7 +142,7 @@ class MaskedDistillation(nn.Module):
                 truth = neighborhood[mask].reshape(-1, neighborhood.shape[2], 3)
                 out["points"] = chamfer_distance(masked.float(), truth.float())
                 if details:
-                    out["points_prediction"] = masked
+                    out.update(points_prediction=masked, points_target=truth)
             else:
                 ids = token_ids.unsqueeze(-1).expand(-1, -1, teacher_tokens.shape[-1])
                 target = torch.gather(teacher_tokens, 1, ids)

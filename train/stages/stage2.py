@@ -43,9 +43,12 @@ class Stage2Config(PointCloudRunConfig):
     shuffle: bool = setting(True, "Token shuffling before the local decoder.", flags=("--shuffle/--no-shuffle",))
     local: bool = setting(True, "Local (per-token) distillation, eq. 4.", flags=("--local/--no-local",))
     use_global: bool = setting(True, "Global distillation, eq. 5.", flags=("--global/--no-global",))
-    target: str = setting("features", "features (stage-1 tokens) or points (Point-MAE Chamfer reconstruction, the "
-                                      "Table 8 baseline).", choices=("features", "points"))
-    decoder_depth: int = setting(2, "Transformer blocks of each decoder.", check="non-negative")
+    target: str = setting("features", "What the masked tokens predict: features (the stage-1 tokens) or points (the "
+                                      "encoder family's own masked point reconstruction, Chamfer-L2: the Table 8 "
+                                      "baseline).", choices=("features", "points"),
+                          flags=("--local-target", "--target"))
+    decoder_depth: int = setting(2, "Transformer blocks of each decoder (each stage of Point-M2AE's points decoder; "
+                                    "the official reconstruction: 4 Point-MAE, 1 Point-M2AE).", check="non-negative")
     lr: float = setting(5e-4, "Peak AdamW learning rate.", check="positive")
     encoder_lr_scale: float | None = setting(
         None, "The encoder's learning rate as a share of --lr (the new decoders get --lr), so that their first, "

@@ -16,7 +16,7 @@ import dataclasses
 import json
 import os
 
-from train.models.encoders.base import Encoded, Level, Patches, PointEncoder
+from train.models.encoders.base import Encoded, Level, MaskedLevel, Patches, PointEncoder
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "model_configs")
 FAMILIES: dict[str, type[PointEncoder]] = {}
@@ -82,6 +82,6 @@ def encoder_from_record(record: dict, recipe: str | None = None, **overrides) ->
 from train.models.encoders import point_m2ae  # noqa
 from train.models.encoders import point_mae  # noqa: E402,F401
 
-__all__ = ["ALIASES", "FAMILIES", "Encoded", "Level", "Patches", "PointEncoder", "create_encoder",
+__all__ = ["ALIASES", "FAMILIES", "Encoded", "Level", "MaskedLevel", "Patches", "PointEncoder", "create_encoder",
            "encoder_config", "encoder_from_record", "list_encoders", "preset", "recipe_overrides",
            "register_family"]

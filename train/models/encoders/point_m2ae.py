@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.models.encoders import register_family
-from train.models.encoders.base import Encoded, Level, Patches, PointEncoder
+from train.models.encoders.base import Encoded, Level, MaskedLevel, Patches, PointEncoder, pack_visible
 from train.models.layers import MiniPointNet, TransformerEncoder, drop_path_rates, init_weights
 from train.ops import farthest_point_sample, knn
 from train.ops.geometry import exact_cdist
@@ -105,6 +105,13 @@ class PointM2AEPatches(Patches):
     scale_centers: tuple[torch.Tensor, ...]
     scale_idx: tuple[torch.Tensor, ...]
 
+    def neighbourhood_at(self, s: int) -> torch.Tensor:
+        """(B, G_s, K_s, 3): the points scale ``s`` groups around its centres, relative to the centre: the input
+        points for s = 0, scale s-1's centres for s > 0 (the official ``neighborhoods[s]``)."""
+        if s == 0:
+            return self.neighborhood
+        return gather_rows(self.scale_centers[s - 1], self.scale_idx[s]) - self.scale_centers[s].unsqueeze(2)
+
 
 def gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """x (B, N, C) at idx (B, ...) int64 -> (B, ..., C)."""
@@ -131,16 +138,6 @@ class HEncoder(nn.Module):
             self.encoder_norms = nn.ModuleList(nn.LayerNorm(c) for c in dims[:-1])
 
 
-def pack_visible(visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Visible token ids first, in index order, cut to the longest visible set: ``order`` (B, L) int64 and
-    ``valid`` (B, L) bool (False on the padding, whose ids point at masked tokens)."""
-    order = torch.sort((~visible).to(torch.uint8), dim=1, stable=True).indices
-    count = visible.sum(dim=1)
-    length = int(count.max())
-    valid = torch.arange(length, device=visible.device) < count.unsqueeze(1)
-    return order[:, :length], valid
-
-
 @register_family
 class PointM2AEEncoder(PointEncoder):
     """Point cloud -> coarsest-scale tokens (B, G_2, C_2) and a pooled global feature (C_2 or 2 C_2)."""
@@ -149,9 +146,12 @@ class PointM2AEEncoder(PointEncoder):
     config_class = PointM2AEConfig
     default_mask_ratio = 0.8
     segmentation_head = "per-level"  # Point_M2AE_SEG: every scale propagated to every point
+    reconstruction = "hierarchical"  # Point_M2AE: decoder up to scale 1, its masked tokens' scale-0 centres
     # cfgs/pre-training (attention global between real tokens), cfgs/fine-tuning/*.yaml, segmentation/main.py;
     # the per-scale norms only where a head reads them (a parameter without a gradient would stall DDP)
     recipes = {"pretrain": {"encoder": {"local_attention": False, "scale_norms": False}},
+               # the official pre-training model itself: its decoder's skip connection reads encoder_norms[1]
+               "mae": {"encoder": {"local_attention": False, "scale_norms": True}},
                "modelnet40": {"encoder": {"group_sizes": (16, 8, 8), "global_pool": "mean+max",
                                           "local_attention": True, "scale_norms": False}, "label_smoothing": 0.3},
                "scanobjectnn": {"encoder": {"group_sizes": (32, 16, 16), "global_pool": "concat",
@@ -240,16 +240,19 @@ class PointM2AEEncoder(PointEncoder):
             return None
         return allowed | eye
 
-    def _scales(self, patches: PointM2AEPatches, visible: torch.Tensor | None):
-        """Per scale: (block outputs (B, L_s, C_s), their centres (B, L_s, 3), valid (B, L_s) or None)."""
+    def _scales(self, patches: PointM2AEPatches, visible: torch.Tensor | None,
+                masks: list[torch.Tensor] | None = None):
+        """Per scale: (block outputs (B, L_s, C_s), their centres (B, L_s, 3), valid (B, L_s) or None, token ids
+        (B, L_s) or None). ``masks``: the back-projected visible sets, if already computed."""
         h, out, full = self.h_encoder, [], None
-        masks = None if visible is None else self.back_project(patches, visible)
+        if masks is None and visible is not None:
+            masks = self.back_project(patches, visible)
         for s, centers in enumerate(patches.scale_centers):
             if s == 0:
                 tokens = h.token_embed[0](patches.neighborhood)                        # (B, G_0, C_0)
             else:  # token merging of the previous scale's tokens (blocks' outputs where visible)
                 tokens = h.token_embed[s](gather_rows(full, patches.scale_idx[s]))   # (B, G_s, C_s)
-            valid = None
+            valid = order = None
             if masks is not None:
                 order, valid = pack_visible(masks[s])
                 keep = valid.unsqueeze(-1)
@@ -258,7 +261,7 @@ class PointM2AEEncoder(PointEncoder):
             else:
                 x = tokens
             x = h.encoder_blocks[s](x, h.encoder_pos_embeds[s](centers), self.allowed_attention(centers, valid, s))
-            out.append((x, centers, valid))
+            out.append((x, centers, valid, order))
             if masks is None:
                 full = x
             else:  # masked tokens keep their embedding (only masked coarser tokens read them)
@@ -272,14 +275,33 @@ class PointM2AEEncoder(PointEncoder):
         everything visible, a finer token no coarser token has among its kNN is left out). ``visible=None`` is
         the official fine-tuning path: every token of every scale."""
         if visible is not None:
-            count = visible.sum(dim=1)
-            if (visible.shape != patches.centers.shape[:2] or visible.dtype != torch.bool or count[0] == 0
-                    or (count != count[0]).any()):
-                raise ValueError(f"visible must be (B, G) = {tuple(patches.centers.shape[:2])} bool with the same "
-                                 f"number of True per cloud, got {tuple(visible.shape)} {visible.dtype}")
-        x, centers, _ = self._scales(patches, visible)[-1]  # the coarsest set is never padded
+            _check_visible(patches, visible)
+        x, centers, _, _ = self._scales(patches, visible)[-1]  # the coarsest set is never padded
         tokens = self.norm(x)
         return Encoded(tokens, centers, None, self.pool(tokens, None))
+
+    def encode_levels(self, patches: PointM2AEPatches, visible: torch.Tensor) -> tuple[Encoded, list[MaskedLevel]]:
+        """:meth:`encode` and, from the same pass, every scale's visible tokens normed as
+        :meth:`forward_intermediates` norms them (the official pre-training encoder's ``encoder_norms``), their
+        ids, padding and back-projected masks, finest first: what the hierarchical decoder reads."""
+        _check_visible(patches, visible)
+        masks = self.back_project(patches, visible)
+        levels = []
+        for s, (x, centers, valid, order) in enumerate(self._scales(patches, visible, masks)):
+            levels.append(MaskedLevel(self._normed(s, x), order, valid, ~masks[s]))
+        tokens = levels[-1].tokens
+        return Encoded(tokens, centers, None, self.pool(tokens, None)), levels
+
+    def scale_norm(self, s: int) -> nn.Module | None:
+        """The LayerNorm of scale ``s``'s tokens: ``norm`` for the coarsest, ``encoder_norms[s]`` with
+        ``scale_norms``, else None (an affine-free norm)."""
+        if s == len(self.config.encoder_dims) - 1:
+            return self.norm
+        return self.h_encoder.encoder_norms[s] if self.config.scale_norms else None
+
+    def _normed(self, s: int, x: torch.Tensor) -> torch.Tensor:
+        norm = self.scale_norm(s)
+        return F.layer_norm(x, x.shape[-1:]) if norm is None else norm(x)
 
     def pool(self, tokens: torch.Tensor, cls: torch.Tensor | None) -> torch.Tensor:
         """mean + max (ModelNet40 head), or [mean ; max over tokens 1:] (ScanObjectNN head: the official code
@@ -294,20 +316,19 @@ class PointM2AEEncoder(PointEncoder):
         model (``Point_M2AE_SEG``) feeds its propagation heads (``h_encoder.encoder_norms[s]``; the coarsest
         norm is our ``norm``). Without ``scale_norms`` scales 0 and 1 are layer-normed without affine
         parameters (the official norms at their initial values)."""
-        levels = []
-        for s, (x, centers, _) in enumerate(self._scales(patches, None)):
-            if s == len(self.config.encoder_dims) - 1:
-                x = self.norm(x)
-            elif self.config.scale_norms:
-                x = self.h_encoder.encoder_norms[s](x)
-            else:
-                x = F.layer_norm(x, x.shape[-1:])
-            levels.append(Level(x, centers))
-        return levels
+        return [Level(self._normed(s, x), centers) for s, (x, centers, _, _) in enumerate(self._scales(patches, None))]
 
     def no_weight_decay(self) -> set[str]:
         """The official optimiser skips every parameter with 'token' in its name: all of ``token_embed``."""
         return {name for name, _ in self.named_parameters() if "token" in name}
+
+
+def _check_visible(patches: PointM2AEPatches, visible: torch.Tensor) -> None:
+    count = visible.sum(dim=1)
+    if (visible.shape != patches.centers.shape[:2] or visible.dtype != torch.bool or count[0] == 0
+            or (count != count[0]).any()):
+        raise ValueError(f"visible must be (B, G) = {tuple(patches.centers.shape[:2])} bool with the same "
+                         f"number of True per cloud, got {tuple(visible.shape)} {visible.dtype}")
 
 
 # ---- the released checkpoints (ZrrSkywalker/Point-M2AE): ``{'base_model': state}``, maybe ``module.``-prefixed ----

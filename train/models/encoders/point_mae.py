@@ -7,6 +7,12 @@
       -> [cls] + tokens -> TransformerEncoder (pre-norm ViT blocks)         # (B, 1+G, C)
       -> global feature = concat(cls, max over tokens)                      # (B, 2C)
 
+``cls_token=False`` is the official pre-training encoder (``MaskTransformer``): no cls token, no cls_pos, and
+the global feature is the max over the tokens alone (B, C), the token half of the fine-tuning feature (the
+official pre-training has no feature of its own: its SVM validation is commented out). The ``mae`` recipe
+builds it; every other recipe asks for the cls token, which a file without one leaves as initialised, as it
+does loading the released ``pretrain.pth``.
+
 Presets: ``point-mae`` (the official model: 12 layers, 384 dims, 6 heads, 64 groups of 32; alias ``base``) and
 ``point-mae-tiny`` for CPUs, in ``train/model_configs/``. Parameter names are the official fine-tuning model's
 (``PointTransformer``); :func:`from_official` takes the pre-training state's ``MAE_encoder.`` away.
@@ -36,6 +42,7 @@ class PointMAEConfig:
     group_size: int = 32
     encoder_dims: int = 384
     drop_path_rate: float = 0.1
+    cls_token: bool = True  # False: the official pre-training encoder (module docstring)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,16 +79,20 @@ def fetch_layers(depth: int) -> list[int]:
 
 @register_family
 class PointMAEEncoder(PointEncoder):
-    """Point cloud -> tokens (B, G, C) and a global feature (B, 2C) = concat(cls, max over tokens)."""
+    """Point cloud -> tokens (B, G, C) and a global feature (B, 2C) = concat(cls, max over tokens)
+    (without a cls token: (B, C), the max)."""
 
     family = "point-mae"
     config_class = PointMAEConfig
     default_mask_ratio = 0.6
-    recipes = {"modelnet40": {"encoder": {"num_group": 64, "group_size": 32}},       # cfgs/finetune_modelnet.yaml
-               "scanobjectnn": {"encoder": {"num_group": 128, "group_size": 32}},    # cfgs/finetune_scan_*.yaml
-               "semseg": {"encoder": {"num_group": 128, "group_size": 32}},          # ACT semantic_segmentation
+    reconstruction = "patches"  # Point_MAE: each masked patch's points from its token
+    recipes = {"mae": {"encoder": {"cls_token": False}},                              # cfgs/pretrain.yaml
+               "modelnet40": {"encoder": {"num_group": 64, "group_size": 32, "cls_token": True}},  # finetune_modelnet
+               "scanobjectnn": {"encoder": {"num_group": 128, "group_size": 32, "cls_token": True}},  # finetune_scan_*
+               "segment": {"encoder": {"cls_token": True}},
+               "semseg": {"encoder": {"num_group": 128, "group_size": 32, "cls_token": True}},  # ACT semantic_seg.
                # 3DETR's pre-encoder: 2,048 centres of 64 points (about its 0.2 m ball on a 40k-point ScanNet room)
-               "detect": {"encoder": {"num_group": 2048, "group_size": 64}}}
+               "detect": {"encoder": {"num_group": 2048, "group_size": 64, "cls_token": True}}}
 
     def __init__(self, config: PointMAEConfig) -> None:
         super().__init__()
@@ -90,8 +101,9 @@ class PointMAEEncoder(PointEncoder):
         self.group_divider = Group(config.num_group, config.group_size)
         self.encoder = MiniPointNet(3, config.encoder_dims)  # the official ``Encoder``
         self.reduce_dim = nn.Linear(config.encoder_dims, c) if config.encoder_dims != c else nn.Identity()
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, c))
-        self.cls_pos = nn.Parameter(torch.randn(1, 1, c) * 0.02)
+        if config.cls_token:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, c))
+            self.cls_pos = nn.Parameter(torch.randn(1, 1, c) * 0.02)
         self.pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, c))
         self.blocks = TransformerEncoder(c, config.num_heads, drop_path_rates(config.drop_path_rate, config.depth))
         self.norm = nn.LayerNorm(c)
@@ -106,7 +118,7 @@ class PointMAEEncoder(PointEncoder):
 
     @property
     def global_dim(self) -> int:
-        return 2 * self.config.trans_dim
+        return (2 if self.config.cls_token else 1) * self.config.trans_dim
 
     @property
     def num_tokens(self) -> int:
@@ -123,14 +135,14 @@ class PointMAEEncoder(PointEncoder):
 
     def _embed(self, patches: PointMAEPatches, visible: torch.Tensor | None, with_cls: bool = True):
         """[cls ; patch tokens] (B, 1+G', C), their positional embeddings and the kept centres (B, G', 3); without
-        the cls token with ``with_cls=False``."""
+        the cls token with ``with_cls=False`` or when the encoder has none."""
         tokens = self.reduce_dim(self.encoder(patches.neighborhood))                 # (B, G, C)
         center = patches.centers
         b, _, c = tokens.shape
         if visible is not None:  # Point-MAE's masked encoder: the same number of visible patches per cloud
             tokens = tokens[visible].reshape(b, -1, c)
             center = center[visible].reshape(b, -1, 3)
-        if not with_cls:
+        if not (with_cls and self.config.cls_token):
             return tokens, self.pos_embed(center), center
         x = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1)            # (B, 1+G', C)
         pos = torch.cat([self.cls_pos.expand(b, -1, -1), self.pos_embed(center)], dim=1)
@@ -140,10 +152,12 @@ class PointMAEEncoder(PointEncoder):
         """``visible`` (B, G) bool keeps only those patches (the same number per cloud), in their order."""
         x, pos, center = self._embed(patches, visible)
         x = self.norm(self.blocks(x, pos))
-        cls, tokens = x[:, 0], x[:, 1:]
+        cls, tokens = (x[:, 0], x[:, 1:]) if self.config.cls_token else (None, x)
         return Encoded(tokens, center, cls, self.pool(tokens, cls))
 
     def pool(self, tokens: torch.Tensor, cls: torch.Tensor | None) -> torch.Tensor:
+        if cls is None:  # no cls token: the max alone
+            return tokens.max(dim=1)[0]                                               # (B, C)
         return torch.cat([cls, tokens.max(dim=1)[0]], dim=-1)                        # (B, 2C)
 
     def forward_intermediates(self, patches: PointMAEPatches) -> list[Level]:
@@ -154,10 +168,10 @@ class PointMAEEncoder(PointEncoder):
         return [Level(self.norm(h), center) for h in layers]
 
     def no_weight_decay(self) -> set[str]:
-        return {"cls_token", "cls_pos"}
+        return {"cls_token", "cls_pos"} if self.config.cls_token else set()
 
     def unused_by_intermediates(self) -> set[str]:
-        return {"cls_token", "cls_pos"}  # the segmentation models' sequence has no cls token
+        return self.no_weight_decay()  # the cls parameters: the segmentation models' sequence has no cls token
 
 
 # ---- the released checkpoints (Pang-Yatian/Point-MAE): ``{'base_model': state}`` ----
