@@ -39,6 +39,7 @@ ROW_PREFIX = {"objects": "", "scenes": "frames/", "rooms": "rooms/"}  # where id
 RETRY_PREFIX = "environment: "
 PENDING, DONE, FAILED = 0, 1, 2
 IGNORE_LABEL = 255  # a per-point class of scenes and rooms caches: unlabelled
+UNLABELLED_CLASS = "unlabelled"  # the class name of objects without a class (a mesh folder's loose files)
 STATUS_NAMES = {PENDING: "pending", DONE: "done", FAILED: "failed"}
 
 

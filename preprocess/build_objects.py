@@ -8,6 +8,13 @@ blocks, turns each shape into points and views (a broken shape becomes a failed
 row with its reason), then captions and embeds the whole block in batches and
 writes it. Every random choice is seeded from the shape id, so the same inputs
 give the same cache whichever worker, order or run builds a block.
+
+Caption order (``config.captions.order``; stage-1 ``--text-supervision top1``
+takes caption 0): BLIP-2 captions (one per view) are ranked best first by the
+first CLIP teacher (by name), as ULIP-2 ranks its BLIP-2 captions with CLIP:
+the cosine between a caption's text embedding and the mean of the shape's view
+embeddings. Template captions are a seeded shuffle of equivalent prompts, and a
+captions file keeps its own order.
 """
 
 from __future__ import annotations
@@ -133,6 +140,9 @@ def build_block(url: str, token: str, cfg: ObjectBuildConfig, run: RunOptions, b
     report.seconds["caption"] += time.perf_counter() - t
     t = time.perf_counter()
     rows.update(embed_block_arrays(teachers, rgb_all[ok], depth_all[ok], rows["captions"][ok], ok, n, v, k))
+    ranker = ranking_teacher(cfg.captioner, teachers)
+    if ranker:
+        put_best_first(rows, ok, ranker)
     report.seconds["embed"] += time.perf_counter() - t
     if cfg.store_rgb:
         rows["views/rgb"] = rgb_all
@@ -168,6 +178,41 @@ def embed_block_arrays(teachers: dict[str, Teacher], rgb: np.ndarray, depth: np.
     return out
 
 
+def ranking_teacher(captioner: str, teachers: dict[str, Teacher]) -> str | None:
+    """The CLIP teacher that ranks a BLIP-2 build's captions (the first by name), or None: no ranking."""
+    clip = sorted(name for name, t in teachers.items() if isinstance(t, ClipTeacher))
+    return clip[0] if captioner.startswith("blip2") and clip else None
+
+
+def rank_captions(text: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """(n, K) int: each shape's captions best first, by the cosine of their text embeddings ``text`` (n, K, D) with
+    the mean of its view embeddings ``image`` (n, V, D); ties keep the captioner's order."""
+    shape = image.mean(axis=1)                                                   # (n, D)
+    shape = shape / np.maximum(np.linalg.norm(shape, axis=-1, keepdims=True), 1e-12)
+    text = text / np.maximum(np.linalg.norm(text, axis=-1, keepdims=True), 1e-12)
+    return np.argsort(-np.einsum("nkd,nd->nk", text, shape), axis=1, kind="stable")
+
+
+def put_best_first(rows: dict[str, np.ndarray], ok: np.ndarray, ranker: str) -> None:
+    """Reorder the captions of rows ``ok`` and every teacher's embeddings of them alike, best first by ``ranker``."""
+    order = rank_captions(rows[f"teachers/{ranker}/text"][ok], rows[f"teachers/{ranker}/image"][ok])  # (n_ok, K)
+    for key in [k for k in rows if k == "captions" or (k.startswith("teachers/") and k.endswith("/text"))]:
+        values = rows[key][ok]                                                  # (n_ok, K) or (n_ok, K, D)
+        rows[key][ok] = np.take_along_axis(values, order.reshape(order.shape + (1,) * (values.ndim - 2)), 1)
+
+
+def caption_order(captioner: str, teachers: dict[str, Teacher]) -> str:
+    """How a cache's K captions of a shape are ordered (its ``config.captions.order``)."""
+    ranker = ranking_teacher(captioner, teachers)
+    if ranker:
+        return (f"best first by {ranker}: cosine of the caption's text embedding with the mean of the shape's view "
+                "embeddings")
+    if captioner.startswith("blip2"):
+        return "one caption per view, views spread evenly from view 0 (no CLIP teacher to rank them)"
+    return {"template": "a seeded shuffle of the templates (all equivalent)",
+            "file": "the file's order, cycled to K"}.get(captioner, "the captioner's")
+
+
 # ---------------------------------------------------------------- coordinator
 
 
@@ -180,7 +225,9 @@ def make_layout_and_attrs(catalog: Catalog, cfg: ObjectBuildConfig, teachers: di
                             with_normals=True, with_part_labels=catalog.parts is not None)
     parts = {"parts": catalog.parts} if catalog.parts is not None else {}
     attrs = CacheAttrs(kind="objects", dataset={"name": catalog.name, "source_root": catalog.source_root},
-                       config={**cfg.content(), "captions": captioner_info, "row_order": ROW_ORDER, **parts},
+                       config={**cfg.content(), "captions": {**captioner_info,
+                                                             "order": caption_order(cfg.captioner, teachers)},
+                               "row_order": ROW_ORDER, **parts},
                        teachers=records, label_names=catalog.label_names)
     return layout, attrs
 

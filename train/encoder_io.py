@@ -29,6 +29,8 @@ from train.tasks import ENCODER_TASKS
 FORMAT = "teacher-cache/encoder"
 POINT_MAE_FORMAT = "teacher-cache/point-mae-encoder"  # files exported before the registry: Point-MAE's config only
 EXPORT_FORMATS = ("safetensors", "point-mae", "point-m2ae")
+INIT_HELP = ("Encoder to start from: a stage-1 / stage-2 / finetune checkpoint, an exported .safetensors, a released "
+             "Point-MAE / Point-M2AE checkpoint, or random.")  # every run's --init that takes start_from's files
 
 
 def _safetensors_state(path: str) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 
+from cache_schema.layout import UNLABELLED_CLASS as UNLABELLED
 from preprocess.sources import Catalog, MeshItem, hashed_split
 
 EXTENSIONS = (".obj", ".off", ".ply", ".stl", ".glb")
-UNLABELLED = "unlabelled"
 
 
 def list_items(root: str, **_: object) -> Catalog:

@@ -2,8 +2,10 @@
 
 Each sample: ``points`` (N, 3) subsampled from the cached P points and
 augmented; ``label``; ``row``; and one target per contrastive term:
-``<teacher>/text`` (a random caption's embedding), ``<teacher>/image`` (a
-random view's embedding, or its depth map's for teachers that have depth).
+``<teacher>/text`` (by ``text_supervision``: a random caption's embedding, the
+first caption's - the cache's top-ranked, see SCHEMA.md - or the shape's
+class-prompt embedding ``class_text[label]``), ``<teacher>/image`` (a random
+view's embedding, or its depth map's for teachers that have depth).
 
 Rows are sharded over ranks and DataLoader workers by :mod:`train.data.sharding`
 (every row once per epoch; a shuffle window mixes many random blocks). Samples
@@ -37,12 +39,16 @@ from zarr.core.sync import sync as zarr_sync  # runs a coroutine on zarr's I/O l
 
 from cache_schema import open_cache
 from cache_schema.errors import CorruptChunkError
+from cache_schema.layout import UNLABELLED_CLASS
 from train.data.augment import augment_batch
 from train.data.prefetch import DEFAULT_BUDGET_BYTES
 from train.data.sharding import DEFAULT_WINDOW_ROWS, ShardedStream, SlotPlan
 from train.data.transport import PackedBatch
 
 SAMPLINGS = ("random", "fps", "first", "prefix")
+# the text target of a shape: one of its K cached captions at random each time (all captions), always caption 0
+# (the top-ranked one), or its class's prompt embedding (category names: the "manual captions" of the paper's Table 2)
+TEXT_SUPERVISIONS = ("captions", "top1", "templates")
 PREFIX_FACTOR = 1200 / 1024  # Point-MAE's fine-tuning: 1,200 FPS points for 1,024, 2,400 for 2,048
 
 
@@ -63,6 +69,7 @@ class StreamConfig:
     prefetch_bytes: int = DEFAULT_BUDGET_BYTES  # batches prepared ahead on a thread (0: none; see prefetch.py)
     part_labels: bool = False  # also stream part_label (N,) aligned with the points (part segmentation)
     contrastive: bool = True  # stream the teachers' embeddings stage-1 aligns to (off: not even read)
+    text_supervision: str = "captions"  # one of TEXT_SUPERVISIONS: what a ``<teacher>/text`` target is
 
 
 def contrastive_terms(cache) -> dict[str, tuple[str, str]]:
@@ -96,6 +103,7 @@ class ObjectStream(ShardedStream, IterableDataset):
         self.head_dims = head_dims(cache)
         self.selected = np.zeros(cache.num_rows, bool)
         self.selected[cache.done_rows(config.split)] = True
+        self.class_text = class_prompt_targets(cache, self.terms, config) if config.contrastive else {}
         self.block_rows = cache.chunking.block_rows
         self.set_position(0)
 
@@ -125,6 +133,8 @@ class ObjectStream(ShardedStream, IterableDataset):
         cache = open_cache(self.url, self.storage_options)
         paths = {"points": "points", "label": "label"}
         for name, role in {(n, r) for n, r in self.terms.values()}:
+            if role == "text" and self.class_text:
+                continue  # the class prompts replace the captions: they are not read
             paths[f"{name}/{role}"] = f"teachers/{name}/{role}"
             if role == "image" and "depth" in cache.teachers[name].roles:
                 paths[f"{name}/depth"] = f"teachers/{name}/depth"
@@ -200,10 +210,10 @@ class ObjectStream(ShardedStream, IterableDataset):
             out["part_label"] = parts.astype(np.int64)
         view = None
         for term, (name, role) in self.terms.items():
-            values = a[f"{name}/{role}"]                                      # (B, V or K, D)
             if role == "text":
-                out[term] = values[pos, rng.integers(0, values.shape[1], len(rows))].astype(np.float32)
+                out[term] = self._text_target(a, name, pos, out["label"], rng)
                 continue
+            values = a[f"{name}/{role}"]                                      # (B, V, D)
             view = rng.integers(0, values.shape[1], len(rows)) if view is None else view  # one view for all
             chosen = values[pos, view]
             if f"{name}/depth" in a:
@@ -215,3 +225,40 @@ class ObjectStream(ShardedStream, IterableDataset):
                 key = f"{self.config.teacher_features}/{role}"
                 out[key] = a[key][pos].astype(np.float32)
         return out
+
+    def _text_target(self, a: dict[str, np.ndarray], name: str, pos: np.ndarray, labels: np.ndarray,
+                     rng: np.random.Generator) -> np.ndarray:
+        """(R, D) float32: the ``<name>/text`` target of each sample, by ``text_supervision``."""
+        if self.class_text:
+            return self.class_text[name][labels]
+        captions = a[f"{name}/text"]                                          # (B, K, D)
+        # drawn for top1 too: the views then are the ones the captions mode would draw
+        k = rng.integers(0, captions.shape[1], len(pos))
+        return captions[pos, 0 if self.config.text_supervision == "top1" else k].astype(np.float32)
+
+
+def class_prompt_targets(cache, terms: dict[str, tuple[str, str]], config: StreamConfig) -> dict[str, np.ndarray]:
+    """teacher -> (C, D) float32 class-prompt embeddings, for ``text_supervision="templates"`` (else empty).
+
+    Every text teacher must carry ``class_text`` and every shape of the split a class: a mesh folder's loose files
+    (class ``unlabelled``) have none, and their "a 3D model of a unlabelled." prompt would be no supervision."""
+    if config.text_supervision not in TEXT_SUPERVISIONS:
+        raise ValueError(f"--text-supervision is one of {', '.join(TEXT_SUPERVISIONS)}, got "
+                         f"{config.text_supervision!r}")
+    if config.text_supervision != "templates":
+        return {}
+    url, teachers = cache.loc.url, sorted({n for n, role in terms.values() if role == "text"})
+    lacking = [n for n in teachers if "class_text" not in cache.teachers[n].roles]
+    if lacking or not teachers:
+        raise ValueError(f"--text-supervision templates needs class-prompt embeddings (class_text) of every text "
+                         f"teacher; {url} has none for {', '.join(lacking) or 'any (no text teacher)'}")
+    names, rows = cache.label_names, cache.done_rows(config.split)
+    labels = cache.labels[rows]
+    bad = (labels < 0) | (labels >= len(names))
+    if UNLABELLED_CLASS in names:
+        bad |= labels == names.index(UNLABELLED_CLASS)
+    if bad.any():
+        raise ValueError(f"--text-supervision templates needs the class of every shape; {bad.sum()} of the "
+                         f"{len(rows)} shapes of split {config.split!r} of {url} have none (e.g. "
+                         f"{cache.ids[rows[np.flatnonzero(bad)[0]]]!r})")
+    return {n: cache.teacher(n, "class_text") for n in teachers}

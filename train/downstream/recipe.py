@@ -8,13 +8,10 @@ from dataclasses import dataclass
 
 from train.data.augment import AUGMENTATIONS
 from train.data.objects import SAMPLINGS
-from train.encoder_io import encoder_state, start_from
+from train.encoder_io import INIT_HELP, encoder_state, start_from
 from train.loop import ENCODERS_HELP, PointCloudRunConfig, Task
 from train.models.encoders import FAMILIES, PointEncoder, create_encoder, encoder_config
 from train.settings import check_settings, setting
-
-INIT_HELP = ("Encoder to start from: a stage-1 / stage-2 / finetune checkpoint, an exported .safetensors, a released "
-             "Point-MAE / Point-M2AE checkpoint, or random.")
 
 
 @dataclass
