@@ -22,12 +22,14 @@ from train.downstream.semseg import SemsegConfig
 from train.loop import LoopConfig
 from train.settings import check_settings, option_name
 from train.stages.fusion import FusionRunConfig
+from train.stages.joint import JointConfig
 from train.stages.stage1 import Stage1Config
 from train.stages.stage2 import Stage2Config
 
 COMMANDS = {  # command path -> (config class, settings the command fixes or leaves out, run controls)
     ("stage1",): (Stage1Config, (), tuple(CONTROLS)),
     ("stage2",): (Stage2Config, (), tuple(CONTROLS)),
+    ("joint",): (JointConfig, (), tuple(CONTROLS)),
     ("finetune",): (FinetuneConfig, (), tuple(CONTROLS)),
     ("segment",): (SegmentConfig, (), tuple(CONTROLS)),
     ("semseg",): (SemsegConfig, (), tuple(CONTROLS)),

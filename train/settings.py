@@ -39,6 +39,15 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Call
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def same_setting(cls: type, name: str) -> Any:
+    """Setting ``name`` of config ``cls`` as a field of another config: the same default, option, help and check,
+    written once (``mask_ratio: float | None = same_setting(Stage2Config, "mask_ratio")``)."""
+    f = next((f for f in dataclasses.fields(cls) if f.name == name), None)
+    if f is None:
+        raise ValueError(f"{cls.__name__} has no setting {name!r}")
+    return dataclasses.field(default=f.default, default_factory=f.default_factory, metadata=f.metadata)
+
+
 def option_name(f: dataclasses.Field) -> str:
     """The option a field is given with: ``--batch-size``, or its first flag (``--global`` for use_global)."""
     flags = f.metadata.get("flags") or ()

@@ -54,6 +54,8 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
              "train.report:object_evaluation", "train.report:OBJECT_COLUMNS", True),
     TaskSpec("mae", "train mae", "train.stages.mae:MaeConfig", "train.stages.mae:MaeTask",
              "train.report:object_evaluation", "train.report:OBJECT_COLUMNS", True, resolves=True),
+    TaskSpec("joint", "train joint", "train.stages.joint:JointConfig", "train.stages.joint:JointTask",
+             "train.report:object_evaluation", "train.report:OBJECT_COLUMNS", True),
     TaskSpec("finetune", "train finetune", "train.downstream.finetune:FinetuneConfig",
              "train.downstream.finetune:FinetuneTask", "train.report:finetune_evaluation",
              "train.report:FINETUNE_COLUMNS", True, resolves=True),

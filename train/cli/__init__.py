@@ -3,6 +3,7 @@
     train stage1 --cache caches/demo.zarr --out runs/s1
     train stage2 --cache caches/demo.zarr --teacher runs/s1/last.pt --out runs/s2
     train mae --cache caches/shapenet.zarr --model point-m2ae --out runs/m2ae
+    train joint --cache caches/demo.zarr --out runs/joint
     train export-teacher --ckpt runs/s1/last.pt --cache caches/demo.zarr
     train finetune --cache caches/scanobjectnn-obj_bg.zarr --init runs/s1/last.pt --protocol full --out runs/ft
     train eval classify --cache caches/scanobjectnn-obj_bg.zarr --ckpt runs/ft/best.pt --vote 10 --json
@@ -35,6 +36,7 @@ app = typer.Typer(help="Train point-cloud students from a teacher cache.", no_ar
 app.command()(pretrain.stage1)
 app.command()(pretrain.stage2)
 app.command()(pretrain.mae)
+app.command()(pretrain.joint)
 app.command("export-teacher")(pretrain.export_teacher)
 app.command()(downstream.finetune)
 app.command()(downstream.fewshot)

@@ -1,4 +1,4 @@
-"""`train stage1`, `train stage2`, `train mae`, `train export-teacher`: pre-training on an objects cache."""
+"""`train stage1`, `train stage2`, `train mae`, `train joint`, `train export-teacher`: pre-training on an objects cache."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import typer
 from cache_schema.errors import CacheError
 from train.cli.config_command import config_command
 from train.cli.options import Cache, Points, Progress, fail
+from train.stages.joint import JointConfig, train_joint
 from train.stages.mae import MaeConfig, train_mae
 from train.stages.stage1 import Stage1Config, train_stage1
 from train.stages.stage2 import Stage2Config, train_stage2
@@ -19,7 +20,10 @@ stage1 = config_command(
 stage2 = config_command(
     Stage2Config, "stage2", train_stage2,
     "Stage-2: masked point modelling that distils the frozen stage-1 model's token and global features.")
-
+joint = config_command(
+    JointConfig, "joint", train_joint,
+    "Single-stage multi-task pre-training (the paper's Table 9 baseline): stage-1's contrastive losses and stage-2's "
+    "masked distillation of the student's own features, in one run from random init.")
 mae = config_command(
     MaeConfig, "mae", train_mae,
     "Masked point reconstruction, the baselines' own pre-training: Point-MAE or Point-M2AE with its official "

@@ -20,13 +20,13 @@ from train.models.student import Student
 
 
 def load_student(ckpt: str, cache, preset: str = "point-mae-tiny", seed: int = 0) -> Student:
-    """A trained student from a stage-1 / stage-2 checkpoint; any other encoder file (a fine-tuned or exported
-    encoder, a released checkpoint) without heads; or ``"random"``: an untrained one with heads for the cache."""
+    """A trained student from a stage-1 / stage-2 / joint checkpoint; any other encoder file (a fine-tuned or
+    exported encoder, a released checkpoint) without heads; or ``"random"``: an untrained one with heads for the cache."""
     if ckpt == "random":
         torch.manual_seed(seed)
         return Student(create_encoder(preset), head_dims(cache)).eval()
     try:
-        state = checkpoint.load(ckpt, stage=("stage1", "stage2"))  # another cache (e.g. ModelNet40) is allowed
+        state = checkpoint.load(ckpt, stage=("stage1", "stage2", "joint"))  # another cache (e.g. ModelNet40) is allowed
     except checkpoint.CheckpointError:
         return Student(build_from(ckpt)[0], {}).eval()  # features only: linear probe and few-shot SVM
     model = Student(encoder_from_record(checkpoint.encoder_record(state)), state["heads"])

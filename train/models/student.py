@@ -30,4 +30,8 @@ class Student(nn.Module):
     def forward(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per teacher, the (unnormalised) point embedding (B, D); plus ``"_global"`` (B, global_dim)."""
         _, g = self.encoder(points)
-        return {"_global": g, **{name: head(g) for name, head in self.heads.items()}}
+        return self.project(g)
+
+    def project(self, global_feature: torch.Tensor) -> dict[str, torch.Tensor]:
+        """:meth:`forward` from the encoder's global feature (B, global_dim), for a caller that encoded already."""
+        return {"_global": global_feature, **{name: head(global_feature) for name, head in self.heads.items()}}

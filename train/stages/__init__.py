@@ -1,1 +1,1 @@
-"""Training stages: one module each (stage1; stage2 and fusion follow)."""
+"""Training stages: one module each (stage1, stage2, joint: both in one run, fusion)."""
