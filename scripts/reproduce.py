@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from train.reproduce import CONFIG_ROOT, list_tables, reproduce  # noqa: E402
+from train.reproduce import CONFIG_ROOT, list_tables, reproduce
 
 
 def parse_seeds(text: str) -> list[int]:

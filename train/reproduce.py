@@ -27,8 +27,9 @@ import os
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -351,8 +352,8 @@ def format_table(table: Table, scores: dict[tuple[str, str], list[float]], seeds
     """Markdown: each cell ``ours mean +- std (paper X)``."""
     lines = [f"{table.title}", ""]
     if demo:
-        lines += ["DEMO RUN: built-in demo caches, tiny encoders and shortened schedules (configs/paper/demo.json); "
-                  "the figures say nothing about the paper's, only that the table's runs work end to end.", ""]
+        lines += [("DEMO RUN: built-in demo caches, tiny encoders and shortened schedules (configs/paper/demo.json); "
+                   "the figures say nothing about the paper's, only that the table's runs work end to end."), ""]
     lines += [f"mean +- std over seeds {', '.join(map(str, seeds))} (sample std); paper's figure in brackets", ""]
     lines.append("| row | encoder | " + " | ".join(c.name for c in table.columns) + " |")
     lines.append("|---|---|" + "---|" * len(table.columns))
