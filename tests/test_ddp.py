@@ -136,3 +136,8 @@ def test_a_2_rank_run_stopped_and_resumed_repeats_the_uninterrupted_one(small_de
     assert _losses(part) == _losses(full) and len(_losses(full)) == 6
     for a, b in zip(_rank_params(full), _rank_params(part)):  # both ranks end where the uninterrupted ones did
         assert all(torch.equal(a[n], b[n]) for n in a)
+    with open(os.path.join(part, "cost.json")) as f:  # rank 0's record of both stretches, 2 processes each
+        cost = json.load(f)
+    assert cost["world_size"] == 2 and cost["steps"] == 6 and len(cost["segments"]) == 2
+    assert cost["device_seconds"] == pytest.approx(2 * (cost["train_seconds"] + cost["validation_seconds"]))
+    assert cost["started_from"]["option"] == "--teacher" and cost["started_from"]["path"] == os.path.abspath(stage1_ckpt)

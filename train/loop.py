@@ -5,7 +5,8 @@ modules, and turns a batch into losses. The loop reads straight down: set the
 position in the stream, fetch a batch (timed: data wait), the task's losses,
 backward, clip, step, schedule, log, and checkpoint when due. Only rank 0 logs
 and saves. ``resume`` continues from ``last.pt`` exactly (model, task state,
-optimiser, scheduler, RNG, stream position).
+optimiser, scheduler, RNG, stream position). Every save also writes the run's
+cost so far (``cost.json``, see :mod:`train.costs`); a resumed run adds to it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 
 from cache_schema import open_cache
 from train import checkpoint
+from train.costs import CostClock, parameter_counts, previous_cost, started_from
 from train.data.objects import ObjectStream, StreamConfig
 from train.data.transport import keep_packed
 from train.distributed import close_distributed, init_distributed
@@ -287,6 +289,8 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
             scaler.load_state_dict(state["scaler"])
         step, epoch, batches_done = state["step"], state["data"]["epoch"], state["data"]["batches_done"]
         _set_rank_rng(task, state["rng"][rank % len(state["rng"])])
+    clock = CostClock(task.stage, device, world, parameter_counts(module), started_from(task.stage, cfg.to_dict()),
+                      previous_cost(cfg.out, state) if state is not None else None, step)
     if cfg.val_split is not None:  # before any folder is made: a validation that cannot run fails the start
         val_cache = open_cache(cfg.val_cache) if cfg.val_cache else cache
         if cfg.val_split not in val_cache.split_names:
@@ -316,7 +320,9 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
                 "stage": task.stage, **task.state(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
                 "data": {"epoch": epoch, "batches_done": batches_done, "seed": cfg.seed},
-                "rng": rngs, "config": cfg.to_dict(), "cache": identity, "world_size": world})
+                "rng": rngs, "config": cfg.to_dict(), "cache": identity, "world_size": world,
+                "cost": clock.record(step)})
+            clock.write(cfg.out, step)  # after the checkpoint: a resumed run finds the cost of its step
 
     val_every = cfg.val_every or cfg.ckpt_every
     best_path, best_record = os.path.join(cfg.out, "best.pt"), os.path.join(cfg.out, "best.json")
@@ -326,10 +332,13 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
         """On rank 0, after a save: score last.pt's model; keep it as best.pt if it beats the best so far."""
         nonlocal best
         module.eval()
+        started = time.perf_counter()
         try:
             scores = task.validate(cfg.val_cache or cfg.cache, cfg.val_split)
         finally:
             module.train()
+            clock.validation(time.perf_counter() - started)
+        clock.write(cfg.out, step)
         val_log.log(step, scores)
         bar.write(f"step {step}: validation on {cfg.val_split!r}: "
                   + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
@@ -352,6 +361,7 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
     loader = DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
                         persistent_workers=workers > 0, generator=torch.Generator().manual_seed(cfg.seed),
                         collate_fn=keep_packed)
+    clock.start()  # training seconds: steps, data wait and saves; validation is timed apart
     while step < end:
         batches = iter(loader)
         epoch_done = False
@@ -393,6 +403,8 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
                 save(last_path)  # every rank: the save gathers their random states
             if due_val and dist_info.is_main:
                 validate()
+    if dist_info.is_main:
+        clock.write(cfg.out, step)
     # the run's files are complete here: a part that fails to shut down costs a warning, not the run
     shut_down(("the progress bar", bar.close), ("the metric logs", log.close),
               ("the data loader's workers", getattr(batches, "_shutdown_workers", lambda: None)),

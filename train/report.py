@@ -7,6 +7,10 @@ validate) on the cache it was trained on: zero-shot, linear probe and few-shot
 next to a random-init encoder for stage-1/2 runs, validation-split mIoU and
 accuracy for fusion fine-tuning; a fusion pre-training run has no head to
 score. It is computed once and kept in ``RUN_DIR/eval.json``.
+
+The cost tables (the paper's Table 5) read ``cost.json`` of the run and of the runs its starting checkpoints
+came from (:mod:`train.costs`): :func:`chain_table` for one run, :func:`cost_table` for several side by side,
+:func:`run_cost` the numbers behind both.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 
 import numpy as np
 
+from train.costs import cost_chain
 from train.tasks import TASKS
 
 
@@ -334,3 +339,104 @@ def _shape_miou(pred: np.ndarray, truth: np.ndarray, parts: list[int]) -> float:
     from train.eval.metrics import part_iou_scores
 
     return part_iou_scores([pred], [truth], np.zeros(1, int), [np.asarray(parts)])["instance_miou"]
+
+
+
+def _fine_tunes(stage: str) -> bool:
+    spec = TASKS.get(stage)
+    return bool(spec and spec.fine_tunes)
+
+
+def run_cost(run_dir: str) -> dict:
+    """A run's cost with everything behind it (Table 5): the chain of runs (:func:`train.costs.cost_chain`),
+    device-hours per stage, pre-training and fine-tuning totals, the run's parameter counts and its result.
+
+    ``pretrain_hours`` adds every run of the chain that is not a downstream task (stage-1, stage-2, any other
+    pre-training); ``finetune_hours`` the downstream ones. A run of unknown cost (an external checkpoint, a run
+    older than ``cost.json``) is left out of the sums: ``hours`` has it as None, ``pretrain_unknown`` /
+    ``finetune_unknown`` say a sum lacks it."""
+    chain = cost_chain(run_dir)
+    hours: dict[str, float | None] = {}
+    out = {"pretrain_hours": 0.0, "finetune_hours": 0.0, "pretrain_unknown": False, "finetune_unknown": False}
+    for record in chain:
+        phase = "finetune" if _fine_tunes(record["stage"]) else "pretrain"
+        h = record.get("device_hours")
+        if h is None:
+            out[f"{phase}_unknown"] = True
+            hours[record["stage"]] = None
+        else:
+            out[f"{phase}_hours"] += h
+            if record["stage"] not in hours or hours[record["stage"]] is not None:
+                hours[record["stage"]] = hours.get(record["stage"], 0.0) + h
+    last = chain[-1]
+    return {"run_dir": run_dir, "stage": last["stage"], "chain": chain, "hours": hours, **out,
+            "devices": sorted({r["device"] for r in chain if r.get("device")}),
+            "parameters": last.get("parameters") or {}, "result": run_result(run_dir, last["stage"])}
+
+
+def run_result(run_dir: str, stage: str) -> dict | None:
+    """The run's headline score as its report has it: the first column of its evaluation (``eval.json``, e.g.
+    fine-tuning's test OA), else its best validation (``best.json``); None when it has neither."""
+    if stage not in TASKS:
+        return None
+    key, label = TASKS[stage].load("columns")[0]
+    for name, source in (("eval.json", "evaluation"), ("best.json", "best validation")):
+        path = os.path.join(run_dir, name)
+        if os.path.exists(path):
+            with open(path) as f:
+                record = json.load(f)
+            value = record.get("this run", record).get(key)
+            if value is not None:
+                return {"label": label, "value": value, "source": source}
+    return None
+
+
+def _hours(h: float | None) -> str:
+    return "?" if h is None else f"{h:.3g}"
+
+
+def _count(n: int | None) -> str:
+    return "?" if n is None else f"{n / 1e6:.3g}M"
+
+
+def _result(r: dict | None) -> str:
+    return "-" if r is None else f"{r['label']} {100 * r['value']:.1f}% ({r['source']})"
+
+
+def _totals(cost: dict) -> tuple[str, str]:
+    """The pre-training and fine-tuning sums, ``+ ?`` where a run of unknown cost is missing from one."""
+    return tuple(_hours(cost[f"{p}_hours"]) + (" + ?" if cost[f"{p}_unknown"] else "") for p in ("pretrain", "finetune"))
+
+
+def chain_table(run_dir: str) -> str:
+    """Markdown: one row per run behind ``run_dir`` (first run first) with its device, steps, device-hours and
+    parameter counts, then the pre-training and fine-tuning totals and the run's result."""
+    cost = run_cost(run_dir)
+    lines = ["| stage | run | device | steps | device-hours | #params | encoder |", "|---" * 7 + "|"]
+    for r in cost["chain"]:
+        device = "?" if not r.get("device") else f"{r['device']} x{r.get('world_size', 1)}"
+        p = r.get("parameters") or {}
+        lines.append(f"| {r['stage']} | {r['run_dir']} | {device} | {r.get('steps') or '?'} | "
+                     f"{_hours(r.get('device_hours'))} | {_count(p.get('total'))} | {_count(p.get('encoder'))} |")
+    pretrain, finetune = _totals(cost)
+    lines += ["", f"pre-train device-hours: {pretrain}", f"fine-tune device-hours: {finetune}",
+              f"result: {_result(cost['result'])}"]
+    return "\n".join(lines)
+
+
+def cost_table(run_dirs: list[str]) -> str:
+    """Markdown in the shape of the paper's Table 5, one row per run: #params (the run's trained module: for a
+    fine-tuning run encoder + head, what Point-MAE's 22.1M counts), device-hours of each pre-training stage behind
+    it, the pre-training and fine-tuning totals, and its result. ``?`` / ``+ ?``: a run of unknown cost."""
+    costs = [run_cost(d) for d in run_dirs]
+    stages = list(dict.fromkeys(r["stage"] for c in costs for r in c["chain"]
+                                if r["stage"] in TASKS and not _fine_tunes(r["stage"])))  # in chain order
+    header = ["run", "devices", "#params", *(f"{s} device-h" for s in stages), "pre-train device-h",
+              "fine-tune device-h", "result"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for c in costs:
+        cells = [c["run_dir"], ", ".join(c["devices"]) or "?", _count(c["parameters"].get("total")),
+                 *(_hours(c["hours"][s]) if s in c["hours"] else "-" for s in stages), *_totals(c),
+                 _result(c["result"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
