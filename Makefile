@@ -55,7 +55,7 @@ CACHE_ARGS ?=
 # The demo cache is lighter than the defaults (6 views of 128 px instead of 12 of 224) to stay within minutes on a CPU.
 DEMO_ARGS := --views 6 --resolution 128
 
-.PHONY: setup test test-slow demo tour cache bench-chunks bench-build bench-scenes bench-validate bench-rooms bench-detect bench-occlusion bench-encoders bench-stage2 ablate-stage2 bench-train clean
+.PHONY: setup test test-slow demo tour cache reproduce bench-chunks bench-build bench-scenes bench-validate bench-rooms bench-detect bench-occlusion bench-encoders bench-stage2 ablate-stage2 bench-train clean
 
 setup: $(STAMP)
 
@@ -175,6 +175,13 @@ tour: demo
 	@echo "pictures: $(RUNS)/demo-sheet.png, $(RUNS)/demo-scenes-sheet.png, $(RUNS)/demo-s1/report.html, \
 	$(RUNS)/demo-s2/report.html, $(RUNS)/demo-fusion-1pc-pretrained/report.html, $(RUNS)/demo-seg-s2/report.html \
 	(parts.png)"
+
+# A table of the paper, every row for every seed, printed as mean +- std beside the paper's figures
+# (scripts/reproduce.py, configs/paper/): `make reproduce TABLE=table4 DEMO=1` on a CPU with the built-in demo caches.
+TABLE ?= table4
+SEEDS ?= 0,1,2
+reproduce: setup
+	$(PY) scripts/reproduce.py $(TABLE) --seeds $(SEEDS) $(if $(DEMO),--demo) $(if $(REPRO_OUT),--out $(REPRO_OUT))
 
 bench-chunks: setup
 	$(PY) scripts/bench_chunks.py

@@ -78,6 +78,17 @@ def test_point_m2ae_stage2_ranks_hold_identical_weights(small_demo_cache, tmp_pa
     assert any(n.startswith("student.encoder.h_encoder.") for n in a)
 
 
+def test_point_m2ae_mae_ranks_hold_identical_weights(small_demo_cache, tmp_path):
+    # the hierarchical decoder: every parameter it trains has a gradient on both ranks (the scale-0 norm, read by
+    # no loss, is frozen), or DDP would stop; the ranks end bit-identical
+    out = str(tmp_path / "mae")
+    _torchrun("mae", cache=small_demo_cache, out=out, model="point-m2ae-tiny", epochs=1, warmup_epochs=0,
+              batch_size=4, num_points=128, workers=0, log_every=1)
+    _assert_identical(out)
+    a, _ = _rank_params(out)
+    assert any("token_prop" in n for n in a)
+
+
 def test_finetune_ranks_hold_identical_weights(small_demo_cache, stage1_ckpt, tmp_path):
     out = str(tmp_path / "ft")
     _torchrun("finetune", cache=small_demo_cache, out=out, init=stage1_ckpt, protocol="full", epochs=1,

@@ -80,3 +80,27 @@ def test_grad_clip_zero_means_no_clipping_and_loss_is_the_reconstruction(small_d
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader(open(os.path.join(out, "metrics.csv"))))
     assert all(float(x["loss/chamfer"]) == float(x["loss/total"]) for x in rows)
+
+
+def test_stage1_after_mae_starts_from_its_encoder(small_demo_cache, tmp_path):
+    """Table 9's reversed order: stage-1 initialised from a masked-reconstruction run takes its encoder weights
+    exactly; the cls token (the official pre-training has none) and the heads start fresh."""
+    from train.stages.stage1 import Stage1Config, Stage1Task
+
+    mae = str(tmp_path / "mae")
+    r = CliRunner().invoke(app, ["mae", "--cache", small_demo_cache, "--out", mae, "--model", "point-mae-tiny",
+                                 *FAST])
+    assert r.exit_code == 0, r.output
+    state = torch.load(os.path.join(mae, "last.pt"), weights_only=False)
+    cfg = Stage1Config(cache=small_demo_cache, out=str(tmp_path / "s1"), init=os.path.join(mae, "last.pt"))
+    from train.data.objects import ObjectStream
+
+    task = Stage1Task(cfg)
+    stream = ObjectStream(small_demo_cache, task.stream_config())
+    model = task.build(stream, torch.device("cpu"), 0, 1)
+    weights = model.student.state_dict()
+    trained = {k: v for k, v in state["model"].items() if k.startswith("encoder.")}
+    assert trained and all(torch.equal(weights[k], v) for k, v in trained.items())
+    assert {k for k in weights if k.startswith("encoder.") and k not in trained} == {"encoder.cls_token",
+                                                                                     "encoder.cls_pos"}
+    assert model.student.heads  # stage-1's heads, new

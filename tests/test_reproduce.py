@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -55,7 +56,9 @@ def test_toy_table_two_seeds_mean_and_std_and_determinism(toy_configs, tmp_path)
     text = rp.reproduce("toy", [0, 1], out, root=toy_configs, log=lambda s: None)
     table = rp.load_table("toy", toy_configs)
     _, scored_by = rp.plan(table, toy_configs)
-    lines = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    lines = {line.split("|")[1].strip(): line for line in text.split("Training cost")[0].splitlines()
+             if line.startswith("| ")}
+    assert "pre-train device-h" in text.split("Training cost")[1]  # Table 5's columns, from the runs' cost.json
     for row in table.rows:
         for i, col in enumerate(table.columns):
             per_seed = []
@@ -100,13 +103,13 @@ def test_toy_table_two_seeds_mean_and_std_and_determinism(toy_configs, tmp_path)
 
 
 def test_stopped_run_resumes(toy_configs, tmp_path):
-    """A run with a last.pt but no reproduce.json (killed) is resumed, not restarted."""
+    """A run with a last.pt but no reproduce.json (killed) is resumed, not restarted; a failed run raises."""
     out = str(tmp_path / "runs")
     calls = []
 
-    def runner(argv):
+    def runner(argv):  # each run in its own `python -m train` process, as --launch starts them
         calls.append(argv)
-        rp.train_cli(argv)
+        rp.launcher(sys.executable)(argv)
 
     table = rp.load_table("toy", toy_configs)
     runs, _ = rp.plan(table, toy_configs)
@@ -114,6 +117,8 @@ def test_stopped_run_resumes(toy_configs, tmp_path):
     os.remove(os.path.join(out, "seed0", runs[0].id, rp.DONE))
     rp.execute(runs[:1], [0], out, runner=runner, log=lambda s: None)
     assert "--resume" not in calls[0] and "--resume" in calls[1]
+    with pytest.raises(RuntimeError, match="failed"):
+        rp.launcher(sys.executable)(["stage1", "--cache", str(tmp_path / "missing.zarr"), "--out", out + "/x"])
 
 
 def test_bad_table_and_bad_setting_are_one_line_errors(toy_configs):

@@ -252,6 +252,21 @@ def train_cli(argv: list[str]) -> None:
         raise RuntimeError(f"`train {' '.join(argv)}` failed (exit code {code})")
 
 
+def launcher(prefix: str) -> Callable[[list[str]], None]:
+    """A runner that starts each run as ``PREFIX -m train ARGV`` (e.g. ``torchrun --nproc_per_node=8``), in the
+    repository; few-shot, which runs in one process, starts with this Python alone."""
+    import shlex
+    import sys
+
+    def run(argv: list[str]) -> None:
+        head = [sys.executable] if argv[0] == "fewshot" else shlex.split(prefix)
+        done = subprocess.run([*head, "-m", "train", *argv], cwd=REPO)
+        if done.returncode:
+            raise RuntimeError(f"`{' '.join(head)} -m train {' '.join(argv)}` failed (exit code {done.returncode})")
+
+    return run
+
+
 def execute(runs: list[Run], seeds: list[int], out: str, demo: Demo | None = None,
             runner: Callable[[list[str]], None] = train_cli, log: Callable[[str], None] = print) -> None:
     """Every run for every seed, in order; finished runs are skipped, stopped ones resumed."""
@@ -378,4 +393,14 @@ def reproduce(name: str, seeds: list[int], out: str, demo: bool = False, root: s
     if demo_cfg is not None:
         demo_cfg.ensure_caches({r.config["cache"] for r in runs} | {c.cache for c in table.columns}, log)
     execute(runs, seeds, out, demo_cfg, runner, log)
-    return format_table(table, collect(table, scored_by, seeds, out, demo_cfg), seeds, demo)
+    text = format_table(table, collect(table, scored_by, seeds, out, demo_cfg), seeds, demo)
+    return f"{text}\n\n{costs(table, scored_by, seeds[0], out)}"
+
+
+def costs(table: Table, scored_by: dict[tuple[str, str], str], seed: int, out: str) -> str:
+    """The training cost behind each row's first column (seed ``seed``), in the shape of the paper's Table 5."""
+    from train.report import cost_table
+
+    first = table.columns[0].name
+    return (f"Training cost behind each row's {first!r} run (seed {seed}; device-hours from each run's cost.json):"
+            f"\n\n{cost_table([run_dir(out, seed, scored_by[row.id, first]) for row in table.rows])}")

@@ -87,6 +87,8 @@ class PointMAEEncoder(PointEncoder):
     default_mask_ratio = 0.6
     reconstruction = "patches"  # Point_MAE: each masked patch's points from its token
     recipes = {"mae": {"encoder": {"cls_token": False}},                              # cfgs/pretrain.yaml
+               # stage-1 / joint: with a cls token, also when started from a `train mae` run (Table 9, reversed)
+               "pretrain": {"encoder": {"cls_token": True}},
                "modelnet40": {"encoder": {"num_group": 64, "group_size": 32, "cls_token": True}},  # finetune_modelnet
                "scanobjectnn": {"encoder": {"num_group": 128, "group_size": 32, "cls_token": True}},  # finetune_scan_*
                "segment": {"encoder": {"cls_token": True}},
