@@ -121,6 +121,22 @@ def test_stopped_run_resumes(toy_configs, tmp_path):
         rp.launcher(sys.executable)(["stage1", "--cache", str(tmp_path / "missing.zarr"), "--out", out + "/x"])
 
 
+def test_a_run_stopped_before_its_first_checkpoint_starts_again_and_an_edited_row_is_refused(toy_configs, tmp_path):
+    out = str(tmp_path / "runs")
+    table = rp.load_table("toy", toy_configs)
+    runs, _ = rp.plan(table, toy_configs)
+    calls = []
+    folder = rp.run_dir(out, 0, runs[0].id)
+    os.makedirs(folder)
+    open(os.path.join(folder, "config.json"), "w").write("{}")  # a run killed before its first save
+    rp.execute(runs[:1], [0], out, runner=calls.append, log=lambda s: None)
+    assert "--overwrite" in calls[0] and "--resume" not in calls[0]
+    edited = dataclasses.replace(runs[0], config={**runs[0].config, "steps": 3})
+    with pytest.raises(ValueError, match="trained with other settings.*use another --out"):
+        rp.execute([edited], [0], out, runner=calls.append, log=lambda s: None)
+    assert len(calls) == 1
+
+
 def test_bad_table_and_bad_setting_are_one_line_errors(toy_configs):
     with pytest.raises(ValueError, match="no table 'table99'.*toy"):
         rp.load_table("table99", toy_configs)
@@ -172,3 +188,22 @@ def test_paper_run_files_are_accepted_by_config(tmp_path):
         cls = getattr(__import__(module, fromlist=[name]), name)
         names = {f.name for f in dataclasses.fields(cls)}
         assert set(saved["config"]) <= names, (path, set(saved["config"]) - names)
+
+
+def test_paper_rows_start_from_the_runs_the_paper_describes():
+    """The chains behind some rows, spelled out: a wrong reference would train the wrong ablation."""
+    def chain(table, row):
+        t = rp.load_table(table)
+        runs, _ = rp.plan(dataclasses.replace(t, rows=[r for r in t.rows if r.id == row]))
+        return [r.id for r in runs if r.id.startswith("pretrain/")]
+
+    assert chain("table4", "point-m2ae/no-global") == ["pretrain/point-m2ae/stage1", "pretrain/point-m2ae/stage2-no-global"]
+    assert chain("table4", "point-m2ae/stage1-only") == ["pretrain/point-m2ae/stage1"]
+    assert chain("table9", "point-mae/reversed") == ["pretrain/point-mae/mae", "pretrain/point-mae/stage1-after-mae"]
+    assert chain("table9", "point-mae/joint") == ["pretrain/point-mae/joint"]
+    assert chain("table8", "point-m2ae/points") == ["pretrain/point-m2ae/stage1", "pretrain/point-m2ae/stage2-points"]
+    assert chain("table3", "point-mae/point-mae") == ["pretrain/point-mae/mae"]
+    no_global = json.load(open(os.path.join(rp.CONFIG_ROOT, "pretrain/point-m2ae/stage2-no-global.json")))["config"]
+    assert no_global["use_global"] is False and no_global.get("shuffle", True) is True
+    points = json.load(open(os.path.join(rp.CONFIG_ROOT, "pretrain/point-mae/stage2-points.json")))["config"]
+    assert points["target"] == "points"

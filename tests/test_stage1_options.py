@@ -183,3 +183,21 @@ def test_a_run_from_init_trains_and_records_it(small_demo_cache, stage1_ckpt, tm
     assert saved["config"]["init"] == stage1_ckpt and saved["init"] == stage1_ckpt
     assert saved["config"]["text_supervision"] == saved["text_supervision"] == "templates"
     assert saved["encoder"]["config"]["trans_dim"] == 128
+
+
+def test_top1_is_refused_on_blip2_captions_not_ranked_best_first():
+    """Caption 0 of an unranked BLIP-2 cache is view 0's caption, not the top-1: refused in one line; ranked
+    caches and template captions (all equivalent) are accepted."""
+    from types import SimpleNamespace
+
+    from train.data.objects import check_top_caption
+
+    def cache(config):
+        return SimpleNamespace(attrs=SimpleNamespace(config=config), loc=SimpleNamespace(url="c.zarr"))
+
+    with pytest.raises(ValueError, match="not ranked best-first.*built before caption ranking"):
+        check_top_caption(cache({"captioner": "blip2-opt-2.7b"}))
+    with pytest.raises(ValueError, match="one caption per view"):
+        check_top_caption(cache({"captioner": "blip2-opt-2.7b", "captions": {"order": "one caption per view, ..."}}))
+    check_top_caption(cache({"captioner": "blip2-opt-2.7b", "captions": {"order": "best first by clip-vit-b16: ..."}}))
+    check_top_caption(cache({"captioner": "template"}))

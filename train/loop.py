@@ -125,12 +125,18 @@ def _short(v) -> str:
 
 
 def lr_at(step: int, cfg: LoopConfig) -> float:
-    """Linear warm-up, then cosine decay to zero at ``cfg.cosine_steps`` if the run has them, else at the last step
-    (as a factor of ``cfg.lr``)."""
+    """Linear warm-up, then cosine decay to zero at the last step (as a factor of ``cfg.lr``).
+
+    A run with ``cosine_steps`` (the official masked-reconstruction recipes) follows timm's ``CosineLRScheduler``
+    as they use it: the cosine counts from step 0, not from the end of the warm-up, and reaches zero at
+    ``cosine_steps``, which may lie past the last step (Point-M2AE: set for 400 epochs, cut at 300)."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    length = getattr(cfg, "cosine_steps", None) or cfg.steps  # a recipe may cut its cosine short (Point-M2AE)
-    progress = (step - cfg.warmup_steps) / max(1, length - cfg.warmup_steps)
+    cosine_steps = getattr(cfg, "cosine_steps", None)
+    if cosine_steps:
+        progress = step / cosine_steps
+    else:
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 

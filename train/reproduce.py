@@ -204,11 +204,22 @@ def settings_for(run: Run, seed: int, out: str, demo: Demo | None) -> dict:
         if settings.get("model") in demo.models:
             settings["model"] = demo.models[settings["model"]]
         settings.update(demo.stages.get(run.stage, {}))
-    return settings
+    # local paths absolute: a run started in another directory (--launch) reads and writes the same places
+    return {k: (_absolute(v) if k in PATH_SETTINGS else v) for k, v in settings.items()}
+
+
+PATH_SETTINGS = ("cache", "out", "init", "teacher", "val_cache")
+
+
+def _absolute(value):
+    """A local path made absolute; URLs (``s3://``), ``random`` and ``ckpt`` as they are."""
+    if not isinstance(value, str) or "://" in value or value in ("random", "ckpt"):
+        return value
+    return os.path.abspath(value)
 
 
 def run_dir(out: str, seed: int, run_id: str) -> str:
-    return os.path.join(out, f"seed{seed}", run_id)
+    return os.path.abspath(os.path.join(out, f"seed{seed}", run_id))
 
 
 def command_argv(stage: str, settings: dict) -> list[str]:
@@ -274,16 +285,25 @@ def execute(runs: list[Run], seeds: list[int], out: str, demo: Demo | None = Non
         for run in runs:
             settings = settings_for(run, seed, out, demo)
             folder = settings["out"]
-            if os.path.exists(os.path.join(folder, DONE)):
+            argv = command_argv(run.stage, settings)
+            done = os.path.join(folder, DONE)
+            if os.path.exists(done):
+                if read_json(done)["argv"] != argv:  # an edited row file: its old run must not stand for it
+                    raise ValueError(f"{folder} was trained with other settings than {run.id} now has "
+                                     f"(`train {' '.join(read_json(done)['argv'])}`); use another --out, or delete "
+                                     "the folder to train it again")
                 log(f"seed {seed}: {run.id}: done before")
                 continue
-            argv = command_argv(run.stage, settings)
-            if os.path.exists(os.path.join(folder, "last.pt")):
-                argv.append("--resume")
-            log(f"seed {seed}: {run.id}: train {' '.join(argv)}")
+            if os.path.exists(os.path.join(folder, "last.pt")) and run.stage != "fewshot":
+                resume = ["--resume"]  # stopped: continue exactly
+            elif os.path.isdir(folder) and os.listdir(folder):
+                resume = ["--overwrite"]  # stopped before its first checkpoint (few-shot: any time): start again
+            else:
+                resume = []
+            log(f"seed {seed}: {run.id}: train {' '.join([*argv, *resume])}")
             t0 = time.perf_counter()
-            runner([*argv, "--no-progress"])
-            with open(os.path.join(folder, DONE), "w") as f:
+            runner([*argv, *resume, "--no-progress"])
+            with open(done, "w") as f:
                 json.dump({"argv": argv, "seconds": round(time.perf_counter() - t0, 1)}, f, indent=2)
 
 
@@ -402,5 +422,9 @@ def costs(table: Table, scored_by: dict[tuple[str, str], str], seed: int, out: s
     from train.report import cost_table
 
     first = table.columns[0].name
-    return (f"Training cost behind each row's {first!r} run (seed {seed}; device-hours from each run's cost.json):"
-            f"\n\n{cost_table([run_dir(out, seed, scored_by[row.id, first]) for row in table.rows])}")
+    folders = [run_dir(out, seed, scored_by[row.id, first]) for row in table.rows]
+    # a few-shot run is a folder of fold runs: the first fold's run stands for its cost
+    folders = [os.path.join(f, "fold-0", "run") if os.path.exists(os.path.join(f, "fewshot.json")) else f
+               for f in folders]
+    return (f"Training cost behind each row's {first!r} run (seed {seed}; device-hours from each run's cost.json; "
+            f"few-shot: its first fold):\n\n{cost_table(folders)}")

@@ -237,6 +237,17 @@ class ObjectStream(ShardedStream, IterableDataset):
         return captions[pos, 0 if self.config.text_supervision == "top1" else k].astype(np.float32)
 
 
+def check_top_caption(cache) -> None:
+    """``top1`` means the best caption: refused on a BLIP-2 cache whose captions are not ranked best-first (built
+    before the ranking, or without a CLIP teacher to rank them: caption 0 is then view 0's)."""
+    built = cache.attrs.config
+    order = str((built.get("captions") or {}).get("order", ""))
+    if str(built.get("captioner", "")).startswith("blip2") and not order.startswith("best first"):
+        raise ValueError(f"--text-supervision top1: the BLIP-2 captions of {cache.loc.url} are not ranked best-first "
+                         f"({order or 'built before caption ranking'}), so caption 0 is one view's caption, not the "
+                         "top-1; rebuild the cache with a CLIP teacher, or use --text-supervision captions")
+
+
 def class_prompt_targets(cache, terms: dict[str, tuple[str, str]], config: StreamConfig) -> dict[str, np.ndarray]:
     """teacher -> (C, D) float32 class-prompt embeddings, for ``text_supervision="templates"`` (else empty).
 
@@ -245,6 +256,8 @@ def class_prompt_targets(cache, terms: dict[str, tuple[str, str]], config: Strea
     if config.text_supervision not in TEXT_SUPERVISIONS:
         raise ValueError(f"--text-supervision is one of {', '.join(TEXT_SUPERVISIONS)}, got "
                          f"{config.text_supervision!r}")
+    if config.text_supervision == "top1":
+        check_top_caption(cache)
     if config.text_supervision != "templates":
         return {}
     url, teachers = cache.loc.url, sorted({n for n, role in terms.values() if role == "text"})

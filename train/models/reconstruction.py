@@ -133,7 +133,8 @@ class HierarchicalDecoder(nn.Module):
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
     def no_weight_decay(self) -> set[str]:
-        return {"mask_token"}  # the official optimiser skips names with 'token'
+        """The official optimiser skips every name with 'token' in it: the mask token and all of ``token_prop``."""
+        return {name for name, _ in self.named_parameters() if "token" in name}
 
     def forward(self, levels: list[MaskedLevel], patches) -> tuple[torch.Tensor, torch.Tensor]:
         """``levels``: :meth:`encode_levels`'s, finest first; ``patches``: the encoder's grouping. Returns the

@@ -17,8 +17,9 @@ Per step, on one student (encoder + one head per teacher) and in one forward (so
 The paper does not say what the masked branch distils when there is no first-stage model; our reading is the
 student's own encoder on the unmasked patches with the current weights, under a stop-gradient. The targets are the
 contrastive pass's outputs detached rather than a second, no-grad pass: the same values (same weights, same
-patches, the same train-mode BatchNorm batch), one encoder pass fewer, and the BatchNorm running statistics move
-once per step as in stage-1; with drop path (the ``point-mae`` preset's 0.1) they carry that pass's draw.
+patches, the same train-mode BatchNorm batch), one encoder pass fewer; with drop path (the ``point-mae`` preset's
+0.1) they carry that pass's draw. The masked pass embeds every patch again (as stage-2 does), so the patch
+embedding's BatchNorm running statistics move twice per step, once per pass.
 """
 
 from __future__ import annotations
