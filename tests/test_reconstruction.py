@@ -73,6 +73,11 @@ def test_point_mae_reconstructs_each_masked_patch_of_fps_and_knn_with_the_offici
             c = points[b, centres[b, g]]
             near = knn_naive(c.view(1, 1, 3), points[b:b + 1], 32)[0, 0]
             _same_set(truth[row], points[b, near] - c)
+            # prediction row `row` is the decoder slot whose position is that same patch's centre
+            vis = int((~mask[b]).sum())
+            slot = vis + int(mask[b, :g].sum())
+            torch.testing.assert_close(out["pos_centres"][b, slot], c)
+            assert row == b * 19 + slot - vis
             row += 1
     torch.testing.assert_close(out["points"].detach(), chamfer_naive(pred.detach(), truth))
 
