@@ -325,10 +325,12 @@ def _classify(folder: str, cache: str, seed: int, vote: int) -> float:
 
 
 def _zeroshot(folder: str, cache: str, key: str) -> float:
+    """At the run's own input size: its patches then span what they spanned in training."""
     from train.eval import frozen
 
     c = frozen.open_for_eval(cache)
-    return 100 * frozen.zeroshot(frozen.load_student(_checkpoint(folder), c), c)[key]
+    num_points = read_json(os.path.join(folder, "config.json"))["config"]["num_points"]
+    return 100 * frozen.zeroshot(frozen.load_student(_checkpoint(folder), c), c, num_points=num_points)[key]
 
 
 def _fewshot(folder: str) -> float:
