@@ -216,8 +216,24 @@ def caption_order(captioner: str, teachers: dict[str, Teacher]) -> str:
 # ---------------------------------------------------------------- coordinator
 
 
+def unrecorded_caption_order(url: str, cfg: ObjectBuildConfig) -> bool:
+    """Whether the cache at ``url`` was built before caption orders were recorded and may go on as it is: its
+    captions are templates or a file's (ranking never touched them), or it is finished (nothing more is written).
+    An unfinished BLIP-2 build of that age is not: its new blocks would be ranked and its old ones not."""
+    from cache_schema import open_cache
+
+    try:
+        existing = open_cache(url, allow_incomplete=True)
+    except Exception:  # no cache there (or none readable): a new build records its order
+        return False
+    captions = existing.attrs.config.get("captions")
+    if not isinstance(captions, dict) or "order" in captions:
+        return False
+    return not cfg.captioner.startswith("blip2") or existing.build.get("state") == "finalized"
+
+
 def make_layout_and_attrs(catalog: Catalog, cfg: ObjectBuildConfig, teachers: dict[str, Teacher],
-                          captioner_info: dict[str, Any]):
+                          captioner_info: dict[str, Any], record_order: bool = True):
     records = {n: t.record for n, t in teachers.items()}
     layout = objects_layout(len(catalog.items), cfg.num_points, cfg.views.num_views, cfg.num_captions, records,
                             num_classes=len(catalog.label_names), image_hw=(cfg.views.resolution,) * 2,
@@ -225,8 +241,8 @@ def make_layout_and_attrs(catalog: Catalog, cfg: ObjectBuildConfig, teachers: di
                             with_normals=True, with_part_labels=catalog.parts is not None)
     parts = {"parts": catalog.parts} if catalog.parts is not None else {}
     attrs = CacheAttrs(kind="objects", dataset={"name": catalog.name, "source_root": catalog.source_root},
-                       config={**cfg.content(), "captions": {**captioner_info,
-                                                             "order": caption_order(cfg.captioner, teachers)},
+                       config={**cfg.content(), "captions": {**captioner_info, **(
+                           {"order": caption_order(cfg.captioner, teachers)} if record_order else {})},
                                "row_order": ROW_ORDER, **parts},
                        teachers=records, label_names=catalog.label_names)
     return layout, attrs
@@ -241,7 +257,8 @@ def build_objects(url: str, cfg: ObjectBuildConfig, run: RunOptions = RunOptions
         raise ValueError(f"dataset {cfg.dataset!r} at {cfg.root!r} lists no shapes")
     teachers = {n: coordinator_teacher(n, run.batch_size) for n in cfg.teachers}  # records, class prompts
     captioner_info = captioner_settings(cfg.captioner, cfg.num_captions, cfg.captions_file)
-    layout, attrs = make_layout_and_attrs(catalog, cfg, teachers, captioner_info)
+    layout, attrs = make_layout_and_attrs(catalog, cfg, teachers, captioner_info,
+                                          record_order=run.overwrite or not unrecorded_caption_order(url, cfg))
     with CacheWriter.create(url, attrs, layout, overwrite=run.overwrite, max_block_rows=run.block_rows) as writer:
         if writer.is_finalized:
             return summarize(writer, url, writer.finalize(), start, "shape", already_complete=True)

@@ -3,6 +3,7 @@ and zero-shot top-5."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -201,3 +202,27 @@ def test_top1_is_refused_on_blip2_captions_not_ranked_best_first():
         check_top_caption(cache({"captioner": "blip2-opt-2.7b", "captions": {"order": "one caption per view, ..."}}))
     check_top_caption(cache({"captioner": "blip2-opt-2.7b", "captions": {"order": "best first by clip-vit-b16: ..."}}))
     check_top_caption(cache({"captioner": "template"}))
+
+
+def test_a_cache_built_before_caption_orders_were_recorded_is_still_complete(small_demo_cache, tmp_path):
+    """`make cache` again on a finished cache from before `config.captions.order` says it is complete (template
+    captions: the ranking never touched them) instead of refusing it as built with other settings."""
+    import shutil
+
+    from preprocess.build_objects import ObjectBuildConfig, RunOptions, build_objects, unrecorded_caption_order
+    from preprocess.render import ViewConfig
+
+    url = str(tmp_path / "old.zarr")
+    shutil.copytree(small_demo_cache, url)
+    group = zarr.open_group(url, mode="r+")
+    config = dict(group.attrs["config"])
+    config["captions"] = {k: v for k, v in config["captions"].items() if k != "order"}
+    group.attrs["config"] = config
+    cfg = ObjectBuildConfig("demo", num_points=256, views=ViewConfig(num_views=2, resolution=32),
+                            teachers=("clip-tiny", "dinov2-tiny"), num_captions=2, demo_per_class=5)
+    assert unrecorded_caption_order(url, cfg)
+    assert build_objects(url, cfg, RunOptions(progress=False, block_rows=4)).already_complete
+    assert not unrecorded_caption_order(small_demo_cache, cfg)  # a new cache records its order
+    blip = dataclasses.replace(cfg, captioner="blip2-tiny")
+    group.attrs["build"] = {**dict(group.attrs["build"]), "state": "building"}
+    assert not unrecorded_caption_order(url, blip)  # an unfinished BLIP-2 build would mix ranked and unranked blocks
