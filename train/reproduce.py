@@ -222,17 +222,26 @@ def run_dir(out: str, seed: int, run_id: str) -> str:
     return os.path.abspath(os.path.join(out, f"seed{seed}", run_id))
 
 
+def stage_command(stage: str) -> tuple[list[str], type]:
+    """The ``train`` subcommand of a row's ``stage`` and its config class: a registered task, or few-shot (a
+    command of many fine-tuning runs, not a task of its own)."""
+    from train.tasks import TASKS
+
+    if stage == "fewshot":
+        from train.downstream.fewshot import FewshotConfig
+
+        return ["fewshot"], FewshotConfig
+    if stage not in TASKS:
+        raise ValueError(f"stage {stage!r} is no train command; the stages are fewshot, {', '.join(TASKS)}")
+    return TASKS[stage].command.split()[1:], TASKS[stage].config_class()
+
+
 def command_argv(stage: str, settings: dict) -> list[str]:
     """``train`` argv that runs ``stage`` with ``settings`` (option names and flags from the config class)."""
     from train.settings import option_name
-    from train.tasks import TASKS
 
-    extra = {"fewshot": ("train fewshot", "train.downstream.fewshot:FewshotConfig")}
-    command, config = (TASKS[stage].command, TASKS[stage].config) if stage in TASKS else extra[stage]
-    module, _, name = config.partition(":")
-    cls = getattr(__import__(module, fromlist=[name]), name)
+    argv, cls = stage_command(stage)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    argv = command.split()[1:]
     for key, value in settings.items():
         if key not in fields:
             raise ValueError(f"{stage} has no setting {key!r}")
@@ -288,10 +297,11 @@ def execute(runs: list[Run], seeds: list[int], out: str, demo: Demo | None = Non
             argv = command_argv(run.stage, settings)
             done = os.path.join(folder, DONE)
             if os.path.exists(done):
-                if read_json(done)["argv"] != argv:  # an edited row file: its old run must not stand for it
+                before = read_json(done)["argv"]
+                if before != argv:  # an edited row file: its old run must not stand for it
                     raise ValueError(f"{folder} was trained with other settings than {run.id} now has "
-                                     f"(`train {' '.join(read_json(done)['argv'])}`); use another --out, or delete "
-                                     "the folder to train it again")
+                                     f"(`train {' '.join(before)}`); use another --out, or delete the folder to "
+                                     "train it again")
                 log(f"seed {seed}: {run.id}: done before")
                 continue
             if os.path.exists(os.path.join(folder, "last.pt")) and run.stage != "fewshot":
