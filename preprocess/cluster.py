@@ -79,7 +79,10 @@ class LocalPlacement:
     note: str = ""
 
     def cluster_kwargs(self) -> dict[str, Any]:
-        common = {"n_workers": self.workers, "threads_per_worker": 1, "dashboard_address": None, "silence_logs": 40}
+        # The scheduler's HTTP server (health, metrics) starts even with the dashboard off, on 8787 by default:
+        # a free local port instead, so two builds on one node neither collide nor print dask's port warning.
+        common = {"n_workers": self.workers, "threads_per_worker": 1, "dashboard_address": None, "silence_logs": 40,
+                  "scheduler_kwargs": {"dashboard_address": "127.0.0.1:0"}}
         if self.kind == "cuda":
             return {**common, "CUDA_VISIBLE_DEVICES": list(self.devices)}
         return {**common, "processes": True}

@@ -138,3 +138,29 @@ def test_a_set_up_call_whose_worker_dies_is_an_environment_failure():
         with open_executor(workers=1, progress=False) as ex:
             with pytest.raises(EnvironmentFailure, match=r"the Dask worker running _exit died \(1 attempt, last"):
                 ex.call(os._exit, 1)
+
+
+def test_a_local_cluster_starts_quietly_while_another_holds_the_default_http_port():
+    """Two builds on one node: the second scheduler's HTTP server must not want the first one's port 8787."""
+    import socket
+    import warnings
+
+    from dask.distributed import LocalCluster
+
+    held = socket.socket()
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        held.bind(("0.0.0.0", 8787))
+        held.listen()
+    except OSError:
+        pass  # something already listens there, which is the case under test too
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            kwargs = local_placement(1, []).cluster_kwargs()
+            with LocalCluster(**kwargs) as cluster:
+                addresses = [s.getsockname() for s in cluster.scheduler.http_server._sockets.values()]
+        assert not [w for w in caught if "already in use" in str(w.message)], [str(w.message) for w in caught]
+        assert addresses and all(a[0] == "127.0.0.1" and a[1] != 8787 for a in addresses), addresses
+    finally:
+        held.close()
