@@ -192,6 +192,42 @@ def test_fewshot_folds_are_seeded_class_balanced_and_fine_tuned(separable_cache,
         run_fewshot(dataclasses.replace(cfg, folds=1), progress=False)
 
 
+def test_a_killed_fewshot_run_resumes_fold_by_fold_to_the_uninterrupted_result(separable_cache, tmp_path,
+                                                                                 monkeypatch):
+    from train.downstream import fewshot
+
+    real = fewshot.train_finetune
+    cfg = fewshot.FewshotConfig(cache=separable_cache, out=str(tmp_path / "whole"), epochs=2, way=2, shot=4, folds=3,
+                                queries=5, **SMALL)
+    whole = fewshot.run_fewshot(cfg, progress=False)
+    calls = []
+
+    def killed_in_fold_1(fold_cfg, resume=False, progress=True):
+        calls.append((os.path.basename(os.path.dirname(fold_cfg.out)), resume))
+        if fold_cfg.out.endswith(os.path.join("fold-1", "run")) and not resume:
+            real(fold_cfg, progress=False, stop_at=1)  # its first checkpoint, then the job is killed
+            raise KeyboardInterrupt
+        return real(fold_cfg, resume=resume, progress=progress)
+
+    monkeypatch.setattr(fewshot, "train_finetune", killed_in_fold_1)
+    stopped = dataclasses.replace(cfg, out=str(tmp_path / "stopped"))
+    with pytest.raises(KeyboardInterrupt):
+        fewshot.run_fewshot(stopped, progress=False)
+    assert calls == [("fold-0", False), ("fold-1", False)]
+    assert os.path.exists(os.path.join(stopped.out, "fold-0", "fold.json"))
+    with pytest.raises(ValueError, match="not empty; pass --resume"):
+        fewshot.run_fewshot(stopped, progress=False)
+    with pytest.raises(ValueError, match=r"other settings \(shot: 4 -> 3\)"):
+        fewshot.run_fewshot(dataclasses.replace(stopped, shot=3), resume=True, progress=False)
+    with pytest.raises(ValueError, match="holds no few-shot run"):
+        fewshot.run_fewshot(dataclasses.replace(stopped, out=str(tmp_path / "never")), resume=True, progress=False)
+    calls.clear()
+    resumed = fewshot.run_fewshot(stopped, resume=True, progress=False)
+    assert calls == [("fold-1", True), ("fold-2", False)]  # fold 0 kept, fold 1 continued, fold 2 run
+    assert resumed["per_fold"] == whole["per_fold"] and resumed["mean"] == whole["mean"]
+    assert json.load(open(os.path.join(stopped.out, "fewshot.json")))["per_fold"] == whole["per_fold"]
+
+
 def test_fewshot_refuses_torchrun(separable_cache, tmp_path, monkeypatch):
     from train.downstream.fewshot import FewshotConfig, run_fewshot
 

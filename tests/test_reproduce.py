@@ -137,6 +137,22 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_again_and_an_edited_ro
     assert len(calls) == 1
 
 
+def test_a_stopped_fewshot_run_is_resumed_fold_by_fold(tmp_path):
+    """Few-shot has no last.pt of its own: a folder with its settings file is a started run, resumed per fold."""
+    from train.downstream.fewshot import SETTINGS
+
+    out, calls = str(tmp_path / "runs"), []
+    run = rp.Run("table1/fewshot", "fewshot", {"cache": str(tmp_path / "m40.zarr"), "way": 5, "shot": 10})
+    folder = rp.run_dir(out, 0, run.id)
+    os.makedirs(os.path.join(folder, "fold-0"))
+    rp.execute([run], [0], out, runner=calls.append, log=lambda s: None)  # killed before its settings were written
+    open(os.path.join(folder, SETTINGS), "w").write("{}")
+    os.remove(os.path.join(folder, rp.DONE))
+    rp.execute([run], [0], out, runner=calls.append, log=lambda s: None)
+    assert "--overwrite" in calls[0] and "--resume" not in calls[0]
+    assert "--resume" in calls[1] and "--overwrite" not in calls[1]
+
+
 def test_bad_table_and_bad_setting_are_one_line_errors(toy_configs):
     with pytest.raises(ValueError, match="no table 'table99'.*toy"):
         rp.load_table("table99", toy_configs)

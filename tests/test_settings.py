@@ -34,7 +34,7 @@ COMMANDS = {  # command path -> (config class, settings the command fixes or lea
     ("segment",): (SegmentConfig, (), tuple(CONTROLS)),
     ("semseg",): (SemsegConfig, (), tuple(CONTROLS)),
     ("detect",): (DetectConfig, (), tuple(CONTROLS)),
-    ("fewshot",): (FewshotConfig, (), ("progress",)),
+    ("fewshot",): (FewshotConfig, (), ("resume", "progress")),
     ("fusion", "pretrain"): (FusionRunConfig, ("mode", *FusionRunConfig.finetune_only), tuple(CONTROLS)),
     ("fusion", "finetune"): (FusionRunConfig, ("mode", *FusionRunConfig.pretrain_only), tuple(CONTROLS)),
 }

@@ -290,6 +290,8 @@ def launcher(prefix: str) -> Callable[[list[str]], None]:
 def execute(runs: list[Run], seeds: list[int], out: str, demo: Demo | None = None,
             runner: Callable[[list[str]], None] = train_cli, log: Callable[[str], None] = print) -> None:
     """Every run for every seed, in order; finished runs are skipped, stopped ones resumed."""
+    from train.downstream.fewshot import SETTINGS as FEWSHOT_SETTINGS
+
     for seed in seeds:
         for run in runs:
             settings = settings_for(run, seed, out, demo)
@@ -304,10 +306,10 @@ def execute(runs: list[Run], seeds: list[int], out: str, demo: Demo | None = Non
                                      "train it again")
                 log(f"seed {seed}: {run.id}: done before")
                 continue
-            if os.path.exists(os.path.join(folder, "last.pt")) and run.stage != "fewshot":
-                resume = ["--resume"]  # stopped: continue exactly
+            if os.path.exists(os.path.join(folder, "last.pt" if run.stage != "fewshot" else FEWSHOT_SETTINGS)):
+                resume = ["--resume"]  # stopped: continue exactly (few-shot: keep the folds that ended)
             elif os.path.isdir(folder) and os.listdir(folder):
-                resume = ["--overwrite"]  # stopped before its first checkpoint (few-shot: any time): start again
+                resume = ["--overwrite"]  # stopped before its first checkpoint: start again
             else:
                 resume = []
             log(f"seed {seed}: {run.id}: train {' '.join([*argv, *resume])}")

@@ -38,14 +38,15 @@ detect = config_command(
     "every 10 epochs, as 3DETR does, and keeps the best as best.pt. Score with `train eval detect`.")
 
 
-def _fewshot(cfg: FewshotConfig, progress: bool = True) -> dict:
-    return {k: v for k, v in run_fewshot(cfg, progress=progress).items() if k != "per_fold"}
+def _fewshot(cfg: FewshotConfig, resume: bool = False, progress: bool = True) -> dict:
+    return {k: v for k, v in run_fewshot(cfg, resume=resume, progress=progress).items() if k != "per_fold"}
 
 
 fewshot = config_command(
     FewshotConfig, "fewshot", _fewshot,
     "Few-shot classification as published (Point-BERT's n-way m-shot procedure, full fine-tuning per fold): mean and "
-    "std of the folds' accuracy, written to OUT/fewshot.json.", controls=("progress",), config=False)
+    "std of the folds' accuracy, written to OUT/fewshot.json. --resume keeps the folds that ended and continues a "
+    "stopped one.", controls=("resume", "progress"), config=False)
 
 
 def export_encoder(

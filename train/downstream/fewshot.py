@@ -14,6 +14,11 @@ accuracy. The result is the mean and standard deviation over folds
 (``OUT/fewshot.json``). Point-BERT's released folds are pickles and are not
 loaded: folds are regenerated with the same procedure, so the objects differ
 from the released ones.
+
+Nothing finished is lost: each fold writes ``OUT/fold-K/fold.json`` when it
+ends, and ``--resume`` keeps those folds, continues a stopped fold from its
+``last.pt`` and runs the rest. The settings are kept in
+``OUT/fewshot-settings.json``; a resume with other settings is refused.
 """
 
 from __future__ import annotations
@@ -26,8 +31,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from cache_schema import DONE, CacheAttrs, CacheWriter, objects_layout, open_cache
+from train.costs import write_json
 from train.downstream.finetune import RECIPES, FinetuneConfig, train_finetune
+from train.loop import clear_run_dir
 from train.settings import setting
+
+FOLD_RESULT = "fold.json"  # written when a fold ends: a resumed run keeps it
+SETTINGS = "fewshot-settings.json"
 
 
 @dataclass
@@ -98,33 +108,71 @@ def write_fold_cache(source, fold: Fold, url: str, description: dict, seed: int 
     return url
 
 
-def run_fewshot(cfg: FewshotConfig, progress: bool = True) -> dict:
-    """Fine-tune on every fold; ``cfg.out`` holds a run per fold and ``fewshot.json`` with mean and std."""
+def run_fewshot(cfg: FewshotConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Fine-tune on every fold; ``cfg.out`` holds a run per fold and ``fewshot.json`` with mean and std.
+
+    ``resume``: folds that ended are kept, a stopped fold continues from its ``last.pt``, the rest run.
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would write the same fold caches
         raise ValueError("train fewshot runs in one process (a fold is a few hundred shapes); start it without "
                          "torchrun")
     cfg.validate()
     way, shot, folds, queries = cfg.way, cfg.shot, cfg.folds, cfg.queries
-    if os.path.isdir(cfg.out) and os.listdir(cfg.out) and not cfg.overwrite:
-        raise ValueError(f"--out {cfg.out} is not empty; pass --overwrite to replace it, or choose another folder")
+    _prepare_out(cfg, resume)
     source = open_cache(cfg.cache)
     labels = source.labels
     train, test = np.sort(source.done_rows("train")), np.sort(source.done_rows("test"))  # folds draw in row order
     results = []
     for k in range(folds):
-        fold = draw_fold(labels, train, test, way, shot, queries, cfg.seed, k)
         folder = os.path.join(cfg.out, f"fold-{k}")
-        description = {"cache": source.loc.url, "fingerprint": source.fingerprint, "way": way, "shot": shot,
-                       "queries": queries, "fold": k, "seed": cfg.seed, "classes": fold.classes.tolist()}
-        fold_cache = write_fold_cache(source, fold, os.path.join(folder, "cache.zarr"), description, cfg.seed + k)
-        fold_cfg = dataclasses.replace(cfg, cache=fold_cache, out=os.path.join(folder, "run"), val_split="test",
+        result_path = os.path.join(folder, FOLD_RESULT)
+        if resume and os.path.exists(result_path):
+            with open(result_path) as f:
+                results.append(json.load(f))
+            continue
+        fold = draw_fold(labels, train, test, way, shot, queries, cfg.seed, k)
+        run_dir, fold_cache = os.path.join(folder, "run"), os.path.join(folder, "cache.zarr")
+        continuing = resume and os.path.exists(os.path.join(run_dir, "last.pt"))
+        if not continuing:  # a fold stopped before its first checkpoint starts again, cache included
+            if os.path.isdir(folder):
+                clear_run_dir(folder)
+            description = {"cache": source.loc.url, "fingerprint": source.fingerprint, "way": way, "shot": shot,
+                           "queries": queries, "fold": k, "seed": cfg.seed, "classes": fold.classes.tolist()}
+            write_fold_cache(source, fold, fold_cache, description, cfg.seed + k)
+        fold_cfg = dataclasses.replace(cfg, cache=fold_cache, out=run_dir, val_split="test", overwrite=False,
                                        batch_size=min(cfg.batch_size or 32, len(fold.train_rows)))
-        metrics = train_finetune(fold_cfg, progress=progress)
-        results.append({"fold": k, "classes": [source.label_names[int(c)] for c in fold.classes],
-                        "best_overall_accuracy": metrics["best/overall_accuracy"]})
+        metrics = train_finetune(fold_cfg, resume=continuing, progress=progress)
+        result = {"fold": k, "classes": [source.label_names[int(c)] for c in fold.classes],
+                  "best_overall_accuracy": metrics["best/overall_accuracy"]}
+        write_json(result_path, result)
+        results.append(result)
     accs = np.array([r["best_overall_accuracy"] for r in results])
     summary = {"way": way, "shot": shot, "folds": folds, "queries": queries, "init": cfg.init,
                "mean": float(accs.mean()), "std": float(accs.std()), "per_fold": results}
-    with open(os.path.join(cfg.out, "fewshot.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json(os.path.join(cfg.out, "fewshot.json"), summary)
     return summary
+
+
+def _prepare_out(cfg: FewshotConfig, resume: bool) -> None:
+    """``--out`` ready for this run: empty (or emptied with ``--overwrite``), or resumed with the same settings."""
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in ("out", "overwrite")}
+    saved_path = os.path.join(cfg.out, SETTINGS)
+    if resume:
+        if not os.path.exists(saved_path):
+            raise ValueError(f"--resume: {cfg.out} holds no few-shot run ({SETTINGS} is missing); start it without "
+                             "--resume")
+        with open(saved_path) as f:
+            saved = json.load(f)
+        changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+        if changed:
+            raise ValueError(f"--resume: {cfg.out} was started with other settings ("
+                             + ", ".join(f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in changed)
+                             + "); resume with the same options, or choose another --out")
+        return
+    if os.path.isdir(cfg.out) and os.listdir(cfg.out):
+        if not cfg.overwrite:
+            raise ValueError(f"--out {cfg.out} is not empty; pass --resume to continue it, --overwrite to replace "
+                             "it, or choose another folder")
+        clear_run_dir(cfg.out)  # no fold of the old run may pass for one of this run
+    os.makedirs(cfg.out, exist_ok=True)
+    write_json(saved_path, settings)
