@@ -248,5 +248,7 @@ def test_stage2_refuses_bad_settings(small_demo_cache, stage1_ckpt, tmp_path):
         train_stage2(Stage2Config(**base), progress=False)
     with pytest.raises(ValueError, match="nothing to learn"):
         train_stage2(Stage2Config(teacher=stage1_ckpt, local=False, use_global=False, **base), progress=False)
+    with pytest.raises(ValueError, match="--local-target points replaces the local term, which --no-local"):
+        train_stage2(Stage2Config(teacher=stage1_ckpt, local=False, target="points", **base), progress=False)
     with pytest.raises(ValueError, match="export-teacher"):
         train_stage2(Stage2Config(teacher=stage1_ckpt, teacher_source="cache", **base), progress=False)

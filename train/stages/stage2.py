@@ -128,6 +128,9 @@ class Stage2Task(Task):
         cfg.validate()
         if cfg.target == "features" and not (cfg.local or cfg.use_global):
             raise ValueError("--no-local and --no-global together leave nothing to learn")
+        if cfg.target == "points" and not cfg.local:  # the reconstruction is the local term: --no-local dropped it
+            raise ValueError("--local-target points replaces the local term, which --no-local turns off; drop one of "
+                             "them")
         self.cfg = cfg
         self.teacher_state, teacher_model = load_stage1(cfg.teacher)
         self.teacher = FrozenTeacher(teacher_model.encoder)
