@@ -162,7 +162,13 @@ def test_bad_table_and_bad_setting_are_one_line_errors(toy_configs):
 
 def test_mean_std_is_numpy_sample_std():
     assert rp.mean_std([90.0, 92.0, 97.0]) == pytest.approx((93.0, float(np.std([90, 92, 97], ddof=1))))
-    assert rp.mean_std([91.5]) == (91.5, 0.0)
+    assert rp.mean_std([91.5]) == (91.5, None)  # one seed has no spread, printed without one
+    table = rp.Table("T", "T: toy", [rp.Column("MN40", "caches/m.zarr", "overall_accuracy")],
+                     [rp.Row("e/ours", "Ours", "e", "finetune", {}, {"MN40": 93.0})])
+    one = rp.format_table(table, {("e/ours", "MN40"): [91.5]}, [0])
+    assert "| Ours | e | 91.50 (93.0) |" in one and "+-" not in one.split("\n", 3)[3] and "seed 0 alone" in one
+    two = rp.format_table(table, {("e/ours", "MN40"): [91.5, 92.5]}, [0, 1])
+    assert f"| Ours | e | 92.00 +- {np.std([91.5, 92.5], ddof=1):.2f} (93.0) |" in two
 
 
 # ---- the paper's own config files ----

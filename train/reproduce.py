@@ -390,10 +390,10 @@ def collect(table: Table, scored_by: dict[tuple[str, str], str], seeds: list[int
     return scores
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and the sample standard deviation (ddof 1; 0 for one seed)."""
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and the sample standard deviation (ddof 1; ``None`` for one seed, which has none)."""
     a = np.asarray(values, dtype=np.float64)
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else None
 
 
 def format_table(table: Table, scores: dict[tuple[str, str], list[float]], seeds: list[int],
@@ -403,7 +403,9 @@ def format_table(table: Table, scores: dict[tuple[str, str], list[float]], seeds
     if demo:
         lines += [("DEMO RUN: built-in demo caches, tiny encoders and shortened schedules (configs/paper/demo.json); "
                    "the figures say nothing about the paper's, only that the table's runs work end to end."), ""]
-    lines += [f"mean +- std over seeds {', '.join(map(str, seeds))} (sample std); paper's figure in brackets", ""]
+    lines += [f"mean +- std over seeds {', '.join(map(str, seeds))} (sample std); paper's figure in brackets"
+              if len(seeds) > 1 else f"seed {seeds[0]} alone (no std: run more --seeds); paper's figure in brackets",
+              ""]
     lines.append("| row | encoder | " + " | ".join(c.name for c in table.columns) + " |")
     lines.append("|---|---|" + "---|" * len(table.columns))
     for row in table.rows:
@@ -411,7 +413,8 @@ def format_table(table: Table, scores: dict[tuple[str, str], list[float]], seeds
         for col in table.columns:
             mean, std = mean_std(scores[row.id, col.name])
             paper = row.paper.get(col.name)
-            cells.append(f"{mean:.2f} +- {std:.2f} ({'-' if paper is None else paper})")
+            spread = "" if std is None else f" +- {std:.2f}"
+            cells.append(f"{mean:.2f}{spread} ({'-' if paper is None else paper})")
         lines.append(f"| {row.name} | {row.encoder} | " + " | ".join(cells) + " |")
     if table.note:
         lines += ["", table.note]
