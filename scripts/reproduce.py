@@ -2,7 +2,8 @@
 
     python scripts/reproduce.py table4 --seeds 0,1,2 --out runs/paper           # real caches (make cache ...), GPUs
     python scripts/reproduce.py table4 --demo --seeds 0,1 --out runs/paper-demo  # built-in demo caches, a CPU
-    python scripts/reproduce.py table3 --launch "torchrun --nproc_per_node=8" --seeds 0,1,2   # each run on 8 GPUs
+    python scripts/reproduce.py table3 --launch "torchrun --nproc_per_node=8" --seeds 0,1,2   # each run on 8 GPUs,
+                                                                                 # its batch split over them
     python scripts/reproduce.py --list                                           # the tables there are
 
 Finished runs are kept and reused (pre-training once per encoder and seed, shared by every row that starts from
@@ -18,7 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from train.reproduce import CONFIG_ROOT, launcher, list_tables, reproduce, train_cli
+from train.reproduce import CONFIG_ROOT, launch_processes, launcher, list_tables, reproduce, train_cli
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -41,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", default=CONFIG_ROOT, help="the folder of table configs")
     p.add_argument("--launch", default=None, help="start each run as 'LAUNCH -m train ...' in its own process, e.g. "
                                                   "'torchrun --nproc_per_node=8' (default: in this process)")
+    p.add_argument("--processes", type=int, default=None,
+                   help="processes each launched run trains on; every run's batch is split over them so that the "
+                        "global batch is the paper's (default: torchrun's --nproc_per_node x --nnodes from "
+                        "--launch, else 1)")
     p.add_argument("--list", action="store_true", help="list the tables and exit")
     args = p.parse_args(argv)
     if args.list or not args.table:
@@ -48,8 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out = args.out or ("runs/paper-demo" if args.demo else "runs/paper")
     try:
+        processes = args.processes if args.processes is not None else launch_processes(args.launch)
+        if processes < 1 or (processes > 1 and not args.launch):
+            raise ValueError(f"--processes {processes}: runs without --launch train in this one process"
+                             if processes > 1 else f"--processes is a positive count, got {processes}")
         text = reproduce(args.table, args.seeds, out, demo=args.demo, root=args.configs,
-                         runner=launcher(args.launch) if args.launch else train_cli)
+                         runner=launcher(args.launch) if args.launch else train_cli, processes=processes)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

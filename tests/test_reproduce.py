@@ -153,6 +153,43 @@ def test_a_stopped_fewshot_run_is_resumed_fold_by_fold(tmp_path):
     assert "--resume" in calls[1] and "--overwrite" not in calls[1]
 
 
+def test_batches_are_split_over_the_launched_processes(toy_configs, tmp_path, small_demo_cache, capsys,
+                                                      monkeypatch):
+    """--launch on N processes: each run's per-process --batch-size is the row's (or its recipe's) / N, so the
+    global batch is the paper's; finished runs are compared as they ran, so the table prints again anywhere."""
+    assert rp.launch_processes(None) == 1 and rp.launch_processes("srun --ntasks 8 python") == 1
+    assert rp.launch_processes("torchrun --nproc_per_node=8") == 8
+    assert rp.launch_processes("torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d") == 8
+    with pytest.raises(ValueError, match="pass --processes N"):
+        rp.launch_processes("torchrun --nproc_per_node=gpu")
+    runs, _ = rp.plan(rp.load_table("toy", toy_configs), toy_configs)
+    from_recipe = rp.Run("toy/recipe", "finetune", {"cache": small_demo_cache, "init": "random",
+                                                    "model": "point-mae-tiny"})
+    out, calls = str(tmp_path / "runs"), []
+
+    def runner(argv):  # what the launched run would be given; its folder stands for the run
+        calls.append(argv)
+        os.makedirs(argv[argv.index("--out") + 1])
+
+    rp.execute([runs[0], from_recipe], [0], out, runner=runner, log=lambda s: None, processes=2)
+
+    def batch(argv):
+        return int(argv[argv.index("--batch-size") + 1])
+
+    assert batch(calls[0]) == 4 // 2  # the row's 4
+    assert batch(calls[1]) == 32 // 2  # the fine-tuning recipe's 32
+    calls.clear()
+    rp.execute([runs[0], from_recipe], [0], out, runner=runner, log=lambda s: None)  # no --launch now
+    assert calls == []
+    with pytest.raises(ValueError, match="pretrain/toy/stage1: a batch of 4 does not split over 3 processes"):
+        rp.execute([runs[0]], [1], out, runner=runner, log=lambda s: None, processes=3)
+    monkeypatch.syspath_prepend(os.path.join(rp.REPO, "scripts"))
+    from reproduce import main
+
+    assert main(["toy", "--configs", toy_configs, "--out", out, "--processes", "2"]) == 2
+    assert "runs without --launch train in this one process" in capsys.readouterr().err
+
+
 def test_bad_table_and_bad_setting_are_one_line_errors(toy_configs):
     with pytest.raises(ValueError, match="no table 'table99'.*toy"):
         rp.load_table("table99", toy_configs)

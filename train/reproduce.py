@@ -287,25 +287,65 @@ def launcher(prefix: str) -> Callable[[list[str]], None]:
     return run
 
 
+def launch_processes(prefix: str | None) -> int:
+    """How many processes a run started with ``--launch PREFIX`` trains on: torchrun's ``--nproc_per_node`` x
+    ``--nnodes``; 1 for any other launcher (or none), whose count ``--processes`` gives."""
+    import shlex
+
+    if not prefix:
+        return 1
+    words, counts = shlex.split(prefix), {}
+    for i, word in enumerate(words):
+        name, eq, value = word.partition("=")
+        key = name.replace("_", "-")
+        if key in ("--nproc-per-node", "--nnodes"):
+            value = value if eq else (words[i + 1] if i + 1 < len(words) else "")
+            if not value.isdigit():
+                raise ValueError(f"--launch {prefix!r}: {name} {value!r} is no fixed number of processes; pass "
+                                 "--processes N (every run's batch is split over them)")
+            counts[key] = int(value)
+    return counts.get("--nproc-per-node", 1) * counts.get("--nnodes", 1)
+
+
+def split_batch(run: Run, settings: dict, processes: int) -> dict:
+    """``settings`` with the run's batch (the row's, else its recipe's) split over ``processes``: the loop's
+    ``--batch-size`` is per process, and the rows give the paper's global batch. Few-shot runs in one process."""
+    if processes == 1 or run.stage == "fewshot":
+        return settings
+    batch = settings.get("batch_size")
+    if batch is None:  # the recipe decides: resolve it as the run will (after the runs it starts from)
+        _, cls = stage_command(run.stage)
+        cfg = cls(**settings)
+        batch = (cfg.resolved() if hasattr(cfg, "resolved") else cfg).batch_size
+    if batch % processes:
+        raise ValueError(f"{run.id}: a batch of {batch} does not split over {processes} processes; pick a process "
+                         "count that divides it, or set \"batch_size\" in a copy of the config folder (--configs)")
+    return {**settings, "batch_size": batch // processes}
+
+
 def execute(runs: list[Run], seeds: list[int], out: str, demo: Demo | None = None,
-            runner: Callable[[list[str]], None] = train_cli, log: Callable[[str], None] = print) -> None:
-    """Every run for every seed, in order; finished runs are skipped, stopped ones resumed."""
+            runner: Callable[[list[str]], None] = train_cli, log: Callable[[str], None] = print,
+            processes: int = 1) -> None:
+    """Every run for every seed, in order; finished runs are skipped, stopped ones resumed. Each run's batch is
+    split over the ``processes`` it is launched on."""
     from train.downstream.fewshot import SETTINGS as FEWSHOT_SETTINGS
 
     for seed in seeds:
         for run in runs:
             settings = settings_for(run, seed, out, demo)
             folder = settings["out"]
-            argv = command_argv(run.stage, settings)
             done = os.path.join(folder, DONE)
             if os.path.exists(done):
-                before = read_json(done)["argv"]
-                if before != argv:  # an edited row file: its old run must not stand for it
+                before = read_json(done)
+                # as it ran: a table trained on 8 GPUs is printed again on a laptop
+                argv = command_argv(run.stage, split_batch(run, settings, before.get("processes", 1)))
+                if before["argv"] != argv:  # an edited row file: its old run must not stand for it
                     raise ValueError(f"{folder} was trained with other settings than {run.id} now has "
-                                     f"(`train {' '.join(before)}`); use another --out, or delete the folder to "
-                                     "train it again")
+                                     f"(`train {' '.join(before['argv'])}`); use another --out, or delete the "
+                                     "folder to train it again")
                 log(f"seed {seed}: {run.id}: done before")
                 continue
+            argv = command_argv(run.stage, split_batch(run, settings, processes))
             if os.path.exists(os.path.join(folder, "last.pt" if run.stage != "fewshot" else FEWSHOT_SETTINGS)):
                 resume = ["--resume"]  # stopped: continue exactly (few-shot: keep the folds that ended)
             elif os.path.isdir(folder) and os.listdir(folder):
@@ -316,7 +356,8 @@ def execute(runs: list[Run], seeds: list[int], out: str, demo: Demo | None = Non
             t0 = time.perf_counter()
             runner([*argv, *resume, "--no-progress"])
             with open(done, "w") as f:
-                json.dump({"argv": argv, "seconds": round(time.perf_counter() - t0, 1)}, f, indent=2)
+                json.dump({"argv": argv, "processes": processes, "seconds": round(time.perf_counter() - t0, 1)}, f,
+                          indent=2)
 
 
 # ---- scoring: a metric reads a finished run folder (and the cache it is scored on); percentages ----
@@ -422,14 +463,18 @@ def format_table(table: Table, scores: dict[tuple[str, str], list[float]], seeds
 
 
 def reproduce(name: str, seeds: list[int], out: str, demo: bool = False, root: str = CONFIG_ROOT,
-              runner: Callable[[list[str]], None] = train_cli, log: Callable[[str], None] = print) -> str:
-    """Run (or resume) every run of table ``name`` for every seed; the printed table."""
+              runner: Callable[[list[str]], None] = train_cli, log: Callable[[str], None] = print,
+              processes: int = 1) -> str:
+    """Run (or resume) every run of table ``name`` for every seed, each on ``processes`` processes (its batch split
+    over them); the printed table."""
     table = load_table(name, root)
     demo_cfg = Demo.load(root) if demo else None
     runs, scored_by = plan(table, root)
     if demo_cfg is not None:
         demo_cfg.ensure_caches({r.config["cache"] for r in runs} | {c.cache for c in table.columns}, log)
-    execute(runs, seeds, out, demo_cfg, runner, log)
+    if processes > 1:
+        log(f"each run's batch is split over {processes} processes, so the global batch is the row's")
+    execute(runs, seeds, out, demo_cfg, runner, log, processes)
     text = format_table(table, collect(table, scored_by, seeds, out, demo_cfg), seeds, demo)
     return f"{text}\n\n{costs(table, scored_by, seeds[0], out)}"
 
