@@ -155,7 +155,7 @@ def run_fewshot(cfg: FewshotConfig, resume: bool = False, progress: bool = True)
 
 def _prepare_out(cfg: FewshotConfig, resume: bool) -> None:
     """``--out`` ready for this run: empty (or emptied with ``--overwrite``), or resumed with the same settings."""
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in ("out", "overwrite")}
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in ("out", "overwrite", "workers")}  # what counts
     saved_path = os.path.join(cfg.out, SETTINGS)
     if resume:
         if not os.path.exists(saved_path):
