@@ -19,6 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from cache_schema.errors import CacheError
 from train.reproduce import CONFIG_ROOT, launch_processes, launcher, list_tables, reproduce, train_cli
 
 
@@ -54,12 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or ("runs/paper-demo" if args.demo else "runs/paper")
     try:
         processes = args.processes if args.processes is not None else launch_processes(args.launch)
+        if args.launch and args.processes is None and processes == 1 and "torchrun" not in args.launch \
+                and "torch.distributed.run" not in args.launch:
+            print(f"note: --launch {args.launch!r} is not torchrun: each run's batch is taken as per process; pass "
+                  "--processes N if it starts N processes", file=sys.stderr)
         if processes < 1 or (processes > 1 and not args.launch):
             raise ValueError(f"--processes {processes}: runs without --launch train in this one process"
                              if processes > 1 else f"--processes is a positive count, got {processes}")
         text = reproduce(args.table, args.seeds, out, demo=args.demo, root=args.configs,
                          runner=launcher(args.launch) if args.launch else train_cli, processes=processes)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError, CacheError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     os.makedirs(out, exist_ok=True)

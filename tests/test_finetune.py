@@ -221,6 +221,10 @@ def test_a_killed_fewshot_run_resumes_fold_by_fold_to_the_uninterrupted_result(s
         fewshot.run_fewshot(dataclasses.replace(stopped, shot=3), resume=True, progress=False)
     with pytest.raises(ValueError, match="holds no few-shot run"):
         fewshot.run_fewshot(dataclasses.replace(stopped, out=str(tmp_path / "never")), resume=True, progress=False)
+    for bad in ({"init": str(tmp_path / "missing.pt")}, {"way": 7}):  # --overwrite with bad input empties nothing
+        with pytest.raises(ValueError, match="missing.pt: no such file|7-way"):
+            fewshot.run_fewshot(dataclasses.replace(stopped, overwrite=True, **bad), progress=False)
+    assert os.path.exists(os.path.join(stopped.out, "fold-0", "fold.json"))
     calls.clear()
     resumed = fewshot.run_fewshot(stopped, resume=True, progress=False)
     assert calls == [("fold-1", True), ("fold-2", False)]  # fold 0 kept, fold 1 continued, fold 2 run

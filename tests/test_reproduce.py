@@ -160,6 +160,9 @@ def test_batches_are_split_over_the_launched_processes(toy_configs, tmp_path, sm
     assert rp.launch_processes(None) == 1 and rp.launch_processes("srun --ntasks 8 python") == 1
     assert rp.launch_processes("torchrun --nproc_per_node=8") == 8
     assert rp.launch_processes("torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d") == 8
+    assert rp.launch_processes("torchrun --nnodes=2:2 --nproc_per_node=4") == 8
+    with pytest.raises(ValueError, match="pass --processes N"):
+        rp.launch_processes("torchrun --nnodes=1:4 --nproc_per_node=4")  # elastic: no fixed count
     with pytest.raises(ValueError, match="pass --processes N"):
         rp.launch_processes("torchrun --nproc_per_node=gpu")
     runs, _ = rp.plan(rp.load_table("toy", toy_configs), toy_configs)
@@ -179,8 +182,12 @@ def test_batches_are_split_over_the_launched_processes(toy_configs, tmp_path, sm
     assert batch(calls[0]) == 4 // 2  # the row's 4
     assert batch(calls[1]) == 32 // 2  # the fine-tuning recipe's 32
     calls.clear()
-    rp.execute([runs[0], from_recipe], [0], out, runner=runner, log=lambda s: None)  # no --launch now
+    with monkeypatch.context() as m:  # printed again without --launch: compared by the row's settings, resolving
+        m.setattr(rp, "split_batch", lambda *a: pytest.fail("a finished run was resolved again"))  # nothing
+        rp.execute([runs[0], from_recipe], [0], out, runner=runner, log=lambda s: None)
     assert calls == []
+    with pytest.raises(ValueError, match="toy/recipe: a batch of 32 does not split over 32 processes into at least 2"):
+        rp.execute([from_recipe], [1], out, runner=runner, log=lambda s: None, processes=32)
     with pytest.raises(ValueError, match="pretrain/toy/stage1: a batch of 4 does not split over 3 processes"):
         rp.execute([runs[0]], [1], out, runner=runner, log=lambda s: None, processes=3)
     monkeypatch.syspath_prepend(os.path.join(rp.REPO, "scripts"))

@@ -145,7 +145,7 @@ def test_zeroshot_and_linear_on_a_constructed_case(small_cache, tmp_path):
     train = cache.split("train")
     feats = {s: frozen.embed(model, cache, r, 128)["_global"] for s, r in (("train", train), ("test", rows))}
     feats = {s: f / np.linalg.norm(f, axis=1, keepdims=True) for s, f in feats.items()}
-    svm = LinearSVC(max_iter=20000).fit(feats["train"], cache.labels[train])
+    svm = LinearSVC(max_iter=20000, random_state=0).fit(feats["train"], cache.labels[train])
     expected_linear = float((svm.predict(feats["test"]) == labels).mean())
     probe = frozen.linear_probe(model, open_cache(url), num_points=128)
     assert abs(probe["accuracy"] - expected_linear) < 1e-9 and probe["num_test"] == len(rows)
@@ -154,6 +154,29 @@ def test_zeroshot_and_linear_on_a_constructed_case(small_cache, tmp_path):
     assert len(few["accuracies"]) == 3
     assert all(abs(a * 5 - round(a * 5)) < 1e-9 for a in few["accuracies"])
     assert few == frozen.svm_fewshot(model, open_cache(url), n_way=5, m_shot=2, queries=2, draws=3, num_points=128)
+
+
+def test_every_svm_of_the_frozen_evaluations_is_seeded(small_cache, monkeypatch):
+    """liblinear shuffles with numpy's global generator unless given a seed, so an unseeded probe of the same
+    checkpoint scored differently after other code drew (the demo's random-init few-shot: 80.5% or 80.75%)."""
+    from sklearn import svm as sklearn_svm
+
+    from cache_schema import open_cache
+    from train.eval import frozen
+
+    seeds = []
+
+    class Recording(sklearn_svm.LinearSVC):
+        def fit(self, X, y, sample_weight=None):
+            seeds.append(self.random_state)
+            return super().fit(X, y, sample_weight)
+
+    monkeypatch.setattr(sklearn_svm, "LinearSVC", Recording)
+    cache = open_cache(small_cache)
+    model = frozen.load_student("random", cache, "tiny")
+    frozen.linear_probe(model, cache, num_points=128)
+    frozen.svm_fewshot(model, cache, n_way=5, m_shot=2, queries=2, draws=3, num_points=128, seed=7)
+    assert seeds == [0, 7, 7, 7]
 
 
 def test_a_batch_larger_than_the_split_is_explained(small_cache, tmp_path):

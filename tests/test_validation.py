@@ -44,6 +44,36 @@ def test_best_pt_is_the_best_validated_step(small_demo_cache, tmp_path):
     assert again == pytest.approx(best["score"])
 
 
+def test_a_run_killed_between_saving_and_validating_a_step_validates_it_on_resume(small_demo_cache, tmp_path,
+                                                                                  monkeypatch):
+    """The loop saves last.pt, then validates: a kill in between must not leave that step out of best.pt's race."""
+    from train.stages.stage1 import Stage1Config, Stage1Task, train_stage1
+
+    cfg = Stage1Config(cache=small_demo_cache, out=str(tmp_path / "s1"), steps=6, val_split="test", val_every=2,
+                       lr=0.01, batch_size=4, num_points=128, workers=0)
+    real, seen = Stage1Task.validate, []
+
+    def killed_while_validating_step_4(self, url, split):
+        seen.append(split)
+        if len(seen) == 2:
+            raise KeyboardInterrupt  # the job dies here, with last.pt of step 4 written
+        return real(self, url, split)
+
+    monkeypatch.setattr(Stage1Task, "validate", killed_while_validating_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train_stage1(cfg, progress=False)
+    monkeypatch.undo()
+    assert checkpoint.load(os.path.join(cfg.out, "last.pt"))["step"] == 4
+    assert [int(r["step"]) for r in _rows(os.path.join(cfg.out, "validation.csv"))] == [2]
+    train_stage1(cfg, resume=True, progress=False)
+    val = _rows(os.path.join(cfg.out, "validation.csv"))
+    assert [int(r["step"]) for r in val] == [2, 4, 6]  # step 4 validated once, on resume
+    top = max(val, key=lambda r: float(r["score"]))
+    assert json.load(open(os.path.join(cfg.out, "best.json")))["step"] == int(top["step"])
+    train_stage1(cfg, resume=True, progress=False)  # a finished run resumed validates nothing again
+    assert len(_rows(os.path.join(cfg.out, "validation.csv"))) == 3
+
+
 def test_stage2_validates_with_a_linear_probe(small_demo_cache, stage1_ckpt, tmp_path):
     out = str(tmp_path / "s2")
     result = CliRunner().invoke(app, ["stage2", "--cache", small_demo_cache, "--teacher", stage1_ckpt,

@@ -11,6 +11,7 @@ cost so far (``cost.json``, see :mod:`train.costs`); a resumed run adds to it.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import math
@@ -221,6 +222,14 @@ def check_run_dir(cfg: LoopConfig, resume: bool) -> bool:
     return occupied
 
 
+def validated(csv_path: str, step: int) -> bool:
+    """Whether ``validation.csv`` holds a validation of ``step``."""
+    if not os.path.exists(csv_path):
+        return False
+    with open(csv_path, newline="") as f:
+        return any(row.get("step") == str(step) for row in csv.DictReader(f))
+
+
 def clear_run_dir(path: str) -> None:
     for name in os.listdir(path):
         full = os.path.join(path, name)
@@ -357,6 +366,9 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
     bar = tqdm(total=cfg.steps, initial=step, desc=task.stage, unit="step",
                disable=not (progress and dist_info.is_main),
                mininterval=0.1 if sys.stderr.isatty() else 30.0)  # a line per 30 s in log files
+    if resume and dist_info.is_main and cfg.val_split is not None and step > 0 \
+            and (step % val_every == 0 or step == cfg.steps) and not validated(val_log.path, step):
+        validate()  # the stopped run saved this step, then was killed before validating it
     window: dict[str, Any] = {"wait": 0.0, "time": 0.0, "samples": 0, "steps": 0, "loss": {}}
     metrics: dict = {}
     module.train()

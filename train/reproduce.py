@@ -300,6 +300,8 @@ def launch_processes(prefix: str | None) -> int:
         key = name.replace("_", "-")
         if key in ("--nproc-per-node", "--nnodes"):
             value = value if eq else (words[i + 1] if i + 1 < len(words) else "")
+            low, colon, high = value.partition(":")  # elastic --nnodes MIN:MAX: fixed only when MIN == MAX
+            value = low if colon and low == high else value
             if not value.isdigit():
                 raise ValueError(f"--launch {prefix!r}: {name} {value!r} is no fixed number of processes; pass "
                                  "--processes N (every run's batch is split over them)")
@@ -312,14 +314,16 @@ def split_batch(run: Run, settings: dict, processes: int) -> dict:
     ``--batch-size`` is per process, and the rows give the paper's global batch. Few-shot runs in one process."""
     if processes == 1 or run.stage == "fewshot":
         return settings
+    command_argv(run.stage, settings)  # a misspelt setting: its one-line error first
     batch = settings.get("batch_size")
     if batch is None:  # the recipe decides: resolve it as the run will (after the runs it starts from)
         _, cls = stage_command(run.stage)
         cfg = cls(**settings)
         batch = (cfg.resolved() if hasattr(cfg, "resolved") else cfg).batch_size
-    if batch % processes:
-        raise ValueError(f"{run.id}: a batch of {batch} does not split over {processes} processes; pick a process "
-                         "count that divides it, or set \"batch_size\" in a copy of the config folder (--configs)")
+    if batch % processes or batch // processes < 2:  # heads' BatchNorm needs 2 samples per process
+        raise ValueError(f"{run.id}: a batch of {batch} does not split over {processes} processes into at least 2 "
+                         "each; pick a process count that divides it, or set \"batch_size\" in a copy of the "
+                         "config folder (--configs)")
     return {**settings, "batch_size": batch // processes}
 
 
@@ -335,11 +339,11 @@ def execute(runs: list[Run], seeds: list[int], out: str, demo: Demo | None = Non
             settings = settings_for(run, seed, out, demo)
             folder = settings["out"]
             done = os.path.join(folder, DONE)
+            row_argv = command_argv(run.stage, settings)  # the row's settings, its batch unsplit
             if os.path.exists(done):
                 before = read_json(done)
-                # as it ran: a table trained on 8 GPUs is printed again on a laptop
-                argv = command_argv(run.stage, split_batch(run, settings, before.get("processes", 1)))
-                if before["argv"] != argv:  # an edited row file: its old run must not stand for it
+                # the row's argv, not the per-process one it ran with: a table trained on 8 GPUs prints anywhere
+                if before.get("row_argv", before["argv"]) != row_argv:  # an edited row: its old run must not stand
                     raise ValueError(f"{folder} was trained with other settings than {run.id} now has "
                                      f"(`train {' '.join(before['argv'])}`); use another --out, or delete the "
                                      "folder to train it again")
@@ -356,8 +360,8 @@ def execute(runs: list[Run], seeds: list[int], out: str, demo: Demo | None = Non
             t0 = time.perf_counter()
             runner([*argv, *resume, "--no-progress"])
             with open(done, "w") as f:
-                json.dump({"argv": argv, "processes": processes, "seconds": round(time.perf_counter() - t0, 1)}, f,
-                          indent=2)
+                json.dump({"argv": argv, "row_argv": row_argv, "processes": processes,
+                           "seconds": round(time.perf_counter() - t0, 1)}, f, indent=2)
 
 
 # ---- scoring: a metric reads a finished run folder (and the cache it is scored on); percentages ----

@@ -31,7 +31,7 @@ SAVED = "train.saved_settings"  # ctx.meta key: the --config run's settings
 
 def config_command(cls: type, stage: str, run: Callable[..., dict], doc: str, *, fixed: dict | None = None,
                    omit: Sequence[str] = (), controls: Sequence[str] = ("resume", "stop_at", "progress"),
-                   config: bool = True) -> Callable[..., None]:
+                   config: bool = True, control_help: dict[str, str] | None = None) -> Callable[..., None]:
     """A typer command that builds ``cls`` from its options and calls ``run(cfg, **controls)``.
 
     ``fixed`` settings are the command's own (``mode="pretrain"``); ``omit`` and ``cls.not_options`` are fields the
@@ -48,6 +48,8 @@ def config_command(cls: type, stage: str, run: Callable[..., dict], doc: str, *,
         params.append(_config_option(cls, stage, fields))
     for name in controls:
         kind, info, default = CONTROLS[name]
+        if name in (control_help or {}):  # the command's own words for it (few-shot resumes fold by fold)
+            info = typer.Option(*info.param_decls, help=control_help[name])
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[kind, info],
                                         default=default))
 

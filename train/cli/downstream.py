@@ -46,7 +46,9 @@ fewshot = config_command(
     FewshotConfig, "fewshot", _fewshot,
     "Few-shot classification as published (Point-BERT's n-way m-shot procedure, full fine-tuning per fold): mean and "
     "std of the folds' accuracy, written to OUT/fewshot.json. --resume keeps the folds that ended and continues a "
-    "stopped one.", controls=("resume", "progress"), config=False)
+    "stopped one.", controls=("resume", "progress"), config=False,
+    control_help={"resume": "Continue OUT: keep the folds that ended, continue a stopped fold from its last.pt, run "
+                            "the rest (with the same options)."})
 
 
 def export_encoder(

@@ -24,6 +24,7 @@ ends, and ``--resume`` keeps those folds, continues a stopped fold from its
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -118,19 +119,20 @@ def run_fewshot(cfg: FewshotConfig, resume: bool = False, progress: bool = True)
                          "torchrun")
     cfg.validate()
     way, shot, folds, queries = cfg.way, cfg.shot, cfg.folds, cfg.queries
-    _prepare_out(cfg, resume)
     source = open_cache(cfg.cache)
     labels = source.labels
     train, test = np.sort(source.done_rows("train")), np.sort(source.done_rows("test"))  # folds draw in row order
+    drawn = [draw_fold(labels, train, test, way, shot, queries, cfg.seed, k) for k in range(folds)]
+    init_identity = _file_identity(cfg.init) if cfg.init != "random" else None  # a missing file: refused here
+    _prepare_out(cfg, resume, {"cache_fingerprint": source.fingerprint, "init_sha256": init_identity})
     results = []
-    for k in range(folds):
+    for k, fold in enumerate(drawn):
         folder = os.path.join(cfg.out, f"fold-{k}")
         result_path = os.path.join(folder, FOLD_RESULT)
         if resume and os.path.exists(result_path):
             with open(result_path) as f:
                 results.append(json.load(f))
             continue
-        fold = draw_fold(labels, train, test, way, shot, queries, cfg.seed, k)
         run_dir, fold_cache = os.path.join(folder, "run"), os.path.join(folder, "cache.zarr")
         continuing = resume and os.path.exists(os.path.join(run_dir, "last.pt"))
         if not continuing:  # a fold stopped before its first checkpoint starts again, cache included
@@ -153,9 +155,21 @@ def run_fewshot(cfg: FewshotConfig, resume: bool = False, progress: bool = True)
     return summary
 
 
-def _prepare_out(cfg: FewshotConfig, resume: bool) -> None:
-    """``--out`` ready for this run: empty (or emptied with ``--overwrite``), or resumed with the same settings."""
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in ("out", "overwrite", "workers")}  # what counts
+def _file_identity(path: str) -> str:
+    """sha256 of a file: a checkpoint retrained at the same path is another starting point."""
+    if not os.path.isfile(path):
+        raise ValueError(f"--init {path}: no such file")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _prepare_out(cfg: FewshotConfig, resume: bool, identity: dict) -> None:
+    """``--out`` ready for this run (called once every input has been checked): empty (or emptied with
+    ``--overwrite``), or resumed with the same settings, the same cache contents and the same init weights."""
+    settings = {**{k: v for k, v in cfg.to_dict().items() if k not in ("out", "overwrite")}, **identity}
     saved_path = os.path.join(cfg.out, SETTINGS)
     if resume:
         if not os.path.exists(saved_path):

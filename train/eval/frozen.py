@@ -82,7 +82,9 @@ def linear_probe(model: Student, cache, num_points: int = 1024, c: float = 1.0, 
     from sklearn.svm import LinearSVC  # here, not at the top: it takes 2 s to import, and every rank would pay it
 
     train, test = cache.done_rows("train"), cache.done_rows(split)
-    svm = LinearSVC(C=c, max_iter=20000).fit(_features(model, cache, train, num_points), cache.labels[train])
+    # liblinear shuffles with numpy's global generator unless told a seed: the score would hang on whatever drew before
+    svm = LinearSVC(C=c, max_iter=20000, random_state=0).fit(_features(model, cache, train, num_points),
+                                                             cache.labels[train])
     acc = float((svm.predict(_features(model, cache, test, num_points)) == cache.labels[test]).mean())
     return {"accuracy": acc, "num_train": len(train), "num_test": len(test)}
 
@@ -103,7 +105,7 @@ def svm_fewshot(model: Student, cache, n_way: int = 5, m_shot: int = 10, queries
         way = rng.choice(classes, n_way, replace=False)
         support = np.concatenate([rng.choice(np.flatnonzero(y_train == c), m_shot, replace=False) for c in way])
         query = np.concatenate([rng.permutation(np.flatnonzero(y_test == c))[:queries] for c in way])
-        svm = LinearSVC(max_iter=20000).fit(f_train[support], y_train[support])
+        svm = LinearSVC(max_iter=20000, random_state=seed).fit(f_train[support], y_train[support])
         accs.append(float((svm.predict(f_test[query]) == y_test[query]).mean()))
     return {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "n_way": n_way, "m_shot": m_shot,
             "draws": draws, "accuracies": accs}
