@@ -340,6 +340,10 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
             clock.write(cfg.out, step)  # after the checkpoint: a resumed run finds the cost of its step
 
     val_every = cfg.val_every or cfg.ckpt_every
+
+    def validation_due(at: int) -> bool:
+        return cfg.val_split is not None and (at % val_every == 0 or at == cfg.steps)
+
     best_path, best_record = os.path.join(cfg.out, "best.pt"), os.path.join(cfg.out, "best.json")
     best = json.load(open(best_record)) if resume and os.path.exists(best_record) else None
 
@@ -366,8 +370,7 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
     bar = tqdm(total=cfg.steps, initial=step, desc=task.stage, unit="step",
                disable=not (progress and dist_info.is_main),
                mininterval=0.1 if sys.stderr.isatty() else 30.0)  # a line per 30 s in log files
-    if resume and dist_info.is_main and cfg.val_split is not None and step > 0 \
-            and (step % val_every == 0 or step == cfg.steps) and not validated(val_log.path, step):
+    if resume and dist_info.is_main and step > 0 and validation_due(step) and not validated(val_log.path, step):
         validate()  # the stopped run saved this step, then was killed before validating it
     window: dict[str, Any] = {"wait": 0.0, "time": 0.0, "samples": 0, "steps": 0, "loss": {}}
     metrics: dict = {}
@@ -416,7 +419,7 @@ def run(cfg: LoopConfig, task: Task, resume: bool = False, progress: bool = True
             bar.update(1)
             if batches_done == per_epoch:  # every rank ends its epoch here, together
                 epoch, batches_done, epoch_done = epoch + 1, 0, True
-            due_val = cfg.val_split is not None and (step % val_every == 0 or step == cfg.steps)
+            due_val = validation_due(step)
             if step % cfg.ckpt_every == 0 or step == end or due_val:
                 save(last_path)  # every rank: the save gathers their random states
             if due_val and dist_info.is_main:

@@ -311,10 +311,10 @@ def launch_processes(prefix: str | None) -> int:
 
 def split_batch(run: Run, settings: dict, processes: int) -> dict:
     """``settings`` with the run's batch (the row's, else its recipe's) split over ``processes``: the loop's
-    ``--batch-size`` is per process, and the rows give the paper's global batch. Few-shot runs in one process."""
+    ``--batch-size`` is per process, and the rows give the paper's global batch. Few-shot runs in one process.
+    ``settings`` are checked first (:func:`command_argv`): a misspelt one gets its one-line error, not this."""
     if processes == 1 or run.stage == "fewshot":
         return settings
-    command_argv(run.stage, settings)  # a misspelt setting: its one-line error first
     batch = settings.get("batch_size")
     if batch is None:  # the recipe decides: resolve it as the run will (after the runs it starts from)
         _, cls = stage_command(run.stage)

@@ -34,7 +34,7 @@ import numpy as np
 from cache_schema import DONE, CacheAttrs, CacheWriter, objects_layout, open_cache
 from train.costs import write_json
 from train.downstream.finetune import RECIPES, FinetuneConfig, train_finetune
-from train.loop import clear_run_dir
+from train.loop import check_run_dir, clear_run_dir
 from train.settings import setting
 
 FOLD_RESULT = "fold.json"  # written when a fold ends: a resumed run keeps it
@@ -183,10 +183,7 @@ def _prepare_out(cfg: FewshotConfig, resume: bool, identity: dict) -> None:
                              + ", ".join(f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in changed)
                              + "); resume with the same options, or choose another --out")
         return
-    if os.path.isdir(cfg.out) and os.listdir(cfg.out):
-        if not cfg.overwrite:
-            raise ValueError(f"--out {cfg.out} is not empty; pass --resume to continue it, --overwrite to replace "
-                             "it, or choose another folder")
+    if check_run_dir(cfg, resume=False):  # non-empty: refused without --overwrite
         clear_run_dir(cfg.out)  # no fold of the old run may pass for one of this run
     os.makedirs(cfg.out, exist_ok=True)
     write_json(saved_path, settings)
